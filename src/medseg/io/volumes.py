@@ -1,0 +1,173 @@
+"""Volumes with world geometry: NIfTI (nibabel) and MHA/MHD/NRRD/NHDR (SimpleITK).
+
+Readers return ``(array, meta)`` with ``array`` of shape ``(C, Z, Y, X)``. nibabel stores data as
+``(X, Y, Z[, T, ...])`` and SimpleITK's numpy view is ``([T,] Z, Y, X[, components])``; both are
+reordered here. A 4th (time/vector) axis becomes C. Writers take ``(Z, Y, X)`` or ``(C, Z, Y, X)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import SimpleITK as sitk
+
+from medseg.errors import InputError
+from medseg.io._util import check_voxels, dtype_name, native, reading
+from medseg.io.meta import Meta, affine_to_itk, decompose_affine, itk_to_affine
+
+# Raw header fields that define NIfTI geometry; copied verbatim when writing with a NIfTI `like`.
+_NIFTI_GEOMETRY = ("qform_code", "sform_code", "quatern_b", "quatern_c", "quatern_d",
+                   "qoffset_x", "qoffset_y", "qoffset_z", "srow_x", "srow_y", "srow_z")
+
+
+def read_nifti(path: Path, max_voxels: int | None) -> tuple[np.ndarray, Meta]:
+    """Read ``.nii``/``.nii.gz`` into ``(C, Z, Y, X)``; the header shape is checked first.
+
+    scl_slope/scl_inter are applied (giving float32). ``meta.affine`` is nibabel's best affine
+    (sform if its code > 0, else qform), which is RAS+ by the NIfTI standard.
+    """
+    with reading(path, "NIfTI"):
+        img = nib.load(str(path), mmap=False)
+        if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+            raise InputError(f"{path}: not a NIfTI-1/2 image ({type(img).__name__}); "
+                             f"convert it to .nii.gz.")
+        check_voxels(path, img.shape, max_voxels, "NIfTI")
+        header = img.header.copy()
+        stored = header.get_data_dtype()
+        data = native(np.asanyarray(img.dataobj))
+        affine = np.array(img.affine, dtype=float)
+    if data.dtype == np.float64 and stored != np.float64:  # scaled integers
+        data = data.astype(np.float32)
+    if data.ndim < 2:
+        raise InputError(f"{path}: NIfTI of shape {data.shape} is not an image; check the file.")
+    if data.ndim == 2:
+        data = data[:, :, None]
+    data = data.reshape(data.shape[:3] + (-1,))  # (X, Y, Z, C)
+    arr = np.ascontiguousarray(data.transpose(3, 2, 1, 0))
+    spacing, origin, direction = decompose_affine(affine)
+    meta = Meta(spacing=spacing, origin=origin, direction=direction, affine=affine, source=path,
+                format="nifti", dtype=dtype_name(stored), shape=tuple(arr.shape[1:]),
+                _nifti_header=header)
+    return arr, meta
+
+
+def write_nifti(path: Path, arr: np.ndarray, like: Meta | None) -> None:
+    """Write ``(Z, Y, X)`` or ``(C, Z, Y, X)`` to NIfTI.
+
+    With a NIfTI ``like``, its header is reused and the qform/sform fields and codes, pixdim
+    (zooms, qfac) and units are kept byte for byte. With any other ``like`` (MHA, NRRD, DICOM),
+    its RAS+ affine is stored as qform and sform with code 1 (scanner). Without ``like``, the
+    identity affine. Intensity scaling and display range fields are reset.
+    """
+    if arr.ndim == 4 and arr.shape[0] == 1:
+        arr = arr[0]
+    data = arr.transpose(2, 1, 0) if arr.ndim == 3 else arr.transpose(3, 2, 1, 0)
+    source_hdr = like._nifti_header if like is not None else None
+    if source_hdr is not None:
+        hdr = source_hdr.copy()
+        hdr.set_data_dtype(data.dtype)
+        cls = nib.Nifti2Image if isinstance(hdr, nib.Nifti2Header) else nib.Nifti1Image
+        img = cls(data, hdr.get_best_affine(), header=hdr)
+        out = img.header
+        for key in _NIFTI_GEOMETRY:
+            out[key] = source_hdr[key]
+        pixdim = np.array(out["pixdim"])
+        pixdim[:4] = source_hdr["pixdim"][:4]
+        out["pixdim"] = pixdim
+        out["xyzt_units"] = source_hdr["xyzt_units"]
+    else:
+        affine = like.world_affine() if like is not None else np.eye(4)
+        img = nib.Nifti1Image(data, affine)
+        if like is not None and (like._itk is not None or like.affine is not None):
+            img.set_qform(affine, code=1)
+            img.set_sform(affine, code=1)
+        img.header.set_xyzt_units("mm")
+        out = img.header
+    out["scl_slope"], out["scl_inter"] = np.nan, np.nan
+    out["cal_min"], out["cal_max"] = 0.0, 0.0
+    out["intent_code"] = 0
+    nib.save(img, str(path))
+
+
+def read_itk(path: Path, max_voxels: int | None, fmt: str) -> tuple[np.ndarray, Meta]:
+    """Read MHA/MHD/NRRD/NHDR with SimpleITK into ``(C, Z, Y, X)``; header size checked first.
+
+    ITK geometry is LPS+; ``meta.affine`` converts it to RAS+. The exact ITK origin, spacing and
+    direction are kept in ``meta._itk`` for writing back.
+    """
+    with reading(path, fmt.upper()):
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+        size, ncomp = reader.GetSize(), reader.GetNumberOfComponents()
+        check_voxels(path, tuple(size) + (ncomp,), max_voxels, fmt.upper())
+        if len(size) not in (2, 3, 4):
+            raise InputError(f"{path}: {len(size)}D images are not supported (2D, 3D, 4D are).")
+        itk = {"origin": reader.GetOrigin(), "spacing": reader.GetSpacing(),
+               "direction": reader.GetDirection()}
+        modality = _itk_modality(reader)
+        arr = native(sitk.GetArrayFromImage(reader.Execute()))
+    stored = dtype_name(arr.dtype)
+    arr = np.moveaxis(arr, -1, 0) if ncomp > 1 else arr[None]  # (C, [T,] [Z,] Y, X)
+    if len(size) == 2:
+        arr = arr[:, None]
+    elif len(size) == 4:
+        arr = arr.reshape((-1,) + arr.shape[2:])
+    arr = np.ascontiguousarray(arr)
+    affine = itk_to_affine(**itk)
+    spacing, origin, direction = decompose_affine(affine)
+    meta = Meta(spacing=spacing, origin=origin, direction=direction, affine=affine,
+                modality=modality, source=path, format=fmt, dtype=stored,
+                shape=tuple(arr.shape[1:]), _itk=itk)
+    return arr, meta
+
+
+def _itk_modality(reader: sitk.ImageFileReader) -> str | None:
+    """'CT', 'MR', ... from a MetaImage 'Modality' field (MET_MOD_CT), else None."""
+    if reader.HasMetaDataKey("Modality"):
+        value = reader.GetMetaData("Modality").strip()
+        value = value.removeprefix("MET_MOD_")
+        return value if value and value not in ("UNKNOWN", "OTHER") else None
+    return None
+
+
+def write_itk(path: Path, arr: np.ndarray, like: Meta | None) -> None:
+    """Write ``(Z, Y, X)`` or ``(C, Z, Y, X)`` to MHA/NRRD (compressed) with ``like``'s geometry.
+
+    An ITK ``like`` (MHA, NRRD, DICOM) gives its exact origin/spacing/direction; a NIfTI ``like``
+    gives its affine converted to LPS; none gives ITK's defaults. C > 1 is a vector image.
+    """
+    vector = arr.ndim == 4 and arr.shape[0] > 1
+    if arr.ndim == 4:
+        arr = np.moveaxis(arr, 0, -1) if vector else arr[0]
+    geo = None
+    if like is not None and like._itk is not None:
+        geo = like._itk
+    elif like is not None and (like.affine is not None or like._nifti_header is not None):
+        geo = affine_to_itk(like.world_affine())
+    if geo is not None:
+        dim = len(geo["spacing"])
+        if dim == 2 and arr.shape[0] == 1:  # a 2D ITK image stays 2D
+            arr = arr[0]
+        elif dim != 3:
+            geo = _itk3(geo)
+    img = sitk.GetImageFromArray(np.ascontiguousarray(arr), isVector=vector)
+    if geo is not None:
+        img.SetOrigin(tuple(geo["origin"]))
+        img.SetSpacing(tuple(geo["spacing"]))
+        img.SetDirection(tuple(geo["direction"]))
+    sitk.WriteImage(img, str(path), True)
+
+
+def _itk3(geo: dict) -> dict:
+    """3D part of 2D or 4D ITK geometry (a 2D one is padded with unit spacing / identity)."""
+    dim = len(geo["spacing"])
+    d = np.asarray(geo["direction"], float).reshape(dim, dim)
+    d3, o3, s3 = np.eye(3), np.zeros(3), np.ones(3)
+    n = min(dim, 3)
+    d3[:n, :n] = d[:n, :n]
+    o3[:n] = np.asarray(geo["origin"], float)[:n]
+    s3[:n] = np.asarray(geo["spacing"], float)[:n]
+    return {"origin": tuple(o3), "spacing": tuple(s3), "direction": tuple(d3.ravel())}
