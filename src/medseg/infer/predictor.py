@@ -1,0 +1,138 @@
+"""Predictor: encode an image once, then segment as many prompts as needed.
+
+Coordinates are given in pixels of the input image: boxes (x0, y0, x1, y1), points (x, y).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..models import PromptableSegmenter
+from .preprocess import Resized, logits_to_input_size, prepare_image
+
+
+@dataclass
+class Prediction:
+    """masks (N, M, H, W) bool; scores (N, M) predicted IoU; logits (N, M, S, S) low-resolution
+    logits in the model-input frame (S = model image size), usable as ``mask_input`` later."""
+
+    masks: np.ndarray
+    scores: np.ndarray
+    logits: np.ndarray
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Predictor:
+    """``set_image`` once per image (runs the encoder), ``predict`` many times (decoder only)."""
+
+    def __init__(self, model: PromptableSegmenter, device: str | torch.device | None = None,
+                 batch_size: int = 32) -> None:
+        self.device = torch.device(device) if device is not None else default_device()
+        self.model = model.to(self.device).eval()
+        self.batch_size = batch_size
+        self.embedding: torch.Tensor | None = None
+        self.record: Resized | None = None
+
+    @torch.no_grad()
+    def set_image(self, image: np.ndarray, modality: str | None = None) -> None:
+        """image: (H, W) or (H, W, C) array of any dtype; ``modality`` ("CT", "MR") selects the
+        intensity window of ``preprocess.MODALITY_WINDOWS``."""
+        x, self.record = prepare_image(image, self.model.image_size, modality)
+        self.embedding = self.model.encode(x.to(self.device))
+
+    def set_embedding(self, embedding: torch.Tensor, original_hw: tuple[int, int]) -> None:
+        """Reuse a cached embedding (1, 256, E, E) of an image of size (H, W)."""
+        from .preprocess import longest_side_shape
+
+        size = self.model.image_size
+        self.embedding = embedding.to(self.device)
+        self.record = Resized(tuple(original_hw), longest_side_shape(tuple(original_hw), size), size)
+
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        if self.record is None:
+            raise RuntimeError("call set_image(image) before predict()")
+        return self.record.original_hw
+
+    @torch.no_grad()
+    def predict(self, box: np.ndarray | None = None, points: np.ndarray | None = None,
+                point_labels: np.ndarray | None = None, mask_input: np.ndarray | None = None,
+                multimask: bool = False) -> Prediction:
+        """Segment N objects, one prompt set each.
+
+        box: (4,) or (N, 4); points: (K, 2) or (N, K, 2); point_labels: (K,) or (N, K), 1 positive,
+        0 negative (default all positive); mask_input: (N, 1, S, S) or (1, S, S) logits from an earlier
+        ``Prediction.logits``. Boxes reaching past the image are clipped to it; a box wholly outside,
+        an inverted box or a point outside the image is an ``InputError``.
+        """
+        h, w = self.image_hw
+        boxes = None if box is None else self._check_boxes(np.asarray(box, dtype=np.float64), h, w)
+        pts, labels = (None, None) if points is None else self._check_points(points, point_labels, h, w)
+        n = _common_count(boxes, pts, mask_input)
+        scale = self.record.scale
+        masks, scores, logits = [], [], []
+        for start in range(0, n, self.batch_size):
+            sl = slice(start, min(n, start + self.batch_size))
+            tb = None if boxes is None else torch.as_tensor(boxes[sl] * scale, dtype=torch.float32, device=self.device)
+            tp = None if pts is None else (torch.as_tensor(pts[sl] * scale, dtype=torch.float32, device=self.device),
+                                           torch.as_tensor(labels[sl], dtype=torch.int64, device=self.device))
+            tm = None
+            if mask_input is not None:
+                m = np.asarray(mask_input, dtype=np.float32)
+                m = m[None] if m.ndim == 3 else m
+                tm = torch.as_tensor(m[sl] if m.shape[0] > 1 else np.repeat(m, sl.stop - sl.start, 0), device=self.device)
+            low, iou = self.model.decode(self.embedding, tb, tp, tm, multimask)
+            full = logits_to_input_size(low, self.record)
+            masks.append((full > 0).cpu().numpy())
+            scores.append(iou.float().cpu().numpy())
+            logits.append(low.float().cpu().numpy())
+        return Prediction(np.concatenate(masks), np.concatenate(scores), np.concatenate(logits))
+
+    @staticmethod
+    def _check_boxes(boxes: np.ndarray, h: int, w: int) -> np.ndarray:
+        boxes = boxes.reshape(1, 4) if boxes.shape == (4,) else boxes
+        if boxes.ndim != 2 or boxes.shape[1] != 4 or not np.isfinite(boxes).all():
+            raise InputError(f"box must be (4,) or (N, 4) finite x0, y0, x1, y1; got shape {boxes.shape}")
+        bad = (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
+        if bad.any():
+            raise InputError(f"box {boxes[bad][0].tolist()} is inverted: give x0 <= x1 and y0 <= y1 (x0, y0, x1, y1).")
+        outside = (boxes[:, 2] < 0) | (boxes[:, 3] < 0) | (boxes[:, 0] > w - 1) | (boxes[:, 1] > h - 1)
+        if outside.any():
+            raise InputError(f"box {boxes[outside][0].tolist()} lies outside the image of {w}x{h} (width x height) "
+                             f"pixels; coordinates are x0, y0, x1, y1 in the input's pixels.")
+        return np.clip(boxes, 0, [w - 1, h - 1, w - 1, h - 1])
+
+    @staticmethod
+    def _check_points(points, labels, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+        pts = np.asarray(points, dtype=np.float64)
+        pts = pts[None] if pts.ndim == 2 else pts
+        if pts.ndim != 3 or pts.shape[-1] != 2 or not np.isfinite(pts).all():
+            raise InputError(f"points must be (K, 2) or (N, K, 2) finite (x, y); got shape {np.shape(points)}")
+        labels = np.ones(pts.shape[:2], dtype=np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
+        labels = labels.reshape(pts.shape[:2])
+        if not np.isin(labels, (0, 1)).all():
+            raise InputError("point_labels must be 1 (positive) or 0 (negative).")
+        out = (pts[..., 0] < 0) | (pts[..., 0] > w - 1) | (pts[..., 1] < 0) | (pts[..., 1] > h - 1)
+        if out.any():
+            raise InputError(f"point {pts[out][0].tolist()} lies outside the image of {w}x{h} (width x height) pixels.")
+        return pts, labels
+
+
+def _common_count(boxes, pts, mask_input) -> int:
+    counts = {len(a) for a in (boxes, pts) if a is not None}
+    if mask_input is not None and np.ndim(mask_input) == 4 and np.shape(mask_input)[0] > 1:
+        counts.add(np.shape(mask_input)[0])
+    if len(counts) > 1:
+        raise InputError(f"prompts disagree on the number of objects: {sorted(counts)}; give one prompt set per object.")
+    if not counts:
+        if mask_input is None:
+            raise InputError("give at least one prompt: box, points or mask_input.")
+        return 1
+    return counts.pop()

@@ -1,0 +1,89 @@
+"""Slice-by-slice segmentation of a 3D volume from a 3D box (LiteMedSAM's 3D protocol).
+
+Volume arrays are (Z, Y, X) (one channel). A 3D box is (x0, y0, z0, x1, y1, z1) in voxel indices,
+inclusive. The whole volume is windowed once (CT window / MR percentiles, see
+``preprocess.MODALITY_WINDOWS``) and rescaled to 0..255, then each slice is min-max normalised
+by the Predictor.
+
+``propagate=True`` (the default, as in the LiteMedSAM challenge inference) segments the key slice
+(the middle of the z range unless given) with the box, then walks outwards: each next slice is
+prompted with the bounding box of the previous slice's mask, and the walk stops where the mask
+runs out. ``propagate=False`` prompts every slice in the range with the same 2D box.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..errors import InputError
+from .predictor import Predictor
+from .preprocess import apply_intensity_window
+
+
+def check_box3d(box3d, shape_zyx: tuple[int, int, int]) -> tuple[int, int, int, int, int, int]:
+    """Validate (x0, y0, z0, x1, y1, z1) against a (Z, Y, X) shape; returns ints."""
+    if len(box3d) != 6:
+        raise InputError(f"a 3D box has 6 numbers x0 y0 z0 x1 y1 z1, got {list(box3d)}")
+    x0, y0, z0, x1, y1, z1 = (int(round(float(v))) for v in box3d)
+    z, y, x = shape_zyx
+    if x1 < x0 or y1 < y0 or z1 < z0:
+        raise InputError(f"3D box {list(box3d)} is inverted: give x0<=x1, y0<=y1, z0<=z1.")
+    if not (0 <= x0 and x1 < x and 0 <= y0 and y1 < y and 0 <= z0 and z1 < z):
+        raise InputError(f"3D box {list(box3d)} reaches outside the volume of {x}x{y}x{z} (X x Y x Z) voxels.")
+    return x0, y0, z0, x1, y1, z1
+
+
+def window_volume(volume: np.ndarray, modality: str | None) -> np.ndarray:
+    """(Z, Y, X) -> float32 (Z, Y, X) windowed and rescaled to 0..255 over the whole volume."""
+    if not np.isfinite(volume).all():
+        raise InputError(f"volume holds {int((~np.isfinite(volume)).sum())} NaN/Inf voxels; replace them first.")
+    v = apply_intensity_window(volume, modality)
+    low, high = float(v.min()), float(v.max())
+    return (v - low) / max(high - low, 1e-8) * 255.0
+
+
+def _mask_box(mask: np.ndarray) -> np.ndarray | None:
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return None
+    return np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=np.float64)
+
+
+def segment_volume(predictor: Predictor, volume: np.ndarray, box3d, modality: str | None = None,
+                   key_slice: int | None = None, propagate: bool = True, progress: bool = True) -> np.ndarray:
+    """Segment one object in a (Z, Y, X) volume; returns a uint8 (Z, Y, X) mask (1 = object)."""
+    if volume.ndim != 3:
+        raise InputError(f"expected a (Z, Y, X) volume, got shape {volume.shape}")
+    x0, y0, z0, x1, y1, z1 = check_box3d(box3d, volume.shape)
+    key = (z0 + z1) // 2 if key_slice is None else int(key_slice)
+    if not z0 <= key <= z1:
+        raise InputError(f"key slice {key} lies outside the box's slice range {z0}..{z1}")
+    scaled = window_volume(volume, modality)
+    box2d = np.array([x0, y0, x1, y1], dtype=np.float64)
+    out = np.zeros(volume.shape, dtype=np.uint8)
+    bar = tqdm(total=z1 - z0 + 1, desc="slices", unit="slice", disable=not progress, leave=False)
+
+    def run(z: int, box: np.ndarray) -> np.ndarray:
+        predictor.set_image(scaled[z])
+        mask = predictor.predict(box=box).masks[0, 0]
+        out[z] = mask
+        bar.update(1)
+        return mask
+
+    key_mask = run(key, box2d)
+    if propagate:
+        for step in (-1, 1):
+            prev, z = key_mask, key + step
+            while z0 <= z <= z1:
+                box = _mask_box(prev)
+                if box is None:
+                    break
+                prev = run(z, box)
+                z += step
+    else:
+        for z in range(z0, z1 + 1):
+            if z != key:
+                run(z, box2d)
+    bar.close()
+    return out
