@@ -1,0 +1,190 @@
+"""``medseg <stage>``: one subcommand per stage (demo, predict, evaluate, models)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .errors import MedsegError
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="litemedsam", help="registered model name (see `medseg models`)")
+    p.add_argument("--checkpoint", help="weights file (.safetensors or .pth) instead of the published ones")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+
+
+def _predictor(args: argparse.Namespace):
+    from .infer import Predictor
+    from .models import build_model
+
+    model = build_model(args.model, pretrained=args.checkpoint is None, checkpoint=args.checkpoint)
+    return Predictor(model, device=args.device)
+
+
+def _default_mask_path(src: Path, volumetric: bool) -> Path:
+    name = src.name if src.is_dir() else src.name.split(".")[0]
+    return Path.cwd() / f"{name}_mask{'.nii.gz' if volumetric else '.png'}"
+
+
+def _write_outputs(result, out: Path | None, overlay_path: Path | None, overwrite: bool) -> tuple[Path, Path | None]:
+    from .infer.files import plane
+    from .io import write_label
+    from .viz import overlay, save_png
+
+    volumetric = result.labels.shape[0] > 1
+    out = out or _default_mask_path(Path(result.image.meta.source), volumetric)
+    like = result.image.meta if (volumetric or out.suffix == ".png") else None
+    written = write_label(result.labels if volumetric else result.labels[0], out, like=like, overwrite=overwrite)
+    if overlay_path is not None:
+        z = result.key_slice
+        rgb = overlay(plane(result.image, z), result.labels[z], boxes=result.boxes, points=result.points,
+                      point_labels=result.point_labels)
+        save_png(rgb, overlay_path, overwrite=overwrite)
+    return written, overlay_path
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .infer.files import segment_file
+
+    predictor = _predictor(args)
+    result = segment_file(predictor, args.input, boxes=args.box, points=args.point,
+                          negative_points=args.negative_point, slices=args.slices, key_slice=args.key_slice,
+                          modality=args.modality, propagate=args.propagate, multimask=args.multimask)
+    out, ov = _write_outputs(result, args.out, args.overlay, args.overwrite)
+    n = int(result.labels.max())
+    print(f"{n} object(s), {int((result.labels > 0).sum())} voxels -> {out}")
+    if result.scores:
+        print("predicted IoU: " + ", ".join(f"{s:.3f}" for s in result.scores))
+    if ov:
+        print(f"overlay -> {ov}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .eval import evaluate_dataset
+
+    predictor = _predictor(args)
+    report = evaluate_dataset(predictor, args.dataset, split=args.split, prompt=args.prompt, limit=args.limit,
+                              progress=not args.no_progress)
+    report.print_table()
+    figure = args.figure or Path.cwd() / f"{Path(args.dataset).resolve().name}_{args.split}_{args.prompt}.png"
+    for path, write in ((args.json, report.to_json), (args.csv, report.to_csv), (figure, report.save_figure)):
+        if path is not None:
+            print(f"wrote {write(path)}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import DEMO_CASES, fresh_folder
+    from .infer.files import segment_file
+
+    predictor = _predictor(args)
+    out_dir = fresh_folder(args.out)
+    if args.path is not None:
+        cases = [(args.path, [args.box] if args.box else None, "your image")]
+    else:
+        cases = [(c.locate(), [list(c.box)], c.what) for c in DEMO_CASES]
+    print(f"medseg demo: {len(cases)} image(s), model {args.model}, outputs in {out_dir}")
+    for path, boxes, what in cases:
+        if boxes is None:
+            from .io import read_image
+
+            img = read_image(path)
+            h, w = img.array.shape[-2:]
+            boxes = [[w / 4, h / 4, 3 * w / 4, 3 * h / 4]]
+            print(f"  no --box given: using the central box {[round(v) for v in boxes[0]]}")
+        if len(boxes[0]) == 4 and _is_volume(path):
+            from .io import read_image
+
+            z = read_image(path).array.shape[1]
+            boxes = [[boxes[0][0], boxes[0][1], z // 2, boxes[0][2], boxes[0][3], z // 2]]
+        result = segment_file(predictor, path, boxes=boxes, progress=False)
+        stem = Path(path).name.split(".")[0]
+        mask, ov = _write_outputs(result, out_dir / f"{stem}_mask.png" if result.labels.shape[0] == 1
+                                  else out_dir / f"{stem}_mask.nii.gz", out_dir / f"{stem}_overlay.png", False)
+        score = f", predicted IoU {result.scores[0]:.2f}" if result.scores else ""
+        print(f"  {what}: {int((result.labels > 0).sum())} pixels{score}\n    mask {mask}\n    overlay {ov}")
+    return 0
+
+
+def _is_volume(path) -> bool:
+    from .io import read_image
+
+    return read_image(path).array.shape[1] > 1
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models import list_models
+    from .models.build import PRETRAINED
+
+    for name in list_models():
+        print(f"{name}{'  (pretrained weights available)' if name in PRETRAINED else ''}")
+    return 0
+
+
+def _floats(n: int):
+    return {"nargs": n, "type": float, "action": "append", "metavar": ("X", "Y") if n == 2 else None}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medseg", description="Universal, efficient medical image segmentation.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="segment real medical images shipped with the dependencies (or PATH)")
+    p.add_argument("path", nargs="?", type=Path, help="an image or volume of your own (default: the built-in set)")
+    p.add_argument("--box", nargs=4, type=float, metavar=("X0", "Y0", "X1", "Y1"), help="box for PATH")
+    p.add_argument("--out", type=Path, default=Path("medseg_demo"), help="output folder (a new one if it exists)")
+    _model_args(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("predict", help="segment an image or volume from a box and/or clicks")
+    p.add_argument("input", type=Path, help="PNG/JPEG/BMP/TIFF, NIfTI, MHA/NRRD, DICOM file or series folder")
+    p.add_argument("--box", nargs="+", type=float, action="append", metavar="V",
+                   help="X0 Y0 X1 Y1 (2D; repeat for several objects), or X0 Y0 Z0 X1 Y1 Z1 for a volume")
+    p.add_argument("--point", **_floats(2), help="positive click X Y (repeatable)")
+    p.add_argument("--negative-point", **_floats(2), help="negative click X Y (repeatable)")
+    p.add_argument("--slices", nargs=2, type=int, metavar=("Z0", "Z1"), help="slice range for a 4-number box on a volume")
+    p.add_argument("--key-slice", type=int, help="slice to start from with --propagate (default: middle)")
+    p.add_argument("--propagate", action="store_true",
+                   help="volumes: prompt each slice with the box of the previous slice's mask instead of the fixed box")
+    p.add_argument("--modality", help="CT or MR: selects the intensity window (default: from the file)")
+    p.add_argument("--multimask", action="store_true", help="predict 3 candidates and keep the best scored")
+    p.add_argument("--out", type=Path, help="mask file (.png for 2D; .nii.gz/.mha/.nrrd for volumes)")
+    p.add_argument("--overlay", type=Path, help="PNG picture of the image with the mask and prompts")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files (never the input)")
+    _model_args(p)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("evaluate", help="score the model on a dataset with prompts from its ground truth")
+    p.add_argument("dataset", type=Path, help="folder with images/ + masks/ (splits.json) or imagesTr/ + labelsTr/")
+    p.add_argument("--split", default="test", help="test, val, train or all (default: test)")
+    p.add_argument("--prompt", choices=("box", "point"), default="box")
+    p.add_argument("--limit", type=int, help="only the first N cases")
+    p.add_argument("--json", type=Path, help="write the report as JSON")
+    p.add_argument("--csv", type=Path, help="write one row per case and class as CSV")
+    p.add_argument("--figure", type=Path, help="PNG with Dice per case and overlays (default: ./<dataset>_<split>_<prompt>.png)")
+    p.add_argument("--no-progress", action="store_true")
+    _model_args(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("models", help="list the registered models")
+    p.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (MedsegError, KeyError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"medseg {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

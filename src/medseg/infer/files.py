@@ -1,0 +1,100 @@
+"""Segment a file (2D picture or 3D volume) from prompts given in the file's own pixels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from ..io import Image, read_image
+from .predictor import Predictor
+from .volume import segment_volume
+
+
+@dataclass
+class FileResult:
+    """labels: (Z, Y, X) uint8 label map, object k has id k (1..N); image: what was read;
+    key_slice: the slice a person should look at; boxes/points: the prompts on that slice."""
+
+    labels: np.ndarray
+    image: Image
+    key_slice: int
+    scores: list[float]
+    boxes: np.ndarray | None = None
+    points: np.ndarray | None = None
+    point_labels: np.ndarray | None = None
+
+
+def plane(image: Image, z: int = 0) -> np.ndarray:
+    """Slice ``z`` of an (C, Z, Y, X) image as (H, W) or (H, W, C)."""
+    p = image.array[:, z]
+    return p[0] if p.shape[0] == 1 else np.moveaxis(p, 0, -1)
+
+
+def segment_file(predictor: Predictor, path: str | Path, boxes: list[list[float]] | None = None,
+                 points: list[list[float]] | None = None, negative_points: list[list[float]] | None = None,
+                 slices: tuple[int, int] | None = None, key_slice: int | None = None,
+                 modality: str | None = None, propagate: bool = False, multimask: bool = False,
+                 progress: bool = True) -> FileResult:
+    """Segment the objects of one file.
+
+    2D: each box (x0, y0, x1, y1) is one object; points (x, y) and negative points belong to the
+    single object of a single box, or form one object on their own. 3D: each box is
+    (x0, y0, z0, x1, y1, z1), or (x0, y0, x1, y1) with ``slices=(z0, z1)``; box prompts only.
+    """
+    image = read_image(path, modality=modality)
+    boxes = [list(map(float, b)) for b in (boxes or [])]
+    pos, neg = [list(map(float, p)) for p in (points or [])], [list(map(float, p)) for p in (negative_points or [])]
+    if image.array.shape[1] > 1:
+        return _segment_volume(predictor, image, boxes, pos + neg, slices, key_slice, propagate, progress)
+    if any(len(b) != 4 for b in boxes):
+        raise InputError(f"{path}: a 2D box has 4 numbers X0 Y0 X1 Y1, got {boxes}")
+    if not boxes and not pos:
+        raise InputError(f"{path}: give a prompt: --box X0 Y0 X1 Y1 and/or --point X Y.")
+    if (pos or neg) and len(boxes) > 1:
+        raise InputError(f"{path}: points refine one object; give them with a single --box.")
+    predictor.set_image(plane(image), modality=image.meta.modality)
+    kwargs: dict = {"multimask": multimask}
+    pts = lab = None
+    if boxes:
+        kwargs["box"] = np.array(boxes)
+    if pos or neg:
+        pts = np.array(pos + neg)
+        lab = np.array([1] * len(pos) + [0] * len(neg))
+        kwargs.update(points=pts[None], point_labels=lab[None])
+    out = predictor.predict(**kwargs)
+    best = out.scores.argmax(axis=1)
+    labels = np.zeros(predictor.image_hw, dtype=np.uint8)
+    for k, m in enumerate(out.masks[np.arange(len(best)), best]):
+        labels[m] = k + 1
+    scores = [float(s) for s in out.scores[np.arange(len(best)), best]]
+    return FileResult(labels[None], image, 0, scores, kwargs.get("box"), pts, lab)
+
+
+def _segment_volume(predictor, image, boxes, points, slices, key_slice, propagate, progress) -> FileResult:
+    src = image.meta.source
+    if points:
+        raise InputError(f"{src}: clicks are not supported for volumes yet; give a 3D box.")
+    if not boxes:
+        raise InputError(f"{src}: give a 3D box: --box X0 Y0 Z0 X1 Y1 Z1, or --box X0 Y0 X1 Y1 --slices Z0 Z1.")
+    if image.array.shape[0] != 1:
+        raise InputError(f"{src}: volumes with {image.array.shape[0]} channels are not supported; give one channel.")
+    labels = np.zeros(image.array.shape[1:], dtype=np.uint8)
+    boxes3d = []
+    for box in boxes:
+        if len(box) == 4:
+            if slices is None:
+                raise InputError(f"{src} is a volume: give --slices Z0 Z1 with a 4-number box, or a 6-number 3D box.")
+            box = [box[0], box[1], slices[0], box[2], box[3], slices[1]]
+        elif len(box) != 6:
+            raise InputError(f"{src}: a box has 4 (with --slices) or 6 numbers, got {box}")
+        boxes3d.append(box)
+        mask = segment_volume(predictor, image.array[0], box, modality=image.meta.modality,
+                              key_slice=key_slice, propagate=propagate, progress=progress)
+        labels[mask > 0] = len(boxes3d)
+    first = boxes3d[0]
+    key = int(key_slice) if key_slice is not None else int(first[2] + first[5]) // 2
+    on_key = np.array([[b[0], b[1], b[3], b[4]] for b in boxes3d if b[2] <= key <= b[5]])
+    return FileResult(labels, image, key, [], on_key)
