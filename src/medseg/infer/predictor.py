@@ -75,7 +75,10 @@ class Predictor:
         h, w = self.image_hw
         boxes = None if box is None else self._check_boxes(np.asarray(box, dtype=np.float64), h, w)
         pts, labels = (None, None) if points is None else self._check_points(points, point_labels, h, w)
+        mask_input = None if mask_input is None else self._check_mask_input(mask_input)
         n = _common_count(boxes, pts, mask_input)
+        if n == 0:
+            raise InputError("no objects to segment: the prompts hold zero boxes/points.")
         scale = self.record.scale
         masks, scores, logits = [], [], []
         for start in range(0, n, self.batch_size):
@@ -85,15 +88,23 @@ class Predictor:
                                            torch.as_tensor(labels[sl], dtype=torch.int64, device=self.device))
             tm = None
             if mask_input is not None:
-                m = np.asarray(mask_input, dtype=np.float32)
-                m = m[None] if m.ndim == 3 else m
-                tm = torch.as_tensor(m[sl] if m.shape[0] > 1 else np.repeat(m, sl.stop - sl.start, 0), device=self.device)
+                m = mask_input[sl] if mask_input.shape[0] > 1 else np.repeat(mask_input, sl.stop - sl.start, 0)
+                tm = torch.as_tensor(m, device=self.device)
             low, iou = self.model.decode(self.embedding, tb, tp, tm, multimask)
             full = logits_to_input_size(low, self.record)
             masks.append((full > 0).cpu().numpy())
             scores.append(iou.float().cpu().numpy())
             logits.append(low.float().cpu().numpy())
         return Prediction(np.concatenate(masks), np.concatenate(scores), np.concatenate(logits))
+
+    def _check_mask_input(self, mask_input) -> np.ndarray:
+        size = self.model.image_size
+        m = np.asarray(mask_input, dtype=np.float32)
+        m = m[None] if m.ndim == 3 else m
+        if m.ndim != 4 or m.shape[1:] != (1, size, size):
+            raise InputError(f"mask_input must be (N, 1, {size}, {size}) or (1, {size}, {size}) low-resolution logits, "
+                             f"got {np.shape(mask_input)}; from a multimask Prediction pass logits[:, i:i+1].")
+        return m
 
     @staticmethod
     def _check_boxes(boxes: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -116,7 +127,11 @@ class Predictor:
         if pts.ndim != 3 or pts.shape[-1] != 2 or not np.isfinite(pts).all():
             raise InputError(f"points must be (K, 2) or (N, K, 2) finite (x, y); got shape {np.shape(points)}")
         labels = np.ones(pts.shape[:2], dtype=np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
-        labels = labels.reshape(pts.shape[:2])
+        if labels.shape == pts.shape[1:2]:  # (K,) labels shared by the N objects
+            labels = np.broadcast_to(labels, pts.shape[:2])
+        if labels.shape != pts.shape[:2]:
+            raise InputError(f"point_labels of shape {labels.shape} do not match points of shape {pts.shape}: "
+                             f"give one label (1 positive, 0 negative) per point.")
         if not np.isin(labels, (0, 1)).all():
             raise InputError("point_labels must be 1 (positive) or 0 (negative).")
         out = (pts[..., 0] < 0) | (pts[..., 0] > w - 1) | (pts[..., 1] < 0) | (pts[..., 1] > h - 1)

@@ -80,6 +80,9 @@ def longest_side_shape(hw: tuple[int, int], size: int) -> tuple[int, int]:
 
 def prepare_image(image: np.ndarray, size: int, modality: str | None = None) -> tuple[torch.Tensor, Resized]:
     """(H, W[, C]) image -> model input (1, 3, size, size) in [0, 1], and the resize record."""
+    image = np.asarray(image)
+    if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
+        raise InputError(f"image holds {int((~np.isfinite(image)).sum())} NaN/Inf values; replace them first.")
     rgb = to_rgb(apply_intensity_window(image, modality) if modality else image)
     h, w = rgb.shape[:2]
     new_hw = longest_side_shape((h, w), size)

@@ -52,6 +52,21 @@ MODELS: dict[str, Callable[[], PromptableSegmenter]] = {
 PRETRAINED: dict[str, Callable[[], Path]] = {"litemedsam": litemedsam_weights_path}
 
 
+def _load_strictly(model, state: dict, what: str) -> None:
+    """Load ``state`` into ``model``; any missing, unexpected or mis-shaped tensor is a CheckpointError."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+              if k in state and state[k].shape != v.shape]
+    if missing or unexpected or shapes:
+        raise CheckpointError(
+            f"{what} ({len(missing)} missing keys, e.g. {missing[:3]}; {len(unexpected)} unexpected, e.g. "
+            f"{unexpected[:3]}; {len(shapes)} of another shape, e.g. {shapes[:2]}). "
+            f"Is it a checkpoint of another model? `medseg models` lists them.")
+    model.load_state_dict(state, strict=True)
+
+
 def list_models() -> list[str]:
     return sorted(MODELS)
 
@@ -74,11 +89,5 @@ def build_model(name: str = "litemedsam", pretrained: bool = False,
             raise CheckpointError(f"model {name!r} has no published weights; pass checkpoint=... instead.")
         path = PRETRAINED[name]()
     if path is not None:
-        state = load_state_dict(path)
-        result = model.load_state_dict(state, strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            raise CheckpointError(
-                f"{path}: does not fit model {name!r} ({len(result.missing_keys)} missing keys, e.g. "
-                f"{result.missing_keys[:3]}; {len(result.unexpected_keys)} unexpected, e.g. "
-                f"{result.unexpected_keys[:3]}). Is it a checkpoint of another model?")
+        _load_strictly(model, load_state_dict(path), f"{path}: does not fit model {name!r}")
     return model.eval()

