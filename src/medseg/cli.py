@@ -17,12 +17,36 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
 
 
+def _device(name: str | None):
+    import torch
+
+    from .errors import InputError
+
+    if name is None:
+        return None
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"--device {name!r} is not a device; use cpu, cuda or cuda:N.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {name}: no CUDA GPU is available here; use --device cpu.")
+    return device
+
+
 def _predictor(args: argparse.Namespace):
     from .infer import Predictor
-    from .models import build_model
+    from .models import build_model, list_models
+    from .models.build import PRETRAINED
 
-    model = build_model(args.model, pretrained=args.checkpoint is None, checkpoint=args.checkpoint)
-    return Predictor(model, device=args.device)
+    device = _device(args.device)
+    if args.model not in list_models():
+        raise KeyError(f"unknown model {args.model!r}; available: {', '.join(list_models())}")
+    pretrained = args.checkpoint is None and args.model in PRETRAINED
+    if args.checkpoint is None and not pretrained:
+        print(f"note: model {args.model!r} has no published weights and no --checkpoint: random weights",
+              file=sys.stderr)
+    model = build_model(args.model, pretrained=pretrained, checkpoint=args.checkpoint)
+    return Predictor(model, device=device)
 
 
 def _default_mask_path(src: Path, volumetric: bool) -> Path:
@@ -32,18 +56,22 @@ def _default_mask_path(src: Path, volumetric: bool) -> Path:
 
 def _write_outputs(result, out: Path | None, overlay_path: Path | None, overwrite: bool) -> tuple[Path, Path | None]:
     from .infer.files import plane
-    from .io import write_label
+    from .io import check_output_path, write_label
     from .viz import overlay, save_png
 
     volumetric = result.labels.shape[0] > 1
-    out = out or _default_mask_path(Path(result.image.meta.source), volumetric)
+    source = result.image.meta.source
+    out = out or _default_mask_path(Path(source), volumetric)
+    for path in (out, overlay_path):  # check both before writing either
+        if path is not None:
+            check_output_path(path, source, overwrite)
     like = result.image.meta if (volumetric or out.suffix == ".png") else None
     written = write_label(result.labels if volumetric else result.labels[0], out, like=like, overwrite=overwrite)
     if overlay_path is not None:
         z = result.key_slice
         rgb = overlay(plane(result.image, z), result.labels[z], boxes=result.boxes, points=result.points,
                       point_labels=result.point_labels)
-        save_png(rgb, overlay_path, overwrite=overwrite)
+        save_png(rgb, overlay_path, overwrite=overwrite, source=source)
     return written, overlay_path
 
 
@@ -65,13 +93,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .eval import evaluate_dataset
+    from .eval import Report, evaluate_dataset, find_cases
 
+    find_cases(args.dataset, args.split)  # a wrong folder or split fails before the model loads
+    figure = args.figure or Path.cwd() / f"{Path(args.dataset).resolve().name}_{args.split}_{args.prompt}.png"
+    probe = Report(dataset=str(args.dataset), split=args.split, prompt=args.prompt)
+    for path in (args.json, args.csv, figure):
+        if path is not None:
+            probe.check_output(path)
     predictor = _predictor(args)
     report = evaluate_dataset(predictor, args.dataset, split=args.split, prompt=args.prompt, limit=args.limit,
                               progress=not args.no_progress)
     report.print_table()
-    figure = args.figure or Path.cwd() / f"{Path(args.dataset).resolve().name}_{args.split}_{args.prompt}.png"
     for path, write in ((args.json, report.to_json), (args.csv, report.to_csv), (figure, report.save_figure)):
         if path is not None:
             print(f"wrote {write(path)}")

@@ -72,15 +72,14 @@ def overlay(image: np.ndarray, masks: np.ndarray | list, boxes=None, points=None
     return canvas.astype(np.uint8)
 
 
-def save_png(rgb: np.ndarray, path: str | Path, overwrite: bool = True) -> Path:
-    """Write a uint8 (H, W, 3) picture as PNG (the parent folder is created)."""
+def save_png(rgb: np.ndarray, path: str | Path, overwrite: bool = True, source: str | Path | None = None) -> Path:
+    """Write a uint8 (H, W, 3) picture as PNG (the parent folder is created). Never over ``source``
+    (the input it was made from), and over an existing file only with ``overwrite``."""
     from PIL import Image as PILImage
 
-    path = Path(path)
-    if path.exists() and not overwrite:
-        from .errors import InputError
+    from .io import check_output_path
 
-        raise InputError(f"{path}: exists; choose another name or pass --overwrite.")
+    path = check_output_path(path, source, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     PILImage.fromarray(rgb).save(path)
     return path

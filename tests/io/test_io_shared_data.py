@@ -9,7 +9,6 @@ import pytest
 
 from medseg.io import check_pair, read_image, read_label, write_label
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 SETS_2D = ["busi", "ct_organ_slices_demo", "drishti_gs1_odoc", "dsb2018_nuclei", "ham10000_mini",
            "isbi2012_em", "kvasir_seg", "ph2_derm"]
 
@@ -25,10 +24,8 @@ def first_pair(folder: Path):
 
 
 @pytest.mark.parametrize("name", SETS_2D)
-def test_2d_set_first_pair(name):
-    folder = DATA / name
-    if not folder.is_dir():
-        pytest.skip(f"{folder} is absent (shared data not laid out here)")
+def test_2d_set_first_pair(name, shared_data):
+    folder = shared_data / name
     image_path, mask_path = first_pair(folder)
     image = read_image(image_path)
     label = read_label(mask_path)
@@ -41,10 +38,8 @@ def test_2d_set_first_pair(name):
         assert values <= {0, 255}  # binary sets, per INDEX.md
 
 
-def test_la_heart_mri_nifti_pair_and_geometry(tmp_path):
-    folder = DATA / "la_heart_mri"
-    if not folder.is_dir():
-        pytest.skip(f"{folder} is absent (shared data not laid out here)")
+def test_la_heart_mri_nifti_pair_and_geometry(tmp_path, shared_data):
+    folder = shared_data / "la_heart_mri"
     splits = folder / "splits.json"
     stems = sorted(p.name for p in (folder / "imagesTr").glob("*.nii.gz"))
     if not stems:

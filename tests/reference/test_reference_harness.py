@@ -11,7 +11,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import litemedsam_reference as ref  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 def _timm_keys():
@@ -83,10 +82,8 @@ def test_synthetic_disk_dice():
 
 
 @pytest.mark.data
-def test_kvasir_first_test_image_dice():
-    root = DATA / "kvasir_seg"
-    if not (root / "splits.json").exists():
-        pytest.skip(f"real data absent: {root} (needs ../shared/data)")
+def test_kvasir_first_test_image_dice(shared_data):
+    root = shared_data / "kvasir_seg"
     from PIL import Image
 
     stem = json.loads((root / "splits.json").read_text())["test"][0]

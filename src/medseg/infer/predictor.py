@@ -128,7 +128,7 @@ class Predictor:
             raise InputError(f"points must be (K, 2) or (N, K, 2) finite (x, y); got shape {np.shape(points)}")
         labels = np.ones(pts.shape[:2], dtype=np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
         if labels.shape == pts.shape[1:2]:  # (K,) labels shared by the N objects
-            labels = np.broadcast_to(labels, pts.shape[:2])
+            labels = np.broadcast_to(labels, pts.shape[:2]).copy()
         if labels.shape != pts.shape[:2]:
             raise InputError(f"point_labels of shape {labels.shape} do not match points of shape {pts.shape}: "
                              f"give one label (1 positive, 0 negative) per point.")

@@ -7,6 +7,7 @@ integer ``(Z, Y, X)``; a 2D picture has ``Z == 1``. World geometry is RAS+ mm (s
 """
 
 from medseg.io._util import DEFAULT_MAX_VOXELS
+from medseg.io._util import output_path as check_output_path
 from medseg.io.meta import Image, Label, Meta, check_pair, resize_label
 from medseg.io.readers import SUPPORTED_SUFFIXES, read_image, read_label
 from medseg.io.writers import WRITE_SUFFIXES, write_image, write_label
@@ -18,6 +19,7 @@ __all__ = [
     "Image",
     "Label",
     "Meta",
+    "check_output_path",
     "check_pair",
     "read_image",
     "read_label",

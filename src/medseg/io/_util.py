@@ -130,8 +130,8 @@ def output_path(path, like_source, overwrite: bool) -> Path:
     if p.is_dir():
         raise InputError(f"{p}: is a folder; give a file name with a suffix such as .nii.gz.")
     if p.exists() and not overwrite:
-        raise InputError(f"{p}: already exists; pass overwrite=True to replace it, or choose "
-                         f"another path.")
+        raise InputError(f"{p}: already exists; replace it with overwrite=True (--overwrite on the "
+                         f"command line), or choose another path.")
     return p
 
 

@@ -1,0 +1,61 @@
+"""Shared plumbing of the benchmarks: threads, data location, timing, peak memory, JSON out."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# Spin-waiting OpenMP threads wreck timings when anything else runs on the cores.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = Path(os.environ.get("MEDSEG_DATA", REPO.parent / "shared" / "data"))
+THREADS = 2
+
+
+def set_threads() -> None:
+    import torch
+
+    torch.set_num_threads(THREADS)
+
+
+def median_seconds(fn, runs: int, warmup: int = 1) -> float:
+    """Median wall time of ``fn()`` over ``runs`` calls after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def peak_rss_mb(code: str) -> float | None:
+    """Peak resident memory (MB) of a fresh ``python -c code`` process, from /usr/bin/time -v."""
+    timer = Path("/usr/bin/time")
+    if not timer.exists():
+        return None
+    env = dict(os.environ, OMP_NUM_THREADS=str(THREADS))
+    proc = subprocess.run([str(timer), "-v", sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"peak-memory probe failed:\n{proc.stderr[-2000:]}")
+    match = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
+    return int(match.group(1)) / 1024 if match else None
+
+
+def write_json(payload: dict, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
+    return path
+
+
+def require_data(data: Path) -> None:
+    if not (data / "INDEX.md").is_file():
+        sys.exit(f"real data not found at {data}: pass --data DIR or set MEDSEG_DATA")
