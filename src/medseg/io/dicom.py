@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-import SimpleITK as sitk
 
 from medseg.errors import InputError
 from medseg.io._util import check_voxels, native, reading
@@ -117,6 +116,8 @@ def read_dicom_series(folder: Path, max_voxels: int | None) -> tuple[np.ndarray,
     Slices are sorted by position along the slice normal by GDCM; the rescale slope/intercept is
     applied by GDCM (the dtype is then int16 or float32 depending on the tags).
     """
+    import SimpleITK as sitk  # heavy: imported where it is needed
+
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     if not files:
         raise InputError(f"{folder}: the folder is empty; a DICOM series folder must hold the "

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import SimpleITK as sitk
 
 from medseg.errors import InputError
 from medseg.io._util import check_voxels, dtype_name, native, reading
@@ -97,6 +96,8 @@ def read_itk(path: Path, max_voxels: int | None, fmt: str) -> tuple[np.ndarray, 
     ITK geometry is LPS+; ``meta.affine`` converts it to RAS+. The exact ITK origin, spacing and
     direction are kept in ``meta._itk`` for writing back.
     """
+    import SimpleITK as sitk  # heavy: imported where it is needed
+
     with reading(path, fmt.upper()):
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(path))
@@ -124,7 +125,7 @@ def read_itk(path: Path, max_voxels: int | None, fmt: str) -> tuple[np.ndarray, 
     return arr, meta
 
 
-def _itk_modality(reader: sitk.ImageFileReader) -> str | None:
+def _itk_modality(reader) -> str | None:
     """'CT', 'MR', ... from a MetaImage 'Modality' field (MET_MOD_CT), else None."""
     if reader.HasMetaDataKey("Modality"):
         value = reader.GetMetaData("Modality").strip()
@@ -139,6 +140,8 @@ def write_itk(path: Path, arr: np.ndarray, like: Meta | None) -> None:
     An ITK ``like`` (MHA, NRRD, DICOM) gives its exact origin/spacing/direction; a NIfTI ``like``
     gives its affine converted to LPS; none gives ITK's defaults. C > 1 is a vector image.
     """
+    import SimpleITK as sitk  # heavy: imported where it is needed
+
     vector = arr.ndim == 4 and arr.shape[0] > 1
     if arr.ndim == 4:
         arr = np.moveaxis(arr, 0, -1) if vector else arr[0]
