@@ -204,6 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p)
     p.set_defaults(func=cmd_evaluate)
 
+    from .data.cli import add_data_parser
+
+    add_data_parser(sub)
+
     p = sub.add_parser("models", help="list the registered models")
     p.set_defaults(func=cmd_models)
     return parser
