@@ -1,4 +1,4 @@
-"""``medseg <stage>``: one subcommand per stage (demo, predict, evaluate, models)."""
+"""``medseg <stage>``: one subcommand per stage (demo, predict, evaluate, train, data, models)."""
 
 from __future__ import annotations
 
@@ -205,7 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     from .data.cli import add_data_parser
+    from .train.cli import add_train_parser
 
+    add_train_parser(sub)
     add_data_parser(sub)
 
     p = sub.add_parser("models", help="list the registered models")

@@ -1,0 +1,31 @@
+"""Training: one loop for every objective, resumable exactly, one process or many (torchrun).
+
+    from medseg.train import load_config, train
+    config = load_config("configs/tiny_smoke.yaml", ["data.root=../shared/data/kvasir_seg"])
+    result = train(config, "runs/smoke")   # -> {"history": [...], "steps": [...], "best_dice": ...}
+
+Modules: ``config`` (dataclasses, YAML, --set), ``datasets`` (prompted objects, epoch sampler),
+``objectives`` (registry; "supervised"), ``optim`` (freezing, AdamW, schedule, AMP), ``checkpoint``
+(safetensors + JSON + training state, atomic), ``logs`` (CSV, TensorBoard, curves), ``ddp``,
+``loop`` (:func:`train`), ``cli`` (``medseg train``).
+"""
+
+from medseg.train.config import (Config, DataConfig, ModelConfig, OptimConfig, TrainConfig, config_from_dict,
+                                 config_to_dict, load_config)
+from medseg.train.loop import train
+from medseg.train.objectives import OBJECTIVES, Objective, register_objective
+
+__all__ = [
+    "OBJECTIVES",
+    "Config",
+    "DataConfig",
+    "ModelConfig",
+    "Objective",
+    "OptimConfig",
+    "TrainConfig",
+    "config_from_dict",
+    "config_to_dict",
+    "load_config",
+    "register_objective",
+    "train",
+]

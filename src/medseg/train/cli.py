@@ -1,0 +1,89 @@
+"""``medseg train``: command-line front end of :func:`medseg.train.train`.
+
+    medseg train CONFIG.yaml [--set key=value ...] [--run-dir DIR] [--overwrite]
+    medseg train --resume RUN_DIR [--set train.epochs=20 ...]
+    torchrun --nproc_per_node 2 -m medseg.train CONFIG.yaml ...   (same arguments, several processes)
+
+``medseg.cli`` wires it in with ``add_train_parser(subparsers)``; ``python -m medseg.train``
+runs the same command on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from medseg.errors import InputError, MedsegError
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", type=Path, help="YAML config (see configs/); not needed with --resume")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set optim.lr=3e-4 --set data.root=DIR (repeatable)")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                   help="continue RUN_DIR from latest.* with RUN_DIR/config.yaml (then --set)")
+    p.add_argument("--run-dir", type=Path, help="output folder (default: train.run_dir, else runs/<config name>)")
+    p.add_argument("--overwrite", action="store_true", help="start again in a run folder that is not empty")
+    p.set_defaults(func=cmd_train)
+
+
+def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``train`` subcommand to ``medseg``'s subparsers; returns its parser."""
+    p = subparsers.add_parser("train", help="train or fine-tune a model from a YAML config (torchrun for DDP)",
+                              description=__doc__.split("\n\n")[0])
+    _add_arguments(p)
+    return p
+
+
+def resolve(args: argparse.Namespace):
+    """(config, run_dir, resume) of parsed ``train`` arguments."""
+    from medseg.train.config import load_config
+
+    if args.resume is not None:
+        if args.run_dir is not None and Path(args.run_dir) != Path(args.resume):
+            raise InputError("--resume RUN_DIR already names the run folder; drop --run-dir")
+        if args.overwrite:
+            raise InputError("give either --resume or --overwrite, not both")
+        saved = Path(args.resume) / "config.yaml"
+        if not saved.is_file():
+            raise InputError(f"cannot resume {args.resume}: {saved} not found (is it a run folder?)")
+        if args.config is not None:
+            print(f"note: resuming with {saved}; {args.config} is not read", file=sys.stderr)
+        return load_config(saved, args.overrides), Path(args.resume), True
+    if args.config is None:
+        raise InputError("give a config file (medseg train CONFIG.yaml) or --resume RUN_DIR")
+    config = load_config(args.config, args.overrides)
+    run_dir = args.run_dir or config.train.run_dir or Path("runs") / Path(args.config).name.split(".")[0]
+    return config, Path(run_dir), False
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from medseg.train.loop import train
+
+    config, run_dir, resume = resolve(args)
+    result = train(config, run_dir, resume=resume, overwrite=args.overwrite)
+    from medseg.train.ddp import from_env
+
+    if from_env().is_main:
+        best = result["best_dice"]
+        where = run_dir / ("best.safetensors" if best is not None else "latest.safetensors")
+        print(f"done: {len(result['history'])} epochs, best val Dice "
+              f"{'-' if best is None else f'{best:.4f}'} -> {where}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m medseg.train CONFIG.yaml ...``: the ``medseg train`` command on its own."""
+    parser = argparse.ArgumentParser(prog="medseg train", description=__doc__.split("\n\n")[0])
+    _add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except MedsegError as exc:
+        print(f"medseg train: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,260 @@
+"""Training configuration: dataclasses with defaults, YAML files and ``key=value`` overrides.
+
+Precedence: defaults < YAML file < ``--set section.key=value``. Every value is coerced to the
+type of its field (``"1e-4"`` -> 1e-4, ``"true"`` -> True, ``"null"`` -> None, ``"[0.9, 0.99]"``
+-> [0.9, 0.99]); an unknown key is an :class:`~medseg.errors.InputError` that names it and lists
+the keys valid at that level.
+
+    config = load_config("configs/tiny_smoke.yaml", ["data.root=data/kvasir_seg", "optim.lr=3e-4"])
+    config.optim.lr  # 0.0003
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medseg.errors import InputError
+
+TRAINABLE = ("decoder", "prompt_decoder", "encoder_frozen", "all")
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+PIXEL_LOSSES = ("bce", "focal")
+
+
+@dataclass
+class DataConfig:
+    """Where the cases come from and how items are made (see :mod:`medseg.train.datasets`)."""
+
+    root: str | None = None          # images/ + masks/ (+ splits.json) or imagesTr/ + labelsTr/
+    train_split: str = "train"
+    val_split: str | None = "val"    # None: no validation (then only latest.* is written)
+    image_size: int | None = None    # model input side; None = the model's own
+    limit: int | None = None         # first N cases of each split (smoke runs)
+    num_workers: int = 0
+    box_jitter: float = 0.0          # each box side moves by up to this fraction of the box size
+    min_object_pixels: int = 20      # smaller components (in the model frame) are not objects
+    modality: str | None = None      # "CT" / "MR" intensity window, as the predictor's
+    cache: bool = True               # keep prepared frames in memory after first use
+
+
+@dataclass
+class ModelConfig:
+    name: str = "litemedsam"
+    pretrained: bool = True
+    checkpoint: str | None = None    # start from these weights instead of the published ones
+    trainable: str = "decoder"       # one of TRAINABLE
+    activation_checkpointing: bool = False
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_steps: int = 0            # linear warm-up, then cosine decay to lr * min_lr_ratio
+    min_lr_ratio: float = 0.1
+    grad_clip: float | None = 1.0    # max global gradient norm; None: no clipping
+    accumulate: int = 1              # micro-batches per optimizer step
+
+
+@dataclass
+class TrainConfig:
+    objective: str = "supervised"
+    epochs: int = 10
+    batch_size: int = 8              # global: split over processes under torchrun
+    seed: int = 0
+    device: str = "auto"             # auto | cpu | cuda | cuda:1
+    amp: str = "auto"                # auto (bf16/fp16 on CUDA, off on CPU) | bf16 | fp16 | off
+    log_every: int = 10              # optimizer steps between progress-bar / TensorBoard updates
+    val_every: int = 1               # epochs between validations (the last epoch always validates)
+    run_dir: str | None = None
+    dice_weight: float = 1.0
+    pixel_weight: float = 1.0        # weight of the BCE or focal term
+    pixel_loss: str = "bce"          # bce | focal
+    focal_gamma: float = 2.0
+    progress: bool = True
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def config_to_dict(config: Config) -> dict[str, dict[str, Any]]:
+    """Plain nested dict (YAML/JSON-ready) of a Config."""
+    return dataclasses.asdict(config)
+
+
+def _fields(cls: type) -> dict[str, Any]:
+    """Field name -> resolved type annotation of a config dataclass."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _unknown(key: str, where: str, valid) -> InputError:
+    path = f"{where}.{key}" if where else key
+    level = f"in {where!r}" if where else "at the top level"
+    return InputError(f"unknown config key {path!r}; valid keys {level}: {', '.join(valid)}")
+
+
+_TRUE, _FALSE, _NONE = ("true", "yes", "on", "1"), ("false", "no", "off", "0"), ("none", "null", "~", "")
+
+
+def _coerce(value: Any, kind: Any, name: str) -> Any:
+    """``value`` (from YAML or a ``--set`` string) as type ``kind``; InputError naming ``name``."""
+    args = typing.get_args(kind)
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.strip().lower() in _NONE):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], name)
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in _TRUE or text in _FALSE:
+                return text in _TRUE
+            raise ValueError
+        if kind is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value) if not isinstance(value, str) else int(value.strip())
+        if kind is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if kind is str:
+            if isinstance(value, bool):  # YAML 1.1 reads unquoted off/no/on/yes as booleans
+                if name == "train.amp" and value is False:
+                    return "off"
+                raise InputError(f"config key {name!r}: YAML read {value} (from yes/no/on/off/true/false); "
+                                 f"quote the word, e.g. \"off\"")
+            if isinstance(value, (dict, list)):
+                raise ValueError
+            return str(value)
+        if typing.get_origin(kind) is list:
+            items = yaml.safe_load(value) if isinstance(value, str) else value
+            if isinstance(value, str) and not isinstance(items, list):
+                items = [v.strip() for v in value.strip("[]() ").split(",")]
+            if not isinstance(items, (list, tuple)):
+                raise ValueError
+            return [_coerce(v, args[0], f"{name}[{i}]") for i, v in enumerate(items)]
+    except (TypeError, ValueError, yaml.YAMLError):
+        pass
+    else:
+        raise TypeError(f"config field {name!r} has an unsupported type {kind}")
+    shown = getattr(kind, "__name__", str(kind))
+    raise InputError(f"config key {name!r}: cannot read {value!r} as {shown}")
+
+
+def config_from_dict(data: dict | None) -> Config:
+    """Config from a (partial) nested dict; missing keys keep their defaults.
+
+    Raises:
+        InputError: an unknown section or key (the message lists the valid ones), a section that
+            is not a mapping, or a value that cannot be read as its field's type.
+    """
+    data = data or {}
+    if not isinstance(data, dict):
+        raise InputError(f"a config must be a mapping of sections, got {type(data).__name__}")
+    sections = _fields(Config)
+    parts = {}
+    for section, cls in sections.items():
+        values = data.get(section) or {}
+        if not isinstance(values, dict):
+            raise InputError(f"config section {section!r} must be a mapping of keys, got {values!r}")
+        kinds = _fields(cls)
+        for key in values:
+            if key not in kinds:
+                raise _unknown(key, section, kinds)
+        parts[section] = cls(**{k: _coerce(v, kinds[k], f"{section}.{k}") for k, v in values.items()})
+    for section in data:
+        if section not in sections:
+            raise _unknown(section, "", sections)
+    config = Config(**parts)
+    check_config(config)
+    return config
+
+
+def check_config(config: Config) -> None:
+    """Values out of range or not among the choices -> InputError naming the key."""
+    choices = {"model.trainable": (config.model.trainable, TRAINABLE), "train.amp": (config.train.amp, AMP_MODES),
+               "train.pixel_loss": (config.train.pixel_loss, PIXEL_LOSSES)}
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise InputError(f"config key {key!r}: {value!r} is not one of {', '.join(allowed)}")
+    positive = {"train.epochs": config.train.epochs, "train.batch_size": config.train.batch_size,
+                "train.log_every": config.train.log_every, "train.val_every": config.train.val_every,
+                "optim.accumulate": config.optim.accumulate, "optim.lr": config.optim.lr}
+    for key, value in positive.items():
+        if value <= 0:
+            raise InputError(f"config key {key!r} must be > 0, got {value}")
+    if config.optim.grad_clip is not None and config.optim.grad_clip <= 0:
+        raise InputError(f"config key 'optim.grad_clip' must be > 0 or null, got {config.optim.grad_clip}")
+    if len(config.optim.betas) != 2:
+        raise InputError(f"config key 'optim.betas' needs two numbers, got {config.optim.betas}")
+    if config.data.box_jitter < 0 or config.optim.warmup_steps < 0 or config.data.num_workers < 0:
+        raise InputError("config keys 'data.box_jitter', 'optim.warmup_steps' and 'data.num_workers' must be >= 0")
+    if not 0 <= config.optim.min_lr_ratio <= 1:
+        raise InputError(f"config key 'optim.min_lr_ratio' must be in [0, 1], got {config.optim.min_lr_ratio}")
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise InputError(f"config file {path} not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise InputError(f"{path}: not readable YAML ({exc})") from None
+    if data is not None and not isinstance(data, dict):
+        raise InputError(f"{path}: a config must be a mapping of sections (data, model, optim, train)")
+    return data or {}
+
+
+def apply_override(data: dict, override: str) -> None:
+    """Set ``"section.key=value"`` in a nested dict (value kept as a string, coerced later)."""
+    key, sep, value = override.partition("=")
+    parts = key.strip().split(".")
+    if not sep or len(parts) != 2 or not all(parts):
+        raise InputError(f"override {override!r}: expected section.key=value, e.g. optim.lr=3e-4")
+    section, name = parts
+    sections = _fields(Config)
+    if section not in sections:
+        raise _unknown(section, "", sections)
+    kinds = _fields(sections[section])
+    if name not in kinds:
+        raise _unknown(name, section, kinds)
+    current = data.setdefault(section, {})
+    if not isinstance(current, dict):
+        raise InputError(f"config section {section!r} must be a mapping of keys, got {current!r}")
+    current[name] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults, then the YAML file at ``path`` (if any), then ``overrides`` ("a.b=value")."""
+    data = _read_yaml(Path(path)) if path is not None else {}
+    for override in overrides:
+        apply_override(data, override)
+    try:
+        return config_from_dict(data)
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}" if path is not None else str(exc)) from None
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML (loadable by :func:`load_config`)."""
+    from medseg.train.checkpoint import atomic_write_bytes
+
+    text = yaml.safe_dump(config_to_dict(config), sort_keys=False)
+    atomic_write_bytes(Path(path), text.encode("utf-8"))

@@ -1,0 +1,267 @@
+"""The one training loop: every objective, one process or many (torchrun), fresh or resumed.
+
+    from medseg.train import load_config, train
+    result = train(load_config("configs/tiny_smoke.yaml", ["data.root=data/kvasir_seg"]), "runs/smoke")
+    result["best_dice"], result["history"][-1]
+
+Order of a run: check the run folder -> seed -> build the model -> datasets -> freeze -> optimizer,
+schedule, AMP -> (resume) -> epochs of [train steps, validation, checkpoints, logs]. Everything that
+can be wrong with the input fails before the first step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from medseg.errors import InputError
+from medseg.models import build_model
+from medseg.train import ddp
+from medseg.train.checkpoint import SUFFIXES, has_checkpoint, load_checkpoint, save_checkpoint
+from medseg.train.config import Config, config_to_dict, save_config
+from medseg.train.datasets import EpochSampler
+from medseg.train.logs import ARTIFACTS, RunLog
+from medseg.train.objectives import make_objective
+from medseg.train.optim import (TrainForward, amp_dtype, enable_activation_checkpointing, make_optimizer,
+                                make_scheduler, select_trainable)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """A non-empty run folder is only reused with ``resume`` (needs ``latest.*``) or ``overwrite``."""
+    if resume and overwrite:
+        raise InputError("give either resume or overwrite, not both")
+    if resume:
+        if not has_checkpoint(run_dir, "latest"):
+            raise InputError(f"nothing to resume in {run_dir}: it has no latest.safetensors/.json/.pt")
+    elif run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())) and not overwrite:
+        raise InputError(f"run folder {run_dir} exists and is not empty: resume it (--resume {run_dir}), "
+                         f"start again in it (--overwrite) or choose another --run-dir")
+
+
+def _clear_run_dir(run_dir: Path) -> None:
+    """Remove what an earlier run wrote there (and nothing else)."""
+    for name in [f"{t}{s}" for t in ("latest", "best") for s in SUFFIXES] + list(ARTIFACTS):
+        (run_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
+
+
+def _build(config: Config) -> tuple[torch.nn.Module, Config]:
+    """The model of ``config.model`` and the config with ``data.image_size`` resolved from it."""
+    m = config.model
+    try:
+        model = build_model(m.name, pretrained=m.pretrained and m.checkpoint is None, checkpoint=m.checkpoint)
+    except KeyError as exc:
+        raise InputError(f"config key 'model.name': {exc.args[0]}") from None
+    size = config.data.image_size
+    if size is not None and size != model.image_size:
+        raise InputError(f"config key 'data.image_size' is {size}, but model {m.name!r} takes "
+                         f"{model.image_size}x{model.image_size}; leave it unset")
+    data = dataclasses.replace(config.data, image_size=model.image_size)
+    return model, dataclasses.replace(config, data=data)
+
+
+def _loaders(config: Config, train_ds, val_ds, info: ddp.DistInfo, device: torch.device):
+    """Train loader (this process's share of each global batch) and val loader (main process only)."""
+    t = config.train
+    group = t.batch_size * config.optim.accumulate
+    if t.batch_size % info.world_size:
+        raise InputError(f"train.batch_size {t.batch_size} is not divisible by the {info.world_size} processes")
+    if len(train_ds) < group:
+        raise InputError(f"the train split has {len(train_ds)} objects, fewer than one optimizer step "
+                         f"(train.batch_size {t.batch_size} x optim.accumulate {config.optim.accumulate})")
+    sampler = EpochSampler(len(train_ds), group, t.seed, info.rank, info.world_size)
+    common = {"num_workers": config.data.num_workers, "pin_memory": device.type == "cuda"}
+    train_loader = DataLoader(train_ds, t.batch_size // info.world_size, sampler=sampler, drop_last=True, **common)
+    val_loader = DataLoader(val_ds, t.batch_size, shuffle=False, **common) if val_ds is not None else None
+    return train_loader, val_loader
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _mean_over_processes(value: torch.Tensor, info: ddp.DistInfo) -> float:
+    if info.enabled:
+        value = value.clone()
+        dist.all_reduce(value)  # SUM (gloo has no AVG)
+        value /= info.world_size
+    return float(value)
+
+
+def _say(info: ddp.DistInfo, message: str) -> None:
+    if info.is_main:
+        tqdm.write(message, file=sys.stdout)
+
+
+def train(config: Config, run_dir: str | Path | None = None, resume: bool = False, overwrite: bool = False,
+          stop_after: int | None = None) -> dict:
+    """Train ``config`` into ``run_dir`` (default ``config.train.run_dir``).
+
+    Args:
+        resume: continue from ``run_dir/latest.*`` with the same weights, optimizer, LR schedule,
+            RNG and data order, so the step losses equal those of an uninterrupted run.
+        overwrite: start again in a non-empty run folder (only files a run writes are removed).
+        stop_after: stop after this many completed epochs, as if interrupted (tests, time-boxed jobs).
+
+    Returns:
+        ``{"history": [{epoch, step, train_loss, val_dice, lr, seconds}], "steps": [{step, epoch,
+        loss, lr}], "best_dice": float | None, "run_dir": str}``, including earlier epochs of a
+        resumed run (on the main process).
+    """
+    run_dir = run_dir if run_dir is not None else config.train.run_dir
+    if run_dir is None:
+        raise InputError("no run folder: pass run_dir (--run-dir DIR) or set train.run_dir")
+    run_dir = Path(run_dir)
+    info, device = ddp.setup(config.train.device)
+    try:
+        check_run_dir(run_dir, resume, overwrite)
+        ddp.barrier(info)  # every process has looked before the main one writes there
+        return _train(config, run_dir, resume, overwrite, stop_after, info, device)
+    finally:
+        ddp.cleanup(info)
+
+
+def _prepare(config: Config, run_dir: Path, resume: bool, overwrite: bool, info, device) -> dict:
+    """Everything before the first step; returns the pieces the epochs use."""
+    seed_everything(config.train.seed)
+    model, config = _build(config)
+    objective = make_objective(config)
+    train_ds, val_ds = objective.make_datasets(config)
+    train_loader, val_loader = _loaders(config, train_ds, val_ds, info, device)
+    n_train, n_total = select_trainable(model, config.model.trainable)
+    if config.model.activation_checkpointing and not enable_activation_checkpointing(model):
+        _say(info, f"note: model {config.model.name!r} has no activation checkpointing; ignored")
+    model.to(device)  # before the optimizer, so that a resumed optimizer state lands on the device too
+    optimizer = make_optimizer(model, config.optim)
+    steps_per_epoch = len(train_loader) // config.optim.accumulate
+    scheduler = make_scheduler(optimizer, config.optim, steps_per_epoch * config.train.epochs)
+    dtype = amp_dtype(config.train.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    state = {"epoch": 0, "step": 0, "best_dice": None}
+    if resume:
+        meta = load_checkpoint(run_dir, "latest", model, config.model.name, optimizer, scheduler, scaler)
+        state = {k: meta[k] for k in state}
+    _say(info, f"{config.model.name}: {n_train:,} of {n_total:,} parameters train ({config.model.trainable}); "
+               f"{len(train_ds)} train objects, {len(val_ds) if val_ds else 0} val; {steps_per_epoch} steps/epoch; "
+               f"{info.world_size} process(es) on {device}; amp {str(dtype).replace('torch.', '') if dtype else 'off'}")
+    if info.is_main:
+        if overwrite:
+            _clear_run_dir(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / "config.yaml")  # the resolved config (rewritten on resume)
+    ddp.barrier(info)
+    forward = ddp.wrap(TrainForward(model), info, device)
+    return dict(config=config, model=model, forward=forward, objective=objective, optimizer=optimizer,
+                scheduler=scheduler, scaler=scaler, dtype=dtype, train_loader=train_loader,
+                val_loader=val_loader, state=state)
+
+
+def _train_epoch(p: dict, epoch: int, info: ddp.DistInfo, device: torch.device, log: RunLog) -> float:
+    """One epoch of optimizer steps; returns the mean step loss (over all processes)."""
+    config, forward, optimizer, scaler = p["config"], p["forward"], p["optimizer"], p["scaler"]
+    accumulate, clip = config.optim.accumulate, config.optim.grad_clip
+    loader = p["train_loader"]
+    loader.sampler.set_epoch(epoch)
+    if hasattr(loader.dataset, "set_epoch"):
+        loader.dataset.set_epoch(epoch)
+    forward.train()
+    params = [q for q in p["model"].parameters() if q.requires_grad]
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.train.epochs}", unit="batch", leave=False,
+               disable=not (info.is_main and config.train.progress), dynamic_ncols=True)
+    running, losses = torch.zeros((), device=device), []
+    for i, batch in enumerate(bar):
+        batch = _to_device(batch, device)
+        last = (i + 1) % accumulate == 0
+        sync = forward.no_sync() if info.enabled and not last else contextlib.nullcontext()
+        with sync:
+            with torch.autocast(device.type, dtype=p["dtype"], enabled=p["dtype"] is not None):
+                loss, parts = p["objective"].loss(forward, batch)
+            scaler.scale(loss / accumulate).backward()
+        running += loss.detach() / accumulate
+        if not last:
+            continue
+        if clip:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(params, clip)
+        lr = optimizer.param_groups[0]["lr"]
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        p["scheduler"].step()
+        p["state"]["step"] += 1
+        step_loss = _mean_over_processes(running, info)
+        running.zero_()
+        losses.append(step_loss)
+        step = p["state"]["step"]
+        show = step % config.train.log_every == 0
+        log.step(step, epoch + 1, step_loss, lr, {k: float(v) for k, v in parts.items()} if show else {}, show)
+        if show:
+            bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
+    return float(np.mean(losses))
+
+
+def _validate(p: dict, info: ddp.DistInfo, device: torch.device) -> float | None:
+    """Validation Dice computed on the main process, shared with the others."""
+    dice = None
+    if info.is_main and p["val_loader"] is not None:
+        model = p["model"].eval()
+        with torch.autocast(device.type, dtype=p["dtype"], enabled=p["dtype"] is not None):
+            dice = p["objective"].validate(model, p["val_loader"])["dice"]
+    return ddp.broadcast(dice, info)
+
+
+def _save(p: dict, run_dir: Path, row: dict, improved: bool, info: ddp.DistInfo) -> None:
+    ddp.barrier(info)
+    if info.is_main:
+        config = p["config"]
+        kwargs = dict(model_name=config.model.name, config=config_to_dict(config), epoch=row["epoch"],
+                      step=row["step"], metrics=row, best_dice=p["state"]["best_dice"], optimizer=p["optimizer"],
+                      scheduler=p["scheduler"], scaler=p["scaler"])
+        save_checkpoint(run_dir, ("latest", "best") if improved else "latest", p["model"], **kwargs)
+    ddp.barrier(info)
+
+
+def _train(config: Config, run_dir: Path, resume: bool, overwrite: bool, stop_after: int | None,
+           info: ddp.DistInfo, device: torch.device) -> dict:
+    p = _prepare(config, run_dir, resume, overwrite, info, device)
+    config, state = p["config"], p["state"]
+    log = RunLog(run_dir, info.is_main, state["epoch"], state["step"])
+    epochs = config.train.epochs if stop_after is None else min(config.train.epochs, stop_after)
+    try:
+        for epoch in range(state["epoch"], epochs):
+            start = time.perf_counter()
+            train_loss = _train_epoch(p, epoch, info, device, log)
+            last = epoch + 1 == config.train.epochs
+            dice = _validate(p, info, device) if (epoch + 1) % config.train.val_every == 0 or last else None
+            improved = dice is not None and (state["best_dice"] is None or dice > state["best_dice"])
+            if improved:
+                state["best_dice"] = dice
+            state["epoch"] = epoch + 1
+            lr = log.steps[-1]["lr"]  # of the epoch's last step
+            row = {"epoch": epoch + 1, "step": state["step"], "train_loss": train_loss, "val_dice": dice,
+                   "lr": lr, "seconds": round(time.perf_counter() - start, 3)}
+            log.epoch(row)  # before the checkpoint: rows past it are dropped on resume, none go missing
+            _save(p, run_dir, row, improved, info)
+            shown = "-" if dice is None else f"{dice:.4f}"
+            _say(info, f"epoch {epoch + 1}/{config.train.epochs}  step {state['step']}  loss {train_loss:.4f}  "
+                       f"val dice {shown}{'  (best)' if improved else ''}  lr {lr:.2e}  {row['seconds']:.1f} s")
+    finally:
+        log.close()
+    return {"history": log.epochs, "steps": log.steps, "best_dice": state["best_dice"], "run_dir": str(run_dir)}

@@ -1,0 +1,118 @@
+"""Training objectives: what a batch is, how it is scored, how a model is validated.
+
+The loop in :mod:`medseg.train.loop` is the same for every objective; an objective supplies
+
+* ``make_datasets(config) -> (train dataset, val dataset or None)``;
+* ``loss(model, batch) -> (scalar loss, {name: detached scalar tensor})``, where ``model`` is
+  called like ``PromptableSegmenter.forward`` (it may be a DDP wrapper) and ``batch`` is a
+  default-collated batch already on the model's device;
+* ``validate(model, loader) -> {"dice": float, ...}`` on the bare model (eval mode, no grad).
+
+``OBJECTIVES`` maps names to factories ``factory(config) -> Objective``; later objectives
+("distill", "mae", "universal") register themselves with :func:`register_objective`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from medseg.errors import InputError
+from medseg.train.config import Config
+from medseg.train.datasets import PromptedObjects, paired_cases
+
+
+class Objective(Protocol):
+    def make_datasets(self, config: Config) -> tuple[Dataset, Dataset | None]: ...
+
+    def loss(self, model: Callable, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
+
+    def validate(self, model: torch.nn.Module, loader: DataLoader) -> dict[str, float]: ...
+
+
+OBJECTIVES: dict[str, Callable[[Config], Objective]] = {}
+
+
+def register_objective(name: str):
+    """Class/function decorator: ``@register_objective("distill")`` adds a factory to OBJECTIVES."""
+    def add(factory):
+        OBJECTIVES[name] = factory
+        return factory
+    return add
+
+
+def make_objective(config: Config) -> Objective:
+    name = config.train.objective
+    if name not in OBJECTIVES:
+        raise InputError(f"config key 'train.objective': unknown objective {name!r}; "
+                         f"available: {', '.join(sorted(OBJECTIVES))}")
+    return OBJECTIVES[name](config)
+
+
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
+    """Mean sigmoid focal loss: BCE scaled by (1 - p_t)^gamma; logits and target of one shape."""
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    p = torch.sigmoid(logits)
+    p_t = p * target + (1 - p) * (1 - target)
+    return (bce * (1 - p_t) ** gamma).mean()
+
+
+def dice_scores(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-item Dice of bool masks (B, 1, S, S) -> (B,); 1 where both are empty."""
+    pred, target = pred.flatten(1).float(), target.flatten(1).float()
+    inter, total = (pred * target).sum(1), pred.sum(1) + target.sum(1)
+    return torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total))
+
+
+@register_objective("supervised")
+class SupervisedObjective:
+    """Promptable fine-tuning: one box per object -> one mask; Dice + BCE (or focal) on the logits.
+
+    Validation: mean Dice over the val objects of their box-prompted masks (logits > 0) in the
+    S x S model frame (padding included, where the target is empty).
+    """
+
+    def __init__(self, config: Config) -> None:
+        from monai.losses import DiceLoss
+
+        self.train_cfg = config.train
+        self.dice_loss = DiceLoss(sigmoid=True)
+
+    def make_datasets(self, config: Config) -> tuple[PromptedObjects, PromptedObjects | None]:
+        d = config.data
+        if d.image_size is None:
+            raise InputError("data.image_size must be resolved (the model's input size) before making datasets")
+
+        def build(split: str, jitter: float) -> PromptedObjects:
+            cases = paired_cases(d.root, split, d.limit)
+            return PromptedObjects(cases, d.image_size, d.min_object_pixels, jitter, config.train.seed,
+                                   d.modality, d.cache, what=f"split {split!r} of {d.root}")
+
+        train = build(d.train_split, d.box_jitter)
+        return train, (build(d.val_split, 0.0) if d.val_split else None)
+
+    def loss(self, model: Callable, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """batch: image (B, 3, S, S), box (B, 4), target (B, 1, S, S) -> scalar loss and its parts."""
+        logits, _ = model(batch["image"], boxes=batch["box"])
+        logits, target = logits.float(), batch["target"]
+        dice = self.dice_loss(logits, target)
+        cfg = self.train_cfg
+        if cfg.pixel_loss == "focal":
+            pixel = focal_loss(logits, target, cfg.focal_gamma)
+        else:
+            pixel = F.binary_cross_entropy_with_logits(logits, target)
+        loss = cfg.dice_weight * dice + cfg.pixel_weight * pixel
+        return loss, {"dice_loss": dice.detach(), cfg.pixel_loss: pixel.detach()}
+
+    @torch.no_grad()
+    def validate(self, model: torch.nn.Module, loader: DataLoader) -> dict[str, float]:
+        device = next(model.parameters()).device
+        scores = []
+        for batch in loader:
+            logits, _ = model(batch["image"].to(device), boxes=batch["box"].to(device))
+            scores.append(dice_scores(logits > 0, batch["target"].to(device) > 0.5).cpu())
+        dice = torch.cat(scores)
+        return {"dice": float(dice.mean()), "objects": int(dice.numel())}

@@ -1,0 +1,111 @@
+"""What trains, how it steps: parameter freezing, the training forward, AdamW, LR schedule, AMP."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from medseg.errors import InputError
+from medseg.train.config import OptimConfig
+
+# Top-level parts of a PromptableSegmenter that train under each ``model.trainable`` choice
+# (None: every part but the image encoder).
+TRAINABLE_PARTS: dict[str, tuple[str, ...] | None] = {
+    "decoder": ("mask_decoder",),
+    "prompt_decoder": ("prompt_encoder", "mask_decoder"),
+    "encoder_frozen": None,
+    "all": (),
+}
+
+
+def select_trainable(model: nn.Module, trainable: str) -> tuple[int, int]:
+    """Set ``requires_grad`` per ``trainable``; returns (trainable, total) parameter counts."""
+    if trainable not in TRAINABLE_PARTS:
+        raise InputError(f"config key 'model.trainable': {trainable!r} is not one of {', '.join(TRAINABLE_PARTS)}")
+    parts = TRAINABLE_PARTS[trainable]
+    for name, param in model.named_parameters():
+        top = name.split(".", 1)[0]
+        if trainable == "all":
+            param.requires_grad_(True)
+        elif parts is None:
+            param.requires_grad_(top != "image_encoder")
+        else:
+            param.requires_grad_(top in parts)
+    counts = [(p.numel(), p.requires_grad) for p in model.parameters()]
+    return sum(n for n, g in counts if g), sum(n for n, _ in counts)
+
+
+class TrainForward(nn.Module):
+    """``PromptableSegmenter.forward`` for training: a frozen image encoder runs without autograd,
+    and parts without trainable parameters stay in eval mode (BatchNorm statistics kept as loaded).
+
+    forward(images (B, 3, S, S), boxes (B, 4) | None, points, masks, multimask) -> (logits (B, M, S, S), iou (B, M)).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def _frozen(self, part: nn.Module) -> bool:
+        return not any(p.requires_grad for p in part.parameters())
+
+    def train(self, mode: bool = True) -> "TrainForward":
+        super().train(mode)
+        for part in self.model.children():
+            if self._frozen(part):
+                part.eval()
+        return self
+
+    def forward(self, images: torch.Tensor, boxes: torch.Tensor | None = None, points=None, masks=None,
+                multimask: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        grad = torch.is_grad_enabled() and not self._frozen(self.model.image_encoder)
+        with torch.set_grad_enabled(grad):
+            embedding = self.model.encode(images)
+        return self.model.decode(embedding, boxes, points, masks, multimask)
+
+
+def make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
+    """AdamW over trainable parameters; weight decay on matrices/kernels only (not biases, norms)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise InputError("no trainable parameters: check 'model.trainable'")
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=tuple(cfg.betas))
+
+
+def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Multiplier of the base LR at optimizer step ``step`` (0-based): linear warm-up over ``warmup``
+    steps, then cosine decay from 1 to ``min_ratio`` at step ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int):
+    """LambdaLR stepping once per optimizer step (its state dict is plain numbers)."""
+    def factor(step: int) -> float:
+        return lr_factor(step, cfg.warmup_steps, total_steps, cfg.min_lr_ratio)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype: ``auto`` -> bf16 on CUDA (fp16 where bf16 is unsupported), off on CPU."""
+    if mode == "off" or (mode == "auto" and device.type != "cuda"):
+        return None
+    if mode == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[mode]
+
+
+def enable_activation_checkpointing(model: nn.Module) -> bool:
+    """Recompute encoder activations in backward (saves memory when the encoder trains)."""
+    encoder = getattr(model, "image_encoder", None)
+    if encoder is None or not hasattr(encoder, "use_checkpoint"):
+        return False
+    encoder.use_checkpoint = True
+    return True
