@@ -117,13 +117,30 @@ def print_table(result: dict) -> None:
           f"(one 1024x1024 image, fresh process)")
 
 
+def remeasure_latency(path: Path) -> int:
+    import json
+
+    set_threads()
+    result = json.loads(path.read_text())
+    result["latency"] = latency(build_model("litemedsam", pretrained=True))
+    result["peak_mb"] = peak_rss_mb(PEAK_PROBE)
+    result["threads"] = torch.get_num_threads()
+    print_table(result)
+    print(f"\nupdated latency and peak memory in {write_json(result, path)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="3 cases per 2D set, no 3D (about 2 minutes)")
     parser.add_argument("--json", type=Path, help="output JSON (default benchmarks/results/zero_shot[_quick].json)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared data folder")
     parser.add_argument("--limit", type=int, help="cases per set (default: all; 3 with --quick)")
+    parser.add_argument("--latency-only", action="store_true",
+                        help="re-measure latency and peak memory into an existing --json (e.g. on a quieter machine)")
     args = parser.parse_args(argv)
+    if args.latency_only:
+        return remeasure_latency(args.json or REPO / "benchmarks" / "results" / "zero_shot.json")
     require_data(args.data)
     set_threads()
     start = time.time()

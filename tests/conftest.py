@@ -11,7 +11,18 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MEDSEG_DATA", REPO.parent / "shared" / "data"))
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _torch_threads(request):
+    """Intra-op threads while a test module runs: 1 by default (the models in unit tests are tiny, and
+    on a shared 2-core machine two OpenMP threads wait on each other: the tiny model ran 40x slower
+    with 2 threads under load); a module that runs the real model sets ``TORCH_THREADS = 2``.
+    The previous setting is restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(getattr(request.module, "TORCH_THREADS", 1))
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -27,6 +27,7 @@ from medseg.eval.loader import io_loader, slice_hwc  # noqa: E402
 from medseg.infer import Predictor  # noqa: E402
 from medseg.models import build_model  # noqa: E402
 
+TORCH_THREADS = 2  # the real model: see tests/conftest.py
 SETS_2D = ["kvasir_seg", "ph2_derm", "dsb2018_nuclei", "busi", "drishti_gs1_odoc", "isbi2012_em",
            "ct_organ_slices_demo", "ham10000_mini"]
 

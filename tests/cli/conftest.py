@@ -25,19 +25,10 @@ VOL_AFFINE = np.array([
 ])
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: takes several seconds (runs the real LiteMedSAM model)")
-
-
 @pytest.fixture(autouse=True)
-def _one_thread_and_seed():
-    """One torch thread (on a busy 2-core machine two OpenMP threads made the tiny model ~20x
-    slower) and a fixed seed, so the random weights of litemedsam-tiny are the same every run."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _seed():
+    """A fixed seed, so the random weights of litemedsam-tiny are the same every run."""
     torch.manual_seed(0)
-    yield
-    torch.set_num_threads(before)
 
 
 @dataclass

@@ -10,17 +10,6 @@ from medseg.infer import Predictor
 from medseg.models import build_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread while these tests run: the models here are small, and on a shared 2-core
-    machine two OpenMP threads wait on each other (the tiny model ran 40x slower with 2 threads under
-    load). The previous setting is restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny_model():
     """litemedsam-tiny with seeded random weights; its masks cover a good part of each box, so

@@ -10,17 +10,6 @@ from medseg.models import build_model
 TINY = "litemedsam-tiny"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread while these tests run: the models here are small, and on a shared 2-core
-    machine two OpenMP threads wait on each other (the tiny model ran 40x slower with 2 threads under
-    load). The previous setting is restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny_model():
     """The tiny 64x64 variant with seeded random weights, in eval mode. Tests must not train it."""

@@ -13,6 +13,8 @@ import litemedsam_reference as ref  # noqa: E402
 
 
 
+TORCH_THREADS = 2  # the real model: see tests/conftest.py
+
 def _timm_keys():
     return sorted(k for k in sys.modules if k == "timm" or k.startswith("timm."))
 

@@ -6,23 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 from trainkit import tiny_overrides, write_dataset
 
 from medseg.train.config import load_config
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: launches processes or trains several epochs (still in the default run)")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: on a busy 2-core machine two OpenMP threads slow the tiny model down a lot."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
