@@ -102,12 +102,38 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if path is not None:
             probe.check_output(path)
     predictor = _predictor(args)
+    if args.prompt == "clicks":
+        return _evaluate_clicks(args, predictor, figure)
     report = evaluate_dataset(predictor, args.dataset, split=args.split, prompt=args.prompt, limit=args.limit,
                               progress=not args.no_progress)
     report.print_table()
     for path, write in ((args.json, report.to_json), (args.csv, report.to_csv), (figure, report.save_figure)):
         if path is not None:
             print(f"wrote {write(path)}")
+    return 0
+
+
+def _evaluate_clicks(args: argparse.Namespace, predictor, figure: Path) -> int:
+    import json
+
+    from .eval.interactive import evaluate_interactive, print_rounds, save_rounds_figure
+
+    if args.rounds < 1:
+        raise KeyError("--rounds must be 1 or more")
+    result = evaluate_interactive(predictor, args.dataset, split=args.split, rounds=args.rounds, limit=args.limit,
+                                  progress=not args.no_progress, first=args.first)
+    print_rounds(result)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
+        print(f"wrote {args.json}")
+    if args.csv is not None:
+        rows = ["stem,class_id," + ",".join(f"dice_round_{k + 1}" for k in range(args.rounds))]
+        rows += [f"{c['stem']},{c['class_id']}," + ",".join("" if d is None else f"{d:.6f}" for d in c["dice_per_round"])
+                 for c in result["cases"]]
+        args.csv.write_text("\n".join(rows) + "\n")
+        print(f"wrote {args.csv}")
+    print(f"wrote {save_rounds_figure(result, figure)}")
     return 0
 
 
@@ -195,7 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="score the model on a dataset with prompts from its ground truth")
     p.add_argument("dataset", type=Path, help="folder with images/ + masks/ (splits.json) or imagesTr/ + labelsTr/")
     p.add_argument("--split", default="test", help="test, val, train or all (default: test)")
-    p.add_argument("--prompt", choices=("box", "point"), default="box")
+    p.add_argument("--prompt", choices=("box", "point", "clicks"), default="box",
+                   help="box or point: one prompt per component; clicks: interactive rounds (see --rounds)")
+    p.add_argument("--rounds", type=int, default=5, help="with --prompt clicks: rounds of correction (default 5)")
+    p.add_argument("--first", choices=("point", "box"), default="point",
+                   help="with --prompt clicks: the first prompt of each object (later rounds add clicks)")
     p.add_argument("--limit", type=int, help="only the first N cases")
     p.add_argument("--json", type=Path, help="write the report as JSON")
     p.add_argument("--csv", type=Path, help="write one row per case and class as CSV")

@@ -133,3 +133,14 @@ def test_real_model_on_kvasir(cli, shared_data, real_weights, work):
     report = json.loads(j.read_text())
     assert report["summary"]["n_cases"] == 3 and report["summary"]["n_errors"] == 0
     assert report["summary"]["dice"] > 0.8, report["cases"]
+
+
+def test_evaluate_clicks_reports_dice_per_round(cli, dataset, tmp_path):
+    out_json, fig = tmp_path / "clicks.json", tmp_path / "clicks.png"
+    r = cli("evaluate", dataset, "--prompt", "clicks", "--rounds", "2", "--first", "box", "--limit", "1",
+            "--json", out_json, "--figure", fig, "--model", "litemedsam-tiny", "--no-progress")
+    assert r.rc == 0, r.err
+    result = json.loads(out_json.read_text())
+    assert result["rounds"] == 2 and len(result["dice_per_round"]) == 2
+    assert "box + 1 click" in r.out
+    assert fig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -58,7 +58,7 @@ def _empty_class(names: dict[int, str]) -> int | None:
     return foreground[0] if len(foreground) == 1 else None
 
 
-def _class_name(class_id: int | None, names: dict[int, str]) -> str:
+def class_name(class_id: int | None, names: dict[int, str]) -> str:
     """Name of a class id; class 1 of a 0/255 mask may be named under 255."""
     if class_id is None:
         return EMPTY_NAME
@@ -166,7 +166,7 @@ def evaluate_case(
         start = time.perf_counter()
         pred, n = segment(gt)
         seconds += time.perf_counter() - start
-        row = {"stem": case.stem, "class_id": class_id, "class_name": _class_name(class_id, names)}
+        row = {"stem": case.stem, "class_id": class_id, "class_name": class_name(class_id, names)}
         row.update(case_metrics(pred, gt, spacing=spacing, tolerance=tolerance))
         row.update({"n_prompts": n, "empty_gt": empty_gt})
         results.append(row)

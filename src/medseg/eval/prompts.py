@@ -86,7 +86,7 @@ def boxes3d_from_mask(mask: np.ndarray, min_size: int = MIN_SIZE) -> np.ndarray:
     return boxes
 
 
-def _deepest_point(component: np.ndarray) -> tuple[int, int]:
+def deepest_point(component: np.ndarray) -> tuple[int, int]:
     """(y, x) of the pixel of a bool (h, w) component farthest from its border.
 
     The component is padded by one background pixel on every side, so the edge of the
@@ -118,6 +118,6 @@ def points_from_mask(mask: np.ndarray, min_size: int = MIN_SIZE) -> np.ndarray:
     points = np.zeros((len(kept), 2), dtype=np.float32)
     for row, label in enumerate(kept):
         ys, xs = slices[label - 1]
-        y, x = _deepest_point(labels[ys, xs] == label)
+        y, x = deepest_point(labels[ys, xs] == label)
         points[row] = (xs.start + x, ys.start + y)
     return points

@@ -1,0 +1,233 @@
+"""Simulated user prompts: jittered boxes, corrective clicks from errors, multi-round interaction.
+
+Conventions (shared with :class:`medseg.infer.Predictor`):
+    box   = (x0, y0, x1, y1), inclusive pixel coordinates of the image the masks live in;
+    click = (x, y, label): pixel column x, row y, label 1 positive (add) / 0 negative (remove);
+    masks are bool (H, W) (or (B, H, W) tensors for training), True = foreground.
+
+Clicks follow SAM / RITM interactive protocols: the next click goes into the largest connected
+error component (8-connectivity) of the previous prediction; false negatives give a positive click,
+false positives a negative one (a tie goes to the positive click). Without ``rng`` the click sits
+at the component's deepest pixel (farthest from its border, the image edge counting as border;
+the evaluation protocol); with ``rng`` it is a uniformly random pixel among the component's pixels
+at least half that depth from the border (training).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from medseg.errors import InputError
+from medseg.eval.prompts import deepest_point
+
+FIRST_PROMPTS = ("box", "point")
+PADDING_LABEL = -1
+"""Label of a click that is not there (the prompt encoder ignores it)."""
+
+
+def _generator(rng) -> np.random.Generator | None:
+    return None if rng is None else np.random.default_rng(rng)
+
+
+def dice(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Dice of two binary (H, W) masks (non-zero = foreground) in [0, 1]; 1.0 when both are empty."""
+    pred, gt = np.asarray(pred) != 0, np.asarray(gt) != 0
+    total = int(pred.sum() + gt.sum())
+    return 1.0 if total == 0 else 2.0 * int((pred & gt).sum()) / total
+
+
+def mask_box(mask: np.ndarray) -> np.ndarray:
+    """Tight box (4,) float32 (x0, y0, x1, y1), inclusive, of all foreground of a (H, W) mask."""
+    ys, xs = np.nonzero(np.asarray(mask))
+    if not len(ys):
+        raise InputError("the mask has no foreground: there is no box to draw around it")
+    return np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=np.float32)
+
+
+def jitter_box(box: np.ndarray, rng: np.random.Generator | int | None, max_shift: float = 0.1, *,
+               max_pixels: float | None = 20.0, shape: tuple[int, int] | None = None,
+               expand_only: bool = False) -> np.ndarray:
+    """Randomly perturb ground-truth boxes the way SAM / MedSAM train on them.
+
+    Args:
+        box: (4,) or (N, 4) (x0, y0, x1, y1), inclusive pixels.
+        rng: a ``np.random.Generator`` (or a seed).
+        max_shift: each coordinate moves by a uniform amount in [-s, s] with
+            s = ``max_shift`` * the box's side along that axis (width x1 - x0 + 1 for x, height for y),
+        max_pixels: ... capped at this many pixels (MedSAM: 20; None = no cap).
+        shape: (H, W) of the image; the result is clipped to [0, W - 1] x [0, H - 1].
+        expand_only: move every edge outwards only (MedSAM), so the box still holds the object.
+
+    Returns:
+        float32 boxes of the input's shape, with x0 <= x1 and y0 <= y1.
+    """
+    rng = np.random.default_rng(rng)
+    b = np.asarray(box, dtype=np.float64)
+    boxes = b.reshape(-1, 4)
+    width, height = boxes[:, 2] - boxes[:, 0] + 1, boxes[:, 3] - boxes[:, 1] + 1
+    limit = max_shift * np.stack([width, height, width, height], axis=1)
+    if max_pixels is not None:
+        limit = np.minimum(limit, max_pixels)
+    shift = rng.uniform(-1.0, 1.0, boxes.shape) * limit
+    if expand_only:
+        shift = np.abs(shift) * np.array([-1, -1, 1, 1])
+    out = boxes + shift
+    out = np.concatenate([np.minimum(out[:, :2], out[:, 2:]), np.maximum(out[:, :2], out[:, 2:])], axis=1)
+    if shape is not None:
+        out = np.clip(out, 0, [shape[1] - 1, shape[0] - 1] * 2)
+    return out.reshape(b.shape).astype(np.float32)
+
+
+def _largest_component(region: np.ndarray) -> tuple[int, np.ndarray | None]:
+    """(size, bool mask) of the largest 8-connected component of ``region``; (0, None) if empty."""
+    labels, count = ndimage.label(region, structure=np.ones((3, 3), dtype=bool))
+    if count == 0:
+        return 0, None
+    sizes = np.bincount(labels.ravel())[1:]
+    best = int(np.argmax(sizes))
+    return int(sizes[best]), labels == best + 1
+
+
+def _click_in(component: np.ndarray, rng: np.random.Generator | None) -> tuple[int, int]:
+    """(x, y) inside a bool (H, W) component: its deepest pixel, or a random fairly deep one."""
+    ys, xs = ndimage.find_objects(component.astype(np.uint8))[0]
+    crop = component[ys, xs]
+    if rng is None:
+        y, x = deepest_point(crop)
+    else:
+        depth = ndimage.distance_transform_edt(np.pad(crop, 1))[1:-1, 1:-1]
+        candidates = np.argwhere(depth >= depth.max() / 2)  # (K, 2) rows of (y, x), all inside
+        y, x = candidates[rng.integers(len(candidates))]
+    return int(xs.start + x), int(ys.start + y)
+
+
+def sample_click(gt: np.ndarray, pred: np.ndarray | None,
+                 rng: np.random.Generator | int | None = None) -> tuple[int, int, int] | None:
+    """Next corrective click ``(x, y, label)`` for ``pred`` against ``gt`` (see the module docstring).
+
+    Args:
+        gt: (H, W) ground truth, non-zero = object.
+        pred: (H, W) previous prediction (non-zero = foreground), or None for the first click:
+            a positive click at the ground truth's deepest pixel (random interior pixel with rng).
+        rng: None for the deterministic evaluation protocol, a Generator (or seed) for training.
+
+    Returns:
+        (x, y, label) with label 1 (false negative: add) or 0 (false positive: remove), or None
+        when ``pred`` equals ``gt`` (nothing to correct).
+
+    Raises:
+        InputError: shapes differ, or ``pred`` is None and ``gt`` is empty.
+    """
+    gt, rng = np.asarray(gt) != 0, _generator(rng)
+    if gt.ndim != 2:
+        raise InputError(f"gt must be a (H, W) mask, got shape {gt.shape}")
+    if pred is None:
+        if not gt.any():
+            raise InputError("the ground truth is empty: there is nothing to click on")
+        return (*_click_in(gt, rng), 1)
+    pred = np.asarray(pred) != 0
+    if pred.shape != gt.shape:
+        raise InputError(f"prediction shape {pred.shape} differs from ground-truth shape {gt.shape}")
+    fn_size, fn = _largest_component(gt & ~pred)
+    fp_size, fp = _largest_component(pred & ~gt)
+    if fn_size == 0 and fp_size == 0:
+        return None
+    component, label = (fn, 1) if fn_size >= fp_size else (fp, 0)
+    return (*_click_in(component, rng), label)
+
+
+def simulate_interaction(predictor: object, image: np.ndarray | None, gt: np.ndarray, rounds: int = 5,
+                         first: str = "box", rng: np.random.Generator | int | None = None,
+                         ) -> list[tuple[np.ndarray, float]]:
+    """Segment one object over ``rounds`` rounds of simulated corrections.
+
+    Round 0 prompts the tight box of ``gt`` (``first="box"``) or one positive click at its deepest
+    pixel (``first="point"``). Each later round adds one click from the errors of the previous
+    round (:func:`sample_click`), prompts all clicks so far (plus the box when ``first="box"``) and
+    passes the previous round's low-resolution logits ``Prediction.logits[:, :1]`` (1, 1, S, S) as
+    ``mask_input``. A round with nothing left to correct repeats the previous result.
+
+    Args:
+        predictor: ``set_image(image)`` and ``predict(box=(1, 4), points=(1, K, 2) xy,
+            point_labels=(1, K), mask_input=(1, 1, S, S), multimask=False)`` returning
+            ``masks`` (1, M, H, W) bool, ``scores`` (1, M), ``logits`` (1, M, S, S).
+        image: (H, W) or (H, W, C) image to encode, or None when ``set_image`` was already called.
+        gt: (H, W) mask of ONE object, non-zero = object (not empty).
+        rounds: number of predictions (>= 1).
+        first: ``"box"`` or ``"point"``.
+        rng: None for deterministic clicks, a Generator (or seed) for random ones.
+
+    Returns:
+        one ``(pred (H, W) bool, dice)`` per round.
+    """
+    if first not in FIRST_PROMPTS:
+        raise InputError(f"first must be one of {', '.join(FIRST_PROMPTS)}, got {first!r}")
+    if not isinstance(rounds, int) or rounds < 1:
+        raise InputError(f"rounds must be a positive integer, got {rounds!r}")
+    gt, rng = np.asarray(gt) != 0, _generator(rng)
+    box = mask_box(gt)[None]
+    if image is not None:
+        predictor.set_image(image)
+    clicks: list[tuple[int, int, int]] = [] if first == "box" else [sample_click(gt, None, rng)]
+    history: list[tuple[np.ndarray, float]] = []
+    pred = logits = None
+    for round_ in range(rounds):
+        if round_ > 0:
+            click = sample_click(gt, pred, rng)
+            if click is None:
+                history.append(history[-1])
+                continue
+            clicks.append(click)
+        kwargs: dict = {"box": box} if first == "box" else {}
+        if clicks:
+            kwargs["points"] = np.array([[c[:2] for c in clicks]], dtype=np.float32)
+            kwargs["point_labels"] = np.array([[c[2] for c in clicks]], dtype=np.int64)
+        if logits is not None:
+            kwargs["mask_input"] = logits
+        out = predictor.predict(multimask=False, **kwargs)
+        masks = np.asarray(out.masks)
+        best = int(np.argmax(np.asarray(out.scores)[0])) if masks.shape[1] > 1 else 0
+        pred, logits = masks[0, best].astype(bool), np.asarray(out.logits, dtype=np.float32)[:, best:best + 1]
+        history.append((pred, dice(pred, gt)))
+    return history
+
+
+def clicks_from_errors(gt_batch: torch.Tensor, pred_batch: torch.Tensor | None,
+                       rng: np.random.Generator | int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One corrective click per batch item, for iterative-click training.
+
+    Args:
+        gt_batch: (B, H, W) or (B, 1, H, W) ground truth, non-zero = object.
+        pred_batch: same shape; bool, or values in [0, 1] thresholded at 0.5 (threshold logits
+            yourself: ``logits > 0``). None gives first clicks at the ground truth.
+        rng: a Generator (or seed) for random clicks (training); None for deepest-pixel clicks.
+
+    Returns:
+        ``points`` float32 (B, 1, 2) as (x, y) in the masks' pixel frame, and ``labels`` int64
+        (B, 1): 1 positive, 0 negative, -1 (padding, ignored by the prompt encoder) for an item
+        with nothing to correct (its point is (0, 0)). Both on ``gt_batch``'s device.
+    """
+    gt = gt_batch.detach().cpu()
+    gt = (gt[:, 0] if gt.ndim == 4 else gt).numpy() != 0
+    if gt.ndim != 3:
+        raise InputError(f"gt_batch must be (B, H, W) or (B, 1, H, W), got {tuple(gt_batch.shape)}")
+    pred = None
+    if pred_batch is not None:
+        p = pred_batch.detach().cpu()
+        p = p[:, 0] if p.ndim == 4 else p
+        pred = (p if p.dtype == torch.bool else p > 0.5).numpy()
+        if pred.shape != gt.shape:
+            raise InputError(f"pred_batch {tuple(pred_batch.shape)} and gt_batch {tuple(gt_batch.shape)} differ")
+    rng = _generator(rng)
+    points = np.zeros((len(gt), 1, 2), dtype=np.float32)
+    labels = np.full((len(gt), 1), PADDING_LABEL, dtype=np.int64)
+    for i, target in enumerate(gt):
+        if pred is None and not target.any():
+            continue
+        click = sample_click(target, None if pred is None else pred[i], rng)
+        if click is not None:
+            points[i, 0], labels[i, 0] = click[:2], click[2]
+    device = gt_batch.device
+    return torch.from_numpy(points).to(device), torch.from_numpy(labels).to(device)

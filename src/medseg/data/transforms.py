@@ -1,0 +1,386 @@
+"""Training transforms of a sample dict, geometry applied alike to image, mask, boxes and points.
+
+A *sample* is a dict with
+    ``image``  float32 (C, H, W), any intensity range (``NormalizeIntensity`` maps it to [0, 1]);
+    ``mask``   integer (H, W) label ids, 0 = background; only ever resampled by nearest neighbour;
+    ``boxes``  optional float (N, 4) rows of (x0, y0, x1, y1), inclusive pixel coordinates;
+    ``points`` optional float (N, K, 2) rows of (x, y) pixel coordinates;
+    ``point_labels`` optional int (N, K): 1 positive, 0 negative, -1 padding.
+Other keys pass through untouched. Pixel (row y, column x) has its centre at coordinate (x, y).
+
+Geometry: a box becomes the enclosing box of its transformed corners (its outline for the elastic
+warp), clipped to the image; a box whose object left the image collapses onto the border (rows are
+never removed, so N stays aligned). A point that leaves the image is clipped onto the border and,
+when the sample has ``point_labels``, *dropped* by setting its label to -1 (the prompt encoder's
+padding label). Regions brought in from outside are filled with each channel's minimum (image)
+and 0 (mask). For exact boxes after a rotation, recompute them from the mask
+(``medseg.eval.prompts.boxes_from_mask``).
+
+Random transforms follow TorchIO: ``RandomX().draw(rng) -> params`` (a small dict), then the
+fixed ``X(**params)(sample)``; ``RandomX()(sample, rng)`` does both. ``Compose`` chains fixed and
+random transforms and owns a seeded ``np.random.Generator``, so a run is reproducible from its seed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from medseg.errors import InputError
+from medseg.infer.preprocess import apply_intensity_window, longest_side_shape
+
+SampleDict = dict  # the sample dict of the module docstring
+
+
+class Transform:
+    """A fixed (deterministic) transform: ``sample -> new sample`` (the input dict is not modified)."""
+
+    def __call__(self, sample: SampleDict) -> SampleDict:
+        image, mask = np.asarray(sample["image"]), np.asarray(sample["mask"])
+        if image.ndim != 3 or mask.shape != image.shape[1:]:
+            raise InputError(f"a sample needs image (C, H, W) and mask (H, W) of one size; got image {image.shape} "
+                             f"and mask {mask.shape} (move channels first: image.transpose(2, 0, 1))")
+        return self.apply(dict(sample))
+
+    def apply(self, sample: SampleDict) -> SampleDict:
+        raise NotImplementedError
+
+
+class GeometricTransform(Transform):
+    """Moves pixels; subclasses give ``warp(image, mask)`` and ``map_xy(xy, hw) -> (xy, out_hw)``."""
+
+    outline = 2  # points per box edge pushed through map_xy (2 = the corners)
+
+    def apply(self, sample: SampleDict) -> SampleDict:
+        hw = np.shape(sample["mask"])
+        sample["image"], sample["mask"] = self.warp(np.asarray(sample["image"], np.float32), np.asarray(sample["mask"]))
+        out_h, out_w = sample["mask"].shape
+        if sample.get("boxes") is not None:
+            b = np.asarray(sample["boxes"], np.float64).reshape(-1, 1, 4)
+            gx, gy = np.meshgrid(*[np.linspace(0.0, 1.0, self.outline)] * 2)
+            edge = (gx % 1 == 0) | (gy % 1 == 0)  # outline of the unit square, (E, 2) below
+            xy, _ = self.map_xy(b[..., :2] + np.stack([gx[edge], gy[edge]], -1) * (b[..., 2:] - b[..., :2]), hw)
+            new = np.concatenate([xy.min(1), xy.max(1)], 1)
+            sample["boxes"] = np.clip(new, 0, [out_w - 1, out_h - 1] * 2).astype(np.float32)
+        if sample.get("points") is not None:
+            xy, _ = self.map_xy(np.asarray(sample["points"], np.float64), hw)
+            inside = (xy[..., 0] >= 0) & (xy[..., 0] <= out_w - 1) & (xy[..., 1] >= 0) & (xy[..., 1] <= out_h - 1)
+            sample["points"] = np.clip(xy, 0, [out_w - 1, out_h - 1]).astype(np.float32)
+            if sample.get("point_labels") is not None:
+                sample["point_labels"] = np.where(inside, sample["point_labels"], -1)
+        return sample
+
+
+class MatrixTransform(GeometricTransform):
+    """Geometry given by ``matrix(hw) -> (3x3 on (x, y, 1), out_hw)``; pixels resampled through it."""
+
+    def map_xy(self, xy, hw):
+        matrix, out_hw = self.matrix(hw)
+        return xy @ matrix[:2, :2].T + matrix[:2, 2], out_hw
+
+    def warp(self, image, mask):
+        matrix, out_hw = self.matrix(mask.shape)
+        inv = np.linalg.inv(matrix)
+        swap = np.array([[0, 1], [1, 0]])  # (x, y) <-> (row, col)
+        rc, offset = swap @ inv[:2, :2] @ swap, swap @ inv[:2, 2]
+        image = np.stack([ndimage.affine_transform(c, rc, offset, out_hw, order=1, cval=float(c.min()))
+                          for c in image]).astype(np.float32)
+        mask = ndimage.affine_transform(mask, rc, offset, out_hw, order=0, cval=0)
+        return image, mask
+
+
+class Flip(MatrixTransform):
+    """Mirror left-right (``horizontal``: x -> W-1-x) and/or top-bottom (``vertical``: y -> H-1-y)."""
+
+    def __init__(self, horizontal: bool = False, vertical: bool = False) -> None:
+        self.horizontal, self.vertical = bool(horizontal), bool(vertical)
+
+    def matrix(self, hw):
+        sx, sy = (-1 if self.horizontal else 1), (-1 if self.vertical else 1)
+        return np.array([[sx, 0, (hw[1] - 1) * (sx < 0)], [0, sy, (hw[0] - 1) * (sy < 0)], [0, 0, 1.0]]), hw
+
+    def warp(self, image, mask):  # exact, no resampling
+        axes = [a for a, on in ((-1, self.horizontal), (-2, self.vertical)) if on]
+        return (np.flip(image, axes).copy(), np.flip(mask, axes).copy()) if axes else (image, mask)
+
+
+class Rot90(MatrixTransform):
+    """Rotate by ``k`` quarter turns counter-clockwise as displayed; (H, W) -> (W, H) for odd k."""
+
+    def __init__(self, k: int = 1) -> None:
+        self.k = int(k) % 4
+
+    def matrix(self, hw):
+        matrix, (h, w) = np.eye(3), hw
+        for _ in range(self.k):  # one quarter turn: x' = y, y' = W-1-x
+            matrix = np.array([[0, 1, 0], [-1, 0, w - 1], [0, 0, 1.0]]) @ matrix
+            h, w = w, h
+        return matrix, (h, w)
+
+    def warp(self, image, mask):
+        return np.rot90(image, self.k, (-2, -1)).copy(), np.rot90(mask, self.k, (-2, -1)).copy()
+
+
+class Affine(MatrixTransform):
+    """Rotate by ``angle`` degrees (counter-clockwise as displayed) and zoom by ``scale`` (> 1 zooms
+    in) about the image centre; the output keeps the input's (H, W)."""
+
+    def __init__(self, angle: float = 0.0, scale: float = 1.0) -> None:
+        if scale <= 0:
+            raise InputError(f"scale must be positive, got {scale}")
+        self.angle, self.scale = float(angle), float(scale)
+
+    def matrix(self, hw):
+        c, s = np.cos(np.deg2rad(self.angle)) * self.scale, np.sin(np.deg2rad(self.angle)) * self.scale
+        linear = np.array([[c, s], [-s, c]])  # y points down, so this turns counter-clockwise on screen
+        centre, matrix = np.array([(hw[1] - 1) / 2, (hw[0] - 1) / 2]), np.eye(3)
+        matrix[:2, :2], matrix[:2, 2] = linear, centre - linear @ centre
+        return matrix, hw
+
+    def warp(self, image, mask):
+        if self.angle == 0 and self.scale == 1:
+            return image, mask
+        return super().warp(image, mask)
+
+
+class Elastic(GeometricTransform):
+    """Smooth random warp: output pixel p samples the input at p + d(p), where d is Gaussian noise
+    (from ``seed``) smoothed with ``sigma`` pixels and scaled so its largest component is ``alpha``
+    pixels. Points move by the approximate inverse (fixed-point iteration of q = p + d(p))."""
+
+    outline = 17
+
+    def __init__(self, alpha: float = 0.0, sigma: float = 8.0, seed: int = 0) -> None:
+        self.alpha, self.sigma, self.seed = float(alpha), float(sigma), int(seed)
+
+    def field(self, hw: tuple[int, int]) -> np.ndarray:
+        """(2, H, W) displacement (dy, dx) in pixels."""
+        noise = np.random.default_rng(self.seed).standard_normal((2, *hw))
+        smooth = np.stack([ndimage.gaussian_filter(n, self.sigma) for n in noise])
+        return smooth * (self.alpha / max(np.abs(smooth).max(), 1e-12))
+
+    def warp(self, image, mask):
+        if self.alpha == 0:
+            return image, mask
+        d = self.field(mask.shape)
+        coords = np.mgrid[: mask.shape[0], : mask.shape[1]].astype(np.float64) + d
+        image = np.stack([ndimage.map_coordinates(c, coords, order=1, cval=float(c.min())) for c in image])
+        return image.astype(np.float32), ndimage.map_coordinates(mask, coords, order=0, cval=0)
+
+    def map_xy(self, xy, hw):
+        if self.alpha == 0:
+            return xy, hw
+        d, p = self.field(hw), xy.copy()
+        for _ in range(10):
+            at = [p[..., 1].ravel(), p[..., 0].ravel()]
+            dy, dx = (ndimage.map_coordinates(c, at, order=1, mode="nearest").reshape(p.shape[:-1]) for c in d)
+            p = xy - np.stack([dx, dy], -1)
+        return p, hw
+
+
+class ResizeLongestSide(GeometricTransform):
+    """Resize so the longest side is ``size``, as ``medseg.infer.preprocess``: image bilinear
+    (anti-aliased when shrinking), mask nearest; coordinates scale by ``size / max(H, W)``."""
+
+    def __init__(self, size: int = 256) -> None:
+        self.size = int(size)
+
+    def map_xy(self, xy, hw):
+        return xy * (self.size / max(hw)), longest_side_shape(hw, self.size)
+
+    def warp(self, image, mask):
+        (h, w), (nh, nw) = mask.shape, longest_side_shape(mask.shape, self.size)
+        x = F.interpolate(torch.from_numpy(np.ascontiguousarray(image))[None], size=(nh, nw), mode="bilinear",
+                          align_corners=False, antialias=max(h, w) > self.size)[0].numpy()
+        rows = np.minimum(((np.arange(nh) + 0.5) * h / nh).astype(int), h - 1)
+        cols = np.minimum(((np.arange(nw) + 0.5) * w / nw).astype(int), w - 1)
+        return x, mask[rows][:, cols]
+
+
+class PadToSquare(GeometricTransform):
+    """Pad bottom and right to ``size`` x ``size`` (image with ``value``, mask with 0)."""
+
+    def __init__(self, size: int = 256, value: float = 0.0) -> None:
+        self.size, self.value = int(size), float(value)
+
+    def map_xy(self, xy, hw):
+        return xy, (self.size, self.size)
+
+    def warp(self, image, mask):
+        h, w = mask.shape
+        if h > self.size or w > self.size:
+            raise InputError(f"cannot pad a {h}x{w} sample to {self.size}: apply ResizeLongestSide({self.size}) first")
+        pad = ((0, self.size - h), (0, self.size - w))
+        return np.pad(image, ((0, 0), *pad), constant_values=self.value), np.pad(mask, pad)
+
+
+class IntensityTransform(Transform):
+    """Changes image values only; ``change(image, low, span)`` gets the image's min and max - min."""
+
+    def apply(self, sample):
+        image = np.asarray(sample["image"], np.float32)
+        low, span = float(image.min()), float(image.max() - image.min()) or 1.0
+        sample["image"] = self.change(image, low, span).astype(np.float32)
+        return sample
+
+
+class NormalizeIntensity(IntensityTransform):
+    """Window CT / percentile-clip MR (``apply_intensity_window``), then min-max to [0, 1]."""
+
+    def __init__(self, modality: str | None = None) -> None:
+        self.modality = modality
+
+    def apply(self, sample):
+        sample["image"] = apply_intensity_window(sample["image"], self.modality)
+        return super().apply(sample)
+
+    def change(self, image, low, span):
+        return (image - low) / span
+
+
+class Intensity(IntensityTransform):
+    """Gamma, then contrast, brightness and Gaussian noise, all relative to the value range
+    ``span`` = max - min (so they act alike on [0, 1] or Hounsfield units), then optional clip:
+
+    ``x = low + span * ((x - low) / span) ** gamma``   (keeps the range; > 1 darkens mid-tones)
+    ``x = mean + factor * (x - mean)``                (> 1 more contrast)
+    ``x = x + shift * span + N(0, (std * span)^2)``   (noise drawn from ``seed``)
+    ``x = clip(x, *clip)`` when ``clip`` = (low, high) is given.
+    """
+
+    def __init__(self, shift: float = 0.0, factor: float = 1.0, gamma: float = 1.0, std: float = 0.0,
+                 seed: int = 0, clip: tuple[float, float] | None = None) -> None:
+        self.shift, self.factor, self.gamma, self.std = float(shift), float(factor), float(gamma), float(std)
+        self.seed, self.clip = int(seed), clip
+
+    def change(self, image, low, span):
+        if self.gamma != 1:
+            image = low + span * ((image - low) / span) ** self.gamma
+        if self.factor != 1:
+            image = image.mean() + self.factor * (image - image.mean())
+        image = image + self.shift * span
+        if self.std > 0:
+            image = image + np.random.default_rng(self.seed).normal(0.0, self.std * span, image.shape)
+        return image if self.clip is None else np.clip(image, *self.clip)
+
+
+class RandomTransform:
+    """``draw(rng) -> params`` then ``fixed(params)``; with probability 1 - ``p`` params are the identity."""
+
+    fixed_class: type = Transform
+
+    def __init__(self, p: float = 1.0) -> None:
+        self.p = float(p)
+
+    def fixed(self, params: dict) -> Transform:
+        return self.fixed_class(**params)
+
+    def __call__(self, sample: SampleDict, rng: np.random.Generator | int | None) -> SampleDict:
+        return self.fixed(self.draw(np.random.default_rng(rng)))(sample)
+
+
+class RandomFlip(RandomTransform):
+    """Flip left-right with probability ``p_horizontal``, top-bottom with ``p_vertical``."""
+
+    fixed_class = Flip
+
+    def __init__(self, p_horizontal: float = 0.5, p_vertical: float = 0.5) -> None:
+        self.ph, self.pv = float(p_horizontal), float(p_vertical)
+
+    def draw(self, rng):
+        return {"horizontal": bool(rng.random() < self.ph), "vertical": bool(rng.random() < self.pv)}
+
+
+class RandomRot90(RandomTransform):
+    """With probability ``p`` rotate by 1, 2 or 3 quarter turns (equally likely)."""
+
+    fixed_class = Rot90
+
+    def draw(self, rng):
+        apply, k = rng.random() < self.p, int(rng.integers(1, 4))
+        return {"k": k if apply else 0}
+
+
+class RandomAffine(RandomTransform):
+    """With probability ``p`` rotate by an angle uniform in ``degrees`` and zoom by a factor
+    log-uniform in ``scales`` (each (low, high)); ``(0, 0)`` / ``(1, 1)`` switch one off."""
+
+    fixed_class = Affine
+
+    def __init__(self, degrees=(-15.0, 15.0), scales=(0.85, 1.15), p: float = 0.5) -> None:
+        super().__init__(p)
+        self.degrees, self.scales = tuple(map(float, degrees)), tuple(map(float, scales))
+
+    def draw(self, rng):
+        apply = rng.random() < self.p
+        angle, scale = rng.uniform(*self.degrees), np.exp(rng.uniform(*np.log(self.scales)))
+        return {"angle": float(angle), "scale": float(scale)} if apply else {"angle": 0.0, "scale": 1.0}
+
+
+class RandomElastic(RandomTransform):
+    """With probability ``p`` an ``Elastic`` warp of largest displacement uniform in ``alpha`` pixels."""
+
+    fixed_class = Elastic
+
+    def __init__(self, alpha=(2.0, 8.0), sigma: float = 8.0, p: float = 0.3) -> None:
+        super().__init__(p)
+        self.alpha, self.sigma = tuple(map(float, alpha)), float(sigma)
+
+    def draw(self, rng):
+        apply, alpha, seed = rng.random() < self.p, rng.uniform(*self.alpha), int(rng.integers(2**31))
+        return {"alpha": float(alpha) if apply else 0.0, "sigma": self.sigma, "seed": seed}
+
+
+class RandomIntensity(RandomTransform):
+    """``Intensity`` whose brightness ``shift``, contrast ``factor``, ``gamma`` and noise ``std``
+    (each a (low, high) range, uniform) are each switched on with probability ``p``."""
+
+    fixed_class = Intensity
+
+    def __init__(self, brightness=(-0.1, 0.1), contrast=(0.75, 1.25), gamma=(0.7, 1.5), noise=(0.0, 0.03),
+                 p: float = 0.5, clip: tuple[float, float] | None = (0.0, 1.0)) -> None:
+        super().__init__(p)
+        self.ranges = {"shift": brightness, "factor": contrast, "gamma": gamma, "std": noise}
+        self.clip = clip
+
+    def draw(self, rng):
+        identity = {"shift": 0.0, "factor": 1.0, "gamma": 1.0, "std": 0.0}
+        params = {k: float(rng.uniform(*r)) if rng.random() < self.p else identity[k] for k, r in self.ranges.items()}
+        return {**params, "seed": int(rng.integers(2**31)), "clip": self.clip}
+
+
+class Compose:
+    """Apply transforms in order; random ones draw from ``rng`` (default: own Generator from ``seed``).
+
+    ``draw(rng)`` returns the list of params (None for fixed transforms) and ``fixed(params)`` the
+    equivalent deterministic Compose, so one draw can be logged and replayed.
+    """
+
+    def __init__(self, transforms: list, seed: int | None = None) -> None:
+        self.transforms, self.rng = list(transforms), np.random.default_rng(seed)
+
+    def draw(self, rng: np.random.Generator) -> list[dict | None]:
+        return [t.draw(rng) if isinstance(t, RandomTransform) else None for t in self.transforms]
+
+    def fixed(self, params: list[dict | None]) -> Compose:
+        return Compose([t.fixed(p) if isinstance(t, RandomTransform) else t for t, p in zip(self.transforms, params)])
+
+    def __call__(self, sample: SampleDict, rng: np.random.Generator | int | None = None) -> SampleDict:
+        rng = self.rng if rng is None else np.random.default_rng(rng)
+        for t, p in zip(self.transforms, self.draw(rng)):
+            sample = t(sample) if p is None else t.fixed(p)(sample)
+        return sample
+
+
+def default_train_augmentation(seed: int | None = 0, size: int | None = 256, modality: str | None = None,
+                               elastic: bool = False) -> Compose:
+    """Normalise to [0, 1], resize (longest side ``size``; None keeps the size), flips, quarter
+    turns, rotation +-15 deg + zoom 0.85-1.15, optional elastic warp, brightness / contrast / gamma,
+    noise, clip to [0, 1], then pad to ``size`` x ``size``. Reproducible from ``seed``."""
+    steps = [NormalizeIntensity(modality)] + ([ResizeLongestSide(size)] if size else [])
+    steps += [RandomFlip(), RandomRot90(0.5), RandomAffine((-15, 15), (0.85, 1.15), 0.5)]
+    steps += [RandomElastic()] if elastic else []
+    steps += [RandomIntensity(p=0.5, clip=(0.0, 1.0))]
+    return Compose(steps + ([PadToSquare(size)] if size else []), seed=seed)

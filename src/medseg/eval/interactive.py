@@ -1,0 +1,156 @@
+"""Interactive evaluation: Dice after each round of simulated corrective clicks.
+
+Per 2D case and per foreground class (``medseg.eval.evaluate.class_masks``): every connected
+component of at least ``min_size`` pixels (``medseg.eval.prompts.components``) is one object,
+segmented on its own by :func:`medseg.data.prompt_sim.simulate_interaction` (round 1: a box or a
+click; each later round: one more click into the largest error, with the previous logits as
+``mask_input``). After each round the union of the objects' masks is scored against the class's
+whole mask; a class with no component large enough scores an empty prediction. Cases without any
+foreground are listed under ``skipped``; cases that fail (unreadable, 3D, predictor error) under
+``errors``; the rest are scored. Rounds are numbered from 1 in tables and figures.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+from tqdm import tqdm
+
+from medseg.data.prompt_sim import FIRST_PROMPTS, dice, simulate_interaction
+from medseg.errors import InputError, MedsegError
+from medseg.eval.datasets import Case, class_names, find_cases
+from medseg.eval.evaluate import Loader, class_name, class_masks
+from medseg.eval.loader import io_loader, slice_hwc
+from medseg.eval.prompts import MIN_SIZE, components
+
+
+def interact_case(predictor: object, case: Case, rounds: int, first: str = "point", loader: Loader = io_loader,
+                  names: dict[int, str] | None = None, min_size: int = MIN_SIZE) -> list[dict]:
+    """Rows ``{"stem", "class_id", "class_name", "n_objects", "dice_per_round"}`` of one 2D case,
+    one per foreground class ([] when the mask is empty). Exceptions propagate."""
+    image, label = loader(case.image_path, case.mask_path)
+    if image.array.shape[1] != 1:
+        raise InputError(f"{case.image_path}: interactive evaluation takes 2D cases, got {image.array.shape[1]} slices")
+    plane, mask, encoded, rows = slice_hwc(image), label.array[0], False, []
+    for class_id, gt in class_masks(mask):
+        labels, kept = components(gt, min_size)
+        union = [np.zeros(gt.shape, dtype=bool) for _ in range(rounds)]
+        for component in kept:
+            history = simulate_interaction(predictor, None if encoded else plane, labels == component, rounds, first)
+            encoded = True
+            for r, (pred, _) in enumerate(history):
+                union[r] |= pred
+        rows.append({"stem": case.stem, "class_id": class_id, "class_name": class_name(class_id, names or {}),
+                     "n_objects": len(kept), "dice_per_round": [dice(u, gt) for u in union]})
+    return rows
+
+
+def evaluate_interactive(predictor: object, dataset_dir: str | Path, split: str = "test", rounds: int = 5,
+                         limit: int | None = None, progress: bool = True, *, first: str = "point",
+                         loader: Loader = io_loader, min_size: int = MIN_SIZE) -> dict:
+    """Simulate ``rounds`` rounds of interaction on every 2D case of ``split``.
+
+    Args:
+        predictor: ``set_image`` / ``predict(box, points, point_labels, mask_input, multimask)``
+            as :class:`medseg.infer.Predictor`.
+        dataset_dir: a dataset folder (see :mod:`medseg.eval.datasets`).
+        split: a split of ``splits.json`` or ``"all"``.
+        rounds: predictions per object (round 1 = the first prompt, then one click each).
+        limit: evaluate only the first ``limit`` cases.
+        progress: show a tqdm progress bar.
+        first: first prompt, ``"point"`` (one click) or ``"box"`` (kept in every round).
+        loader: ``loader(image_path, mask_path) -> (Image, Label)``.
+        min_size: components smaller than this (pixels) get no prompt.
+
+    Returns:
+        ``{"dataset", "split", "first", "rounds": K, "dice_per_round": [K means over rows, None
+        without rows], "cases": [{"stem", "class_id", "class_name", "n_objects",
+        "dice_per_round": [K floats in 0..1]}], "errors": [{"stem", "message"}], "skipped": [stems
+        with no foreground]}``; plain Python values, ready for ``json.dump``.
+    """
+    if first not in FIRST_PROMPTS:
+        raise InputError(f"first must be one of {', '.join(FIRST_PROMPTS)}, got {first!r}")
+    if not isinstance(rounds, int) or rounds < 1:
+        raise InputError(f"rounds must be a positive integer, got {rounds!r}")
+    if limit is not None and (not isinstance(limit, int) or limit < 1):
+        raise InputError(f"limit must be a positive integer or None, got {limit!r}")
+    cases = find_cases(dataset_dir, split)[:limit]
+    names = class_names(dataset_dir)
+    result = {"dataset": str(Path(dataset_dir)), "split": split, "first": first, "rounds": rounds,
+              "dice_per_round": [], "cases": [], "errors": [], "skipped": []}
+    for case in tqdm(cases, desc=f"interactive {split}", unit="case", disable=not progress):
+        try:
+            rows = interact_case(predictor, case, rounds, first, loader, names, min_size)
+        except Exception as exc:  # noqa: BLE001 - one bad case must not stop the evaluation
+            message = str(exc) if isinstance(exc, MedsegError) else f"{type(exc).__name__}: {exc}"
+            result["errors"].append({"stem": case.stem, "message": message})
+            continue
+        if not rows:
+            result["skipped"].append(case.stem)
+        result["cases"].extend(rows)
+    per_round = np.array([row["dice_per_round"] for row in result["cases"]], dtype=float).reshape(-1, rounds)
+    result["dice_per_round"] = [float(v) for v in per_round.mean(axis=0)] if len(per_round) else [None] * rounds
+    if result["errors"]:
+        print(f"{len(result['errors'])} of {len(cases)} cases could not be evaluated:", file=sys.stderr)
+        for error in result["errors"]:
+            print(f"  {error['stem']}: {error['message']}", file=sys.stderr)
+    return result
+
+
+def _prompt_label(first: str, round_: int) -> str:
+    """What the model was given in round ``round_`` (0-based): 'box + 2 clicks', '3 clicks'."""
+    clicks = round_ + (first == "point")
+    text = f"{clicks} click{'s' if clicks != 1 else ''}"
+    return text if first == "point" else ("box" if clicks == 0 else f"box + {text}")
+
+
+def print_rounds(result: dict, file: TextIO | None = None) -> None:
+    """Print mean Dice per round of an :func:`evaluate_interactive` result as a text table."""
+    out = file or sys.stdout
+    first = result.get("first", "point")
+    print(f"{result.get('dataset', '')} [{result.get('split', '')}] interactive, first prompt={first}", file=out)
+    print(f"{'round':>5}  {'prompts':<16}{'dice':>6}", file=out)
+    for r, value in enumerate(result["dice_per_round"]):
+        shown = "   -  " if value is None or not math.isfinite(value) else f"{value:6.3f}"
+        print(f"{r + 1:>5}  {_prompt_label(first, r):<16}{shown}", file=out)
+    stems = {row["stem"] for row in result["cases"]}
+    print(f"{len(stems)} cases ({len(result['cases'])} class rows) scored, {len(result['errors'])} errors, "
+          f"{len(result.get('skipped', []))} without foreground skipped", file=out)
+    for error in result["errors"]:
+        print(f"  error {error['stem']}: {error['message']}", file=out)
+
+
+def save_rounds_figure(result: dict, path: str | Path) -> Path:
+    """Write a PNG of Dice against round: one thin line per row (up to 200), the mean in bold.
+
+    The output may not lie inside the dataset's image/mask folders (as ``Report.check_output``).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # matplotlib only when a figure is wanted
+    from matplotlib.figure import Figure
+
+    from medseg.eval.report import Report
+
+    if result.get("dataset"):
+        target = Report(dataset=result["dataset"], split="", prompt="").check_output(path)
+    else:
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+    x = np.arange(1, result["rounds"] + 1)
+    figure = Figure(figsize=(6, 4), dpi=120)
+    FigureCanvasAgg(figure)
+    ax = figure.add_subplot()
+    for row in result["cases"][:200]:
+        ax.plot(x, row["dice_per_round"], color="0.75", linewidth=0.7)
+    mean = [np.nan if v is None else v for v in result["dice_per_round"]]
+    ax.plot(x, mean, color="#d62728", linewidth=2.5, marker="o", label=f"mean of {len(result['cases'])} rows")
+    ax.set(xlabel="round (1 = first prompt, then one click each)", ylabel="Dice", ylim=(0, 1.02), xticks=x,
+           title=f"{Path(result.get('dataset', '')).name} [{result.get('split', '')}] first={result.get('first')}")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    figure.tight_layout()
+    figure.savefig(target)
+    return target
