@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from medseg.data import augment as A
 from medseg.data import transforms as T
 from medseg.errors import InputError
 
@@ -135,7 +136,7 @@ def test_intensity_transforms_leave_mask_and_prompts_untouched():
         for key in ("mask", "boxes", "points", "point_labels"):
             assert np.array_equal(out[key], sample[key])
         assert not np.array_equal(out["image"], sample["image"])
-    random = T.RandomIntensity(p=1.0)
+    random = A.RandomIntensity(p=1.0)
     out = random(sample, np.random.default_rng(0))
     assert np.array_equal(out["mask"], sample["mask"])
 
@@ -151,8 +152,8 @@ def test_normalize_intensity_windows_ct_and_scales_to_unit_range():
 
 def test_random_transform_is_draw_then_fixed():
     sample = square_sample()
-    for random in (T.RandomFlip(), T.RandomRot90(1.0), T.RandomAffine(p=1.0), T.RandomElastic(p=1.0),
-                   T.RandomIntensity(p=1.0)):
+    for random in (A.RandomFlip(), A.RandomRot90(1.0), A.RandomAffine(p=1.0), A.RandomElastic(p=1.0),
+                   A.RandomIntensity(p=1.0)):
         params = random.draw(np.random.default_rng(11))
         direct = random(sample, np.random.default_rng(11))
         fixed = random.fixed_class(**params)(sample)
@@ -160,15 +161,15 @@ def test_random_transform_is_draw_then_fixed():
             assert np.array_equal(direct[key], fixed[key])
 
 
-def outputs(pipeline: T.Compose, sample: dict, n: int = 4) -> list[dict]:
+def outputs(pipeline: A.Compose, sample: dict, n: int = 4) -> list[dict]:
     return [pipeline(sample) for _ in range(n)]
 
 
 def test_same_seed_same_output_different_seed_differs():
     sample = square_sample()
-    a = outputs(T.default_train_augmentation(seed=5, elastic=True), sample)
-    b = outputs(T.default_train_augmentation(seed=5, elastic=True), sample)
-    c = outputs(T.default_train_augmentation(seed=6, elastic=True), sample)
+    a = outputs(A.default_train_augmentation(seed=5, elastic=True), sample)
+    b = outputs(A.default_train_augmentation(seed=5, elastic=True), sample)
+    c = outputs(A.default_train_augmentation(seed=6, elastic=True), sample)
     for x, y in zip(a, b):
         for key in ("image", "mask", "boxes", "points", "point_labels"):
             assert np.array_equal(x[key], y[key])
@@ -177,7 +178,7 @@ def test_same_seed_same_output_different_seed_differs():
 
 
 def test_compose_draw_and_fixed_replay_a_run():
-    pipeline = T.default_train_augmentation(seed=None, size=None)
+    pipeline = A.default_train_augmentation(seed=None, size=None)
     params = pipeline.draw(np.random.default_rng(3))
     replay = pipeline.fixed(params)(square_sample())
     direct = pipeline(square_sample(), np.random.default_rng(3))
@@ -185,7 +186,7 @@ def test_compose_draw_and_fixed_replay_a_run():
 
 
 def test_default_pipeline_gives_model_ready_samples():
-    pipeline = T.default_train_augmentation(seed=0, size=64, elastic=True)
+    pipeline = A.default_train_augmentation(seed=0, size=64, elastic=True)
     for _ in range(5):
         out = pipeline(square_sample(30, 50, channels=1))
         assert out["image"].shape == (1, 64, 64) and out["mask"].shape == (64, 64)
