@@ -39,8 +39,9 @@ def _predictor(args: argparse.Namespace):
     from .models.build import PRETRAINED
 
     device = _device(args.device)
-    if args.model not in list_models():
-        raise KeyError(f"unknown model {args.model!r}; available: {', '.join(list_models())}")
+    if args.model not in list_models("promptable"):
+        kind = "an automatic model that takes no prompt" if args.model in list_models() else "unknown"
+        raise KeyError(f"model {args.model!r} is {kind}; promptable models: {', '.join(list_models('promptable'))}")
     pretrained = args.checkpoint is None and args.model in PRETRAINED
     if args.checkpoint is None and not pretrained:
         print(f"note: model {args.model!r} has no published weights and no --checkpoint: random weights",
@@ -180,8 +181,9 @@ def cmd_models(args: argparse.Namespace) -> int:
     from .models import list_models
     from .models.build import PRETRAINED
 
-    for name in list_models():
-        print(f"{name}{'  (pretrained weights available)' if name in PRETRAINED else ''}")
+    for kind in ("promptable", "automatic"):
+        for name in list_models(kind):
+            print(f"{name:<18}{kind:<12}{'pretrained weights available' if name in PRETRAINED else ''}")
     return 0
 
 

@@ -20,7 +20,7 @@ EMBED_DIM = 256
 
 
 def _fast_models() -> list[str]:
-    return [name for name in list_models() if name not in SLOW_MODELS]
+    return [name for name in list_models("promptable") if name not in SLOW_MODELS]
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def test_model_without_published_weights_refuses_pretrained():
         build_model("litemedsam-tiny", pretrained=True)
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", list_models("promptable"))
 def test_model_forward(name, built):
     """encode -> (B, 256, S/4, S/4); decode -> logits (B, M, S, S), iou (B, M), M = 1 or 3."""
     model = built(name)

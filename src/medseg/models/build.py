@@ -45,10 +45,26 @@ def build_litemedsam_tiny() -> PromptableSegmenter:
     return _build_tinyvit_sam(64, (16, 32, 32, 64), (1, 1, 1, 1), (1, 2, 2, 4), (4, 4, 4, 4), 128)
 
 
-MODELS: dict[str, Callable[[], PromptableSegmenter]] = {
+def build_unet():
+    """Automatic (prompt-free) MONAI U-Net at 256x256, channels 16-256 (0.84 M parameters): the baseline."""
+    from .unet import UNetSegmenter  # MONAI is imported only when a U-Net is built
+
+    return UNetSegmenter(256)
+
+
+def build_unet_tiny():
+    """A small automatic U-Net at 64x64 for tests."""
+    from .unet import UNetSegmenter
+
+    return UNetSegmenter(64, channels=(8, 16, 32), strides=(2, 2), num_res_units=0)
+
+
+PROMPTABLE: dict[str, Callable[[], PromptableSegmenter]] = {
     "litemedsam": build_litemedsam,
     "litemedsam-tiny": build_litemedsam_tiny,
 }
+AUTOMATIC: dict[str, Callable] = {"unet": build_unet, "unet-tiny": build_unet_tiny}
+MODELS: dict[str, Callable] = {**PROMPTABLE, **AUTOMATIC}
 PRETRAINED: dict[str, Callable[[], Path]] = {"litemedsam": litemedsam_weights_path}
 
 
@@ -67,8 +83,12 @@ def _load_strictly(model, state: dict, what: str) -> None:
     model.load_state_dict(state, strict=True)
 
 
-def list_models() -> list[str]:
-    return sorted(MODELS)
+def list_models(kind: str | None = None) -> list[str]:
+    """Registered names, all or of one kind: ``"promptable"`` (boxes, clicks) or ``"automatic"``."""
+    table = {None: MODELS, "promptable": PROMPTABLE, "automatic": AUTOMATIC}
+    if kind not in table:
+        raise KeyError(f"unknown model kind {kind!r}; use promptable or automatic")
+    return sorted(table[kind])
 
 
 def build_model(name: str = "litemedsam", pretrained: bool = False,

@@ -29,3 +29,7 @@ __all__ = [
     "register_objective",
     "train",
 ]
+
+# Objectives register themselves on import; these live in their own modules.
+from medseg.train import cached as _cached  # noqa: E402,F401 - "supervised_cached"
+from medseg.train import unet as _unet  # noqa: E402,F401 - "unet"

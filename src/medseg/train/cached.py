@@ -20,7 +20,8 @@ embeddings in place of images and makes ``encode`` the identity for that call
 (:func:`embeddings_as_input`), so DDP still sees a normal forward. ``model.trainable`` must leave
 the encoder frozen (decoder, prompt_decoder or encoder_frozen).
 
-The cache folder is ``$MEDSEG_EMBEDDING_CACHE`` or ``~/.cache/medseg/embeddings``.
+The cache folder is ``$MEDSEG_EMBEDDING_CACHE`` or ``~/.cache/medseg/embeddings``; only cases with
+an object are embedded. ``data.cache`` has no effect here: items read memory-mapped shards.
 """
 
 from __future__ import annotations

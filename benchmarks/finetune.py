@@ -1,0 +1,226 @@
+"""Fine-tuning benchmark: zero-shot LiteMedSAM vs decoder-only fine-tuning vs a MONAI U-Net, same CPU budget.
+
+Per dataset (kvasir_seg, ph2_derm, busi of ../shared/data), on its fixed splits:
+
+1. embeddings of the train, val and test images with the frozen LiteMedSAM encoder, cached on disk
+   (``--cache DIR``, default ``~/.cache/medseg/embeddings``; never inside the data folder);
+2. zero-shot: test-split box Dice of pretrained LiteMedSAM, scored by ``medseg.eval.evaluate_case``
+   (one box per GT component >= 20 px, union of the masks vs the class mask; busi's normal images
+   are empty-GT cases) with a predictor that takes each test image's embedding from the cache;
+3. fine-tuned: ``configs/finetune_cached_kvasir.yaml`` (objective "supervised_cached", mask decoder
+   only, box jitter 0.1) on the dataset's train split for ``BUDGET_S`` seconds of wall-clock time,
+   checkpoint selected by val Dice, then the same test-split box Dice;
+4. U-Net: ``configs/unet_kvasir.yaml`` (MONAI UNet from scratch, automatic, no prompt) on the same
+   train split for the same budget, best by val Dice, scored on the test split with the same Dice
+   per (case, class) row (prediction = the U-Net's mask; an empty GT scores 1 only if it predicts
+   nothing). The U-Net's budget excludes the LiteMedSAM embedding time (step 1).
+
+Budget: one ``train()`` epoch is run and timed, then the run resumes for as many epochs as fit in
+what is left (the loop itself is not changed); the seconds actually spent are reported.
+
+    python benchmarks/finetune.py [--quick] [--json OUT] [--cache DIR] [--sets kvasir_seg busi]
+
+``--quick``: ``QUICK_COUNTS`` evenly spaced train / val / test images per set (a folder of links in
+a temporary directory), ``QUICK_BUDGET_S`` per method and set, batch 4: 4 min 38 s measured with a
+cold cache on the shared 2-core CPU (load average 5-7); the ~50 encoder passes cost about 60% of it. Its Dice values are noisy
+(six test images) and its budgets tiny: a smoke test of the protocol, not a result. A full run embeds
+~600 images once (~20 min at ~2 s each, then cached) and trains 2 x 3 x ``BUDGET_S`` s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import DEFAULT_DATA, REPO, THREADS, require_data, set_threads, write_json  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import medseg.train.cached  # noqa: E402,F401 - registers "supervised_cached"
+import medseg.train.unet  # noqa: E402,F401 - registers "unet" (objective and models)
+from medseg.eval.datasets import find_cases  # noqa: E402
+from medseg.eval.evaluate import class_masks, evaluate_case  # noqa: E402
+from medseg.eval.loader import io_loader, slice_hwc  # noqa: E402
+from medseg.eval.metrics import case_metrics  # noqa: E402
+from medseg.eval.report import Report  # noqa: E402
+from medseg.io import read_label  # noqa: E402
+from medseg.models import build_model  # noqa: E402
+from medseg.models.unet import predict_mask  # noqa: E402
+from medseg.train import load_config, train  # noqa: E402
+from medseg.train.cached import split_embeddings  # noqa: E402
+from medseg.train.embeddings import CACHE_ENV, CachedPredictor, build_embeddings, default_cache_dir  # noqa: E402
+
+SETS = ["kvasir_seg", "ph2_derm", "busi"]
+BUDGET_S = 240          # wall-clock seconds per method (fine-tuning, U-Net) and dataset, full run
+QUICK_BUDGET_S = 20     # the same with --quick
+QUICK_COUNTS = {"train": 10, "val": 3, "test": 6}
+QUICK_SETTINGS = ["train.batch_size=4", "optim.warmup_steps=2"]  # a few objects: smaller steps, short warm-up
+FINETUNE_CONFIG = REPO / "configs" / "finetune_cached_kvasir.yaml"
+UNET_CONFIG = REPO / "configs" / "unet_kvasir.yaml"
+COMMON = ["data.num_workers=0", "train.progress=false", "train.device=cpu", "train.amp=off", "train.log_every=1000"]
+
+
+def _spaced(items: list, n: int | None) -> list:
+    if n is None or len(items) <= n:
+        return items
+    return [items[i] for i in np.linspace(0, len(items) - 1, n).round().astype(int)]
+
+
+def subset_folder(source: Path, target: Path, counts: dict[str, int]) -> Path:
+    """A dataset folder of symbolic links to ``counts[split]`` evenly spaced cases of each split."""
+    (target / "images").mkdir(parents=True)
+    (target / "masks").mkdir()
+    splits = {}
+    for split, n in counts.items():
+        cases = _spaced(find_cases(source, split), n)
+        for case in cases:
+            (target / "images" / case.image_path.name).symlink_to(case.image_path.resolve())
+            (target / "masks" / case.mask_path.name).symlink_to(case.mask_path.resolve())
+        splits[split] = [c.stem for c in cases]
+    (target / "splits.json").write_text(json.dumps(splits))
+    return target
+
+
+def timed_train(config, run_dir: Path, budget: float) -> dict:
+    """train() for about ``budget`` seconds: one timed epoch, then resume for the epochs that fit."""
+    start = time.perf_counter()
+    first = train(dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=10)), run_dir,
+                  overwrite=True, stop_after=1)
+    spent = time.perf_counter() - start
+    epoch = first["history"][0]["seconds"]
+    setup = max(0.0, spent - epoch)  # model, datasets, first checkpoint
+    more = int((budget - spent - setup) // (epoch * 1.1 + 0.5))
+    result = first
+    if more >= 1:
+        final = dataclasses.replace(config.train, epochs=1 + more)
+        result = train(dataclasses.replace(config, train=final), run_dir, resume=True)
+    best = max(result["history"], key=lambda h: -1 if h["val_dice"] is None else h["val_dice"])
+    return {"epochs": len(result["history"]), "steps": result["history"][-1]["step"],
+            "seconds": round(time.perf_counter() - start, 1), "best_val_dice": result["best_dice"],
+            "best_epoch": best["epoch"], "checkpoint": run_dir / "best.safetensors"}
+
+
+def box_dice(model, store, cases, root: Path) -> tuple[float | None, int]:
+    """Test-split box Dice (evaluate's protocol) with embeddings from ``store``; (dice, encoder misses)."""
+    predictor = CachedPredictor(model, store) if store is not None else None
+    rows = []
+    for case in cases:
+        rows += evaluate_case(predictor, case)[0]
+    return Report(str(root), "test", "box", cases=rows).summary["dice"], predictor.misses if predictor else 0
+
+
+def unet_dice(model, cases, root: Path) -> float | None:
+    """Test-split Dice of the U-Net's automatic masks, one row per (case, foreground class)."""
+    rows = []
+    for case in cases:
+        image, label = io_loader(case.image_path, case.mask_path)
+        pred = predict_mask(model, slice_hwc(image))
+        mask = label.array[0]
+        classes = class_masks(mask) or [(1, np.zeros(mask.shape, dtype=bool))]
+        for class_id, gt in classes:
+            rows.append({"stem": case.stem, "class_id": class_id, "class_name": str(class_id), "n_prompts": 0,
+                         "empty_gt": not mask.any(), "seconds": 0.0, **case_metrics(pred, gt)})
+    return Report(str(root), "test", "none", cases=rows).summary["dice"]
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def run_set(name: str, root: Path, work: Path, budget: float, cache: Path, quick: bool) -> dict:
+    overrides = [f"data.root={root}", *COMMON, *(QUICK_SETTINGS if quick else [])]
+    ft_config = load_config(FINETUNE_CONFIG, overrides)
+    model = build_model(ft_config.model.name, pretrained=True)
+    resolved = dataclasses.replace(ft_config, data=dataclasses.replace(ft_config.data, image_size=model.image_size))
+    start = time.perf_counter()
+    train_cases, _, train_store = split_embeddings(resolved, "train", model, cache_dir=cache)
+    val_cases, _, _ = split_embeddings(resolved, "val", model, cache_dir=cache)
+    test_cases = find_cases(root, "test")
+    with_fg = [c for c in test_cases if read_label(c.mask_path).array.any()]
+    test_store = build_embeddings(model, with_fg, cache, label=f"{name}-test") if with_fg else None
+    embed_s = time.perf_counter() - start
+    computed = train_store.computed + (test_store.computed if test_store else 0)
+    print(f"{name}: embeddings ready in {embed_s:.0f} s ({len(train_cases)} train, {len(val_cases)} val, "
+          f"{len(with_fg)} test images; train+test {computed} computed now)", flush=True)
+
+    zero_shot, misses = box_dice(model, test_store, test_cases, root)
+    print(f"{name}: zero-shot box Dice {_fmt(zero_shot)}", flush=True)
+    finetune = timed_train(ft_config, work / f"{name}_finetune", budget)
+    tuned = build_model(ft_config.model.name, checkpoint=finetune["checkpoint"])
+    finetuned, misses2 = box_dice(tuned, test_store, test_cases, root)
+    print(f"{name}: fine-tuned box Dice {_fmt(finetuned)} ({finetune['epochs']} epochs, {finetune['seconds']} s)",
+          flush=True)
+
+    u_config = load_config(UNET_CONFIG, overrides)
+    unet = timed_train(u_config, work / f"{name}_unet", budget)
+    u_dice = unet_dice(build_model(u_config.model.name, checkpoint=unet["checkpoint"]), test_cases, root)
+    print(f"{name}: U-Net Dice {_fmt(u_dice)} ({unet['epochs']} epochs, {unet['seconds']} s)", flush=True)
+    clean = lambda r: {k: v for k, v in r.items() if k != "checkpoint"}  # noqa: E731
+    return {"zero_shot_dice": zero_shot, "finetuned_dice": finetuned, "unet_dice": u_dice, "budget_s": budget,
+            "finetune": clean(finetune), "unet": clean(unet), "embed_seconds": round(embed_s, 1),
+            "encoder_misses": misses + misses2,
+            "images": {"train": len(find_cases(root, "train")), "val": len(find_cases(root, "val")),
+                       "test": len(test_cases), "test_empty_gt": len(test_cases) - len(with_fg),
+                       "train_embedded": len(train_cases), "val_embedded": len(val_cases)}}
+
+
+def print_table(result: dict) -> None:
+    def f(v):
+        return "   -  " if v is None else f"{v:6.3f}"
+
+    print(f"\n{'dataset':<14}{'zero-shot':>10}{'fine-tuned':>12}{'U-Net':>8}{'budget':>9}   (test Dice; "
+          f"box prompts for LiteMedSAM, none for the U-Net)")
+    for name, r in result["datasets"].items():
+        print(f"{name:<14}{f(r['zero_shot_dice']):>10}{f(r['finetuned_dice']):>12}{f(r['unet_dice']):>8}"
+              f"{r['budget_s']:>7.0f} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help=f"{QUICK_COUNTS} images per set, {QUICK_BUDGET_S} s budgets")
+    parser.add_argument("--json", type=Path, help="output JSON (default benchmarks/results/finetune[_quick].json)")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared data folder")
+    parser.add_argument("--cache", type=Path, default=None, help="embedding cache (default ~/.cache/medseg/embeddings)")
+    parser.add_argument("--sets", nargs="+", default=SETS, choices=SETS, help="datasets to run")
+    args = parser.parse_args(argv)
+    require_data(args.data)
+    cache = (args.cache or default_cache_dir()).expanduser().resolve()
+    if cache == args.data.resolve() or args.data.resolve() in cache.parents:
+        sys.exit(f"--cache {cache} lies inside the data folder {args.data}; choose another folder")
+    os.environ[CACHE_ENV] = str(cache)  # the objective inside train() reads it
+    set_threads()
+    torch.manual_seed(0)
+    budget = QUICK_BUDGET_S if args.quick else BUDGET_S
+    start = time.time()
+    datasets = {}
+    with tempfile.TemporaryDirectory(prefix="medseg_finetune_") as tmp:
+        work = Path(tmp)
+        for name in args.sets:
+            root = args.data / name
+            if args.quick:
+                root = subset_folder(root, work / "subsets" / name, QUICK_COUNTS)
+            datasets[name] = run_set(name, root, work / "runs", budget, cache, args.quick)
+    result = {"datasets": datasets, "quick": args.quick, "counts": QUICK_COUNTS if args.quick else None,
+              "budget_s": budget, "threads": THREADS, "device": "cpu", "seconds": round(time.time() - start, 1),
+              "cache": str(cache), "torch": torch.__version__,
+              "notes": ["budget_s: wall-clock seconds per method and dataset; embedding time (embed_seconds) "
+                        "is outside both budgets, so the U-Net's budget excludes it",
+                        "checkpoints selected by val Dice; Dice on the test split",
+                        "quick: evenly spaced subsets of each split (counts); noisy, a protocol smoke test"]}
+    print_table(result)
+    out = args.json or REPO / "benchmarks" / "results" / f"finetune{'_quick' if args.quick else ''}.json"
+    print(f"\nwrote {write_json(result, out)} ({result['seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Objective "unet": automatic (prompt-free) binary segmentation with a U-Net, in the same loop.
+
+* item: ``{"image": (3, S, S) float32 in [0, 1] from prepare_image (resized, zero-padded),
+  "target": (1, S, S) float32, 1 where the label has any foreground class, "index": i}``, one per
+  case (cases without foreground stay in: the model must learn to predict nothing there);
+* augmentation (train split only): a horizontal flip of the image content with probability 1/2,
+  drawn from (seed, epoch, index) so that resume is exact; the padding stays bottom/right;
+* loss: Dice + BCE (or focal) on the logits, weights from ``train.*``;
+* validation: mean per-case Dice in the S x S frame (1 where prediction and target are both empty).
+
+Importing this module registers the objective and the U-Net models (``medseg.models.unet``).
+Config: ``model.name: unet`` (or ``unet-tiny``), ``model.pretrained: false``, ``model.trainable: all``
+(see ``configs/unet_kvasir.yaml``). ``medseg.models.unet.predict_mask`` segments one image at its
+own resolution with the trained model.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from medseg.errors import InputError
+from medseg.eval.datasets import Case
+from medseg.eval.loader import io_loader, slice_hwc
+from medseg.infer.preprocess import prepare_image
+from medseg.train.config import Config
+from medseg.train.datasets import label_frame, paired_cases
+from medseg.train.objectives import dice_scores, focal_loss, register_objective
+
+
+
+class CaseFrames(Dataset):
+    """One item per case: prepared image (3, S, S) and binary foreground target (1, S, S).
+
+    ``flip``: horizontal flip of the resized content (not the padding) with probability 1/2 per
+    (seed, epoch, index). ``cache`` keeps prepared frames in memory after first use.
+    """
+
+    def __init__(self, cases: list[Case], size: int, modality: str | None = None, flip: bool = False,
+                 seed: int = 0, cache: bool = True) -> None:
+        if not cases:
+            raise InputError("no cases to train the U-Net on")
+        self.cases, self.size, self.modality, self.flip, self.seed, self.epoch = cases, size, modality, flip, seed, 0
+        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor, tuple[int, int]]] | None = {} if cache else None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def _frame(self, index: int) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+        if self._cache is not None and index in self._cache:
+            return self._cache[index]
+        case = self.cases[index]
+        image, label = io_loader(case.image_path, case.mask_path)
+        if image.array.shape[1] != 1:
+            raise InputError(f"{case.image_path}: a volume; the U-Net objective takes 2D cases")
+        x, record = prepare_image(slice_hwc(image), self.size, self.modality)
+        target = torch.from_numpy((label_frame(label.array[0], self.size) > 0).astype(np.float32))[None]
+        out = (x[0], target, record.resized_hw)
+        if self._cache is not None:
+            self._cache[index] = out
+        return out
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
+        image, target, (h, w) = self._frame(index)
+        if self.flip and np.random.default_rng([self.seed, self.epoch, index]).random() < 0.5:
+            image, target = image.clone(), target.clone()
+            image[:, :h, :w] = image[:, :h, :w].flip(-1)
+            target[:, :h, :w] = target[:, :h, :w].flip(-1)
+        return {"image": image, "target": target, "index": index}
+
+
+@register_objective("unet")
+class UNetObjective:
+    """Prompt-free binary segmentation (any foreground class vs background), Dice + BCE."""
+
+    def __init__(self, config: Config) -> None:
+        from monai.losses import DiceLoss
+
+        if config.model.trainable != "all":
+            raise InputError(f"config key 'model.trainable': objective 'unet' trains the whole U-Net; "
+                             f"set it to 'all', got {config.model.trainable!r}")
+        self.train_cfg = config.train
+        self.dice_loss = DiceLoss(sigmoid=True)
+
+    def make_datasets(self, config: Config) -> tuple[CaseFrames, CaseFrames | None]:
+        d = config.data
+        if d.image_size is None:
+            raise InputError("data.image_size must be resolved (the model's input size) before making datasets")
+
+        def build(split: str, flip: bool) -> CaseFrames:
+            cases = paired_cases(d.root, split, d.limit)
+            return CaseFrames(cases, d.image_size, d.modality, flip, config.train.seed, d.cache)
+
+        return build(d.train_split, True), (build(d.val_split, False) if d.val_split else None)
+
+    def loss(self, model: Callable, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """batch: image (B, 3, S, S), target (B, 1, S, S) -> scalar loss and its parts."""
+        logits, _ = model(batch["image"])
+        logits, target = logits.float(), batch["target"]
+        if logits.shape[1] != 1:
+            raise InputError(f"objective 'unet' needs a model with one output map, got {logits.shape[1]}")
+        dice = self.dice_loss(logits, target)
+        cfg = self.train_cfg
+        if cfg.pixel_loss == "focal":
+            pixel = focal_loss(logits, target, cfg.focal_gamma)
+        else:
+            pixel = F.binary_cross_entropy_with_logits(logits, target)
+        loss = cfg.dice_weight * dice + cfg.pixel_weight * pixel
+        return loss, {"dice_loss": dice.detach(), cfg.pixel_loss: pixel.detach()}
+
+    @torch.no_grad()
+    def validate(self, model: torch.nn.Module, loader: DataLoader) -> dict[str, float]:
+        """Mean per-case Dice of (logits > 0) against the target in the S x S frame."""
+        device = next(model.parameters()).device
+        scores = []
+        for batch in loader:
+            logits = model(batch["image"].to(device))
+            scores.append(dice_scores(logits > 0, batch["target"].to(device) > 0.5).cpu())
+        dice = torch.cat(scores)
+        return {"dice": float(dice.mean()), "cases": int(dice.numel())}
