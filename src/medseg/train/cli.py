@@ -31,7 +31,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``train`` subcommand to ``medseg``'s subparsers; returns its parser."""
     p = subparsers.add_parser("train", help="train or fine-tune a model from a YAML config (torchrun for DDP)",
-                              description=__doc__.split("\n\n")[0])
+                              description="Train or fine-tune a model from a YAML config: defaults < YAML < --set. "
+                                          "Under torchrun it runs data-parallel (DDP).")
     _add_arguments(p)
     return p
 
