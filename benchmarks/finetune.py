@@ -44,8 +44,6 @@ from _common import DEFAULT_DATA, REPO, THREADS, require_data, set_threads, writ
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import medseg.train.cached  # noqa: E402,F401 - registers "supervised_cached"
-import medseg.train.unet  # noqa: E402,F401 - registers "unet" (objective and models)
 from medseg.eval.datasets import find_cases  # noqa: E402
 from medseg.eval.evaluate import class_masks, evaluate_case  # noqa: E402
 from medseg.eval.loader import io_loader, slice_hwc  # noqa: E402

@@ -32,7 +32,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from medseg.errors import InputError
@@ -42,7 +41,7 @@ from medseg.train import ddp
 from medseg.train.config import Config
 from medseg.train.datasets import frame_objects, label_frame, paired_cases
 from medseg.train.embeddings import EmbeddingStore, build_embeddings, default_cache_dir, encoder_fingerprint
-from medseg.train.objectives import dice_scores, focal_loss, register_objective
+from medseg.train.objectives import dice_scores, register_objective, segmentation_loss
 
 FROZEN_ENCODER = ("decoder", "prompt_decoder", "encoder_frozen")
 
@@ -203,15 +202,7 @@ class CachedSupervisedObjective:
         self._check(segmenter)
         with embeddings_as_input(segmenter):
             logits, _ = model(batch["embedding"], boxes=batch["box"])
-        logits, target = logits.float(), batch["target"]
-        dice = self.dice_loss(logits, target)
-        cfg = self.train_cfg
-        if cfg.pixel_loss == "focal":
-            pixel = focal_loss(logits, target, cfg.focal_gamma)
-        else:
-            pixel = F.binary_cross_entropy_with_logits(logits, target)
-        loss = cfg.dice_weight * dice + cfg.pixel_weight * pixel
-        return loss, {"dice_loss": dice.detach(), cfg.pixel_loss: pixel.detach()}
+        return segmentation_loss(logits, batch["target"], self.dice_loss, self.train_cfg)
 
     @torch.no_grad()
     def validate(self, model: torch.nn.Module, loader: DataLoader) -> dict[str, float]:

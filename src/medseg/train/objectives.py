@@ -60,6 +60,20 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -
     return (bce * (1 - p_t) ** gamma).mean()
 
 
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, dice_loss: Callable,
+                      cfg) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Weighted Dice + pixel loss (BCE or focal, ``cfg.pixel_loss``) of logits (B, 1, S, S) against a
+    {0, 1} target of the same shape; returns the scalar loss and its detached parts."""
+    logits = logits.float()
+    dice = dice_loss(logits, target)
+    if cfg.pixel_loss == "focal":
+        pixel = focal_loss(logits, target, cfg.focal_gamma)
+    else:
+        pixel = F.binary_cross_entropy_with_logits(logits, target)
+    loss = cfg.dice_weight * dice + cfg.pixel_weight * pixel
+    return loss, {"dice_loss": dice.detach(), cfg.pixel_loss: pixel.detach()}
+
+
 def dice_scores(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per-item Dice of bool masks (B, 1, S, S) -> (B,); 1 where both are empty."""
     pred, target = pred.flatten(1).float(), target.flatten(1).float()
@@ -97,15 +111,7 @@ class SupervisedObjective:
     def loss(self, model: Callable, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """batch: image (B, 3, S, S), box (B, 4), target (B, 1, S, S) -> scalar loss and its parts."""
         logits, _ = model(batch["image"], boxes=batch["box"])
-        logits, target = logits.float(), batch["target"]
-        dice = self.dice_loss(logits, target)
-        cfg = self.train_cfg
-        if cfg.pixel_loss == "focal":
-            pixel = focal_loss(logits, target, cfg.focal_gamma)
-        else:
-            pixel = F.binary_cross_entropy_with_logits(logits, target)
-        loss = cfg.dice_weight * dice + cfg.pixel_weight * pixel
-        return loss, {"dice_loss": dice.detach(), cfg.pixel_loss: pixel.detach()}
+        return segmentation_loss(logits, batch["target"], self.dice_loss, self.train_cfg)
 
     @torch.no_grad()
     def validate(self, model: torch.nn.Module, loader: DataLoader) -> dict[str, float]:

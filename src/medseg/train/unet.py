@@ -20,7 +20,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from medseg.errors import InputError
@@ -29,7 +28,7 @@ from medseg.eval.loader import io_loader, slice_hwc
 from medseg.infer.preprocess import prepare_image
 from medseg.train.config import Config
 from medseg.train.datasets import label_frame, paired_cases
-from medseg.train.objectives import dice_scores, focal_loss, register_objective
+from medseg.train.objectives import dice_scores, register_objective, segmentation_loss
 
 
 
@@ -103,17 +102,9 @@ class UNetObjective:
     def loss(self, model: Callable, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """batch: image (B, 3, S, S), target (B, 1, S, S) -> scalar loss and its parts."""
         logits, _ = model(batch["image"])
-        logits, target = logits.float(), batch["target"]
         if logits.shape[1] != 1:
             raise InputError(f"objective 'unet' needs a model with one output map, got {logits.shape[1]}")
-        dice = self.dice_loss(logits, target)
-        cfg = self.train_cfg
-        if cfg.pixel_loss == "focal":
-            pixel = focal_loss(logits, target, cfg.focal_gamma)
-        else:
-            pixel = F.binary_cross_entropy_with_logits(logits, target)
-        loss = cfg.dice_weight * dice + cfg.pixel_weight * pixel
-        return loss, {"dice_loss": dice.detach(), cfg.pixel_loss: pixel.detach()}
+        return segmentation_loss(logits, batch["target"], self.dice_loss, self.train_cfg)
 
     @torch.no_grad()
     def validate(self, model: torch.nn.Module, loader: DataLoader) -> dict[str, float]:
