@@ -102,3 +102,21 @@ def test_wrong_layout_and_empty_split_and_no_objects_are_input_errors(tmp_path, 
         paired_cases(empty, "val")
     with pytest.raises(InputError, match="none of its 1 cases has an object"):
         PromptedObjects(paired_cases(empty, "train"), SIZE, 4)
+
+
+def test_augmented_items_keep_image_mask_and_box_together_and_repeat_by_seed(dataset):
+    cases = paired_cases(dataset, "train")
+    plain = PromptedObjects(cases, 64, min_pixels=4)
+    aug = PromptedObjects(cases, 64, min_pixels=4, augment=True, seed=3)
+    again = PromptedObjects(cases, 64, min_pixels=4, augment=True, seed=3)
+    changed = 0
+    for i in range(len(aug)):
+        a, b, p = aug[i], again[i], plain[i]
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["box"], b["box"])
+        assert a["image"].shape == p["image"].shape and 0 <= a["image"].min() and a["image"].max() <= 1
+        ys, xs = np.nonzero(a["target"][0].numpy())
+        assert a["box"].tolist() == [xs.min(), ys.min(), xs.max(), ys.max()]  # no jitter: the tight box
+        changed += not torch.equal(a["target"], p["target"])
+    assert changed > 0
+    aug.set_epoch(1)
+    assert any(not torch.equal(aug[i]["image"], again[i]["image"]) for i in range(len(aug)))

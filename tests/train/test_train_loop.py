@@ -136,3 +136,11 @@ def test_wrong_dataset_layout_and_foreign_checkpoint_are_named(tiny_config, tmp_
     with pytest.raises(CheckpointError, match="other.safetensors"):
         train(tiny_config(model__checkpoint=str(foreign)), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_augmented_runs_train_and_resume_exactly(tiny_config, tmp_path):
+    full = train(tiny_config(train__epochs=3, data__augment="true"), tmp_path / "full")
+    train(tiny_config(train__epochs=3, data__augment="true"), tmp_path / "cut", stop_after=1)
+    resumed = train(tiny_config(train__epochs=3, data__augment="true"), tmp_path / "cut", resume=True)
+    assert np.isfinite(_losses(full)).all()
+    np.testing.assert_array_equal(_losses(resumed), _losses(full))

@@ -41,6 +41,7 @@ class DataConfig:
     min_object_pixels: int = 20      # smaller components (in the model frame) are not objects
     modality: str | None = None      # "CT" / "MR" intensity window, as the predictor's
     cache: bool = True               # keep prepared frames in memory after first use
+    augment: bool = False            # flips, quarter turns, rotation/zoom, intensity (medseg.data.augment)
 
 
 @dataclass

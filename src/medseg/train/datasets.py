@@ -73,8 +73,10 @@ class PromptedObjects(Dataset):
     """
 
     def __init__(self, cases: list[Case], size: int, min_pixels: int = 20, box_jitter: float = 0.0,
-                 seed: int = 0, modality: str | None = None, cache: bool = True, what: str = "dataset") -> None:
+                 seed: int = 0, modality: str | None = None, cache: bool = True, what: str = "dataset",
+                 augment: bool = False) -> None:
         self.cases, self.size, self.min_pixels = cases, size, min_pixels
+        self.augmentation = _augmentation() if augment else None
         self.box_jitter, self.seed, self.modality, self.epoch = box_jitter, seed, modality, 0
         self._cache: dict[int, tuple[torch.Tensor, np.ndarray, tuple[int, int]]] | None = {} if cache else None
         self.items: list[tuple[int, int]] = []  # (case index, object index within the case)
@@ -116,6 +118,16 @@ class PromptedObjects(Dataset):
             box = np.array([min(box[0], box[2]), min(box[1], box[3]), max(box[0], box[2]), max(box[1], box[3])])
         return box.astype(np.float32)
 
+    def _augment(self, image: torch.Tensor, mask: np.ndarray, hw: tuple[int, int], index: int):
+        """Augment image (3, S, S) and object mask (S, S) together in the padded frame, seeded by
+        (seed, epoch, index); an object pushed out of the frame keeps the plain item."""
+        rng = np.random.default_rng([self.seed, self.epoch, index, 1])
+        out = self.augmentation({"image": image.numpy(), "mask": mask.astype(np.uint8)}, rng)
+        if out["mask"].sum() < self.min_pixels:
+            return image, mask, hw
+        size = self.size  # the content may now reach into the padding: the whole frame is valid
+        return torch.from_numpy(np.ascontiguousarray(out["image"], dtype=np.float32)), out["mask"] > 0, (size, size)
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
         c, k = self.items[index]
         image, frame, hw = self._frame(c)
@@ -123,8 +135,17 @@ class PromptedObjects(Dataset):
         if k >= len(objects):
             raise InputError(f"{self.cases[c].mask_path}: changed on disk while training (object {k} is gone)")
         mask = objects[k]
+        if self.augmentation is not None:
+            image, mask, hw = self._augment(image, mask, hw, index)
         return {"image": image, "box": torch.from_numpy(self._box(mask, hw, index)),
                 "target": torch.from_numpy(mask.astype(np.float32))[None], "index": index}
+
+
+def _augmentation():
+    """Geometry and intensity augmentation for images already normalised to [0, 1]."""
+    from medseg.data.augment import Compose, RandomAffine, RandomFlip, RandomIntensity, RandomRot90
+
+    return Compose([RandomFlip(), RandomRot90(0.5), RandomAffine(p=0.5), RandomIntensity(p=0.5, clip=(0.0, 1.0))])
 
 
 class EpochSampler(Sampler[int]):
