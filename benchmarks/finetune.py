@@ -10,10 +10,17 @@ Per dataset (kvasir_seg, ph2_derm, busi of ../shared/data), on its fixed splits:
 3. fine-tuned: ``configs/finetune_cached_kvasir.yaml`` (objective "supervised_cached", mask decoder
    only, box jitter 0.1) on the dataset's train split for ``BUDGET_S`` seconds of wall-clock time,
    checkpoint selected by val Dice, then the same test-split box Dice;
-4. U-Net: ``configs/unet_kvasir.yaml`` (MONAI UNet from scratch, automatic, no prompt) on the same
+4. click-trained: the same config with ``CLICK_SETTINGS`` (SAM-style chains: a box or one click, then
+   corrective clicks with the previous logits fed back; ``medseg.train.interactive``), same budget;
+   scored by Dice after each of ``CLICK_ROUNDS`` clicks (``medseg evaluate --prompt clicks``'s
+   protocol: first click at the object's deepest pixel) against zero-shot, and by its box Dice;
+5. U-Net: ``configs/unet_kvasir.yaml`` (MONAI UNet from scratch, automatic, no prompt) on the same
    train split for the same budget, best by val Dice, scored on the test split with the same Dice
    per (case, class) row (prediction = the U-Net's mask; an empty GT scores 1 only if it predicts
    nothing). The U-Net's budget excludes the LiteMedSAM embedding time (step 1).
+
+Every run validates its starting weights first (epoch 0), so a fine-tuned checkpoint is the
+pretrained one unless training improved val Dice.
 
 Budget: one ``train()`` epoch is run and timed, then the run resumes for as many epochs as fit in
 what is left (the loop itself is not changed); the seconds actually spent are reported.
@@ -21,10 +28,9 @@ what is left (the loop itself is not changed); the seconds actually spent are re
     python benchmarks/finetune.py [--quick] [--json OUT] [--cache DIR] [--sets kvasir_seg busi]
 
 ``--quick``: ``QUICK_COUNTS`` evenly spaced train / val / test images per set (a folder of links in
-a temporary directory), ``QUICK_BUDGET_S`` per method and set, batch 4: 4 min 38 s measured with a
-cold cache on the shared 2-core CPU (load average 5-7); the ~50 encoder passes cost about 60% of it. Its Dice values are noisy
+a temporary directory), ``QUICK_BUDGET_S`` per method and set, batch 4. Its Dice values are noisy
 (six test images) and its budgets tiny: a smoke test of the protocol, not a result. A full run embeds
-~600 images once (~20 min at ~2 s each, then cached) and trains 2 x 3 x ``BUDGET_S`` s.
+~600 images once (~20 min at ~2 s each, then cached) and trains 3 x 3 x ``BUDGET_S`` s.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ import torch  # noqa: E402
 
 from medseg.eval.datasets import find_cases  # noqa: E402
 from medseg.eval.evaluate import class_masks, evaluate_case  # noqa: E402
+from medseg.eval.interactive import interact_case  # noqa: E402
 from medseg.eval.loader import io_loader, slice_hwc  # noqa: E402
 from medseg.eval.metrics import case_metrics  # noqa: E402
 from medseg.eval.report import Report  # noqa: E402
@@ -58,7 +65,9 @@ from medseg.train.embeddings import CACHE_ENV, CachedPredictor, build_embeddings
 
 SETS = ["kvasir_seg", "ph2_derm", "busi"]
 BUDGET_S = 240          # wall-clock seconds per method (fine-tuning, U-Net) and dataset, full run
-QUICK_BUDGET_S = 20     # the same with --quick
+QUICK_BUDGET_S = 15     # the same with --quick
+CLICK_ROUNDS = 3        # clicks scored in the interactive protocol (first click + 2 corrections)
+CLICK_SETTINGS = ["train.click_rounds=2", "train.first_prompt=mixed"]  # the click-trained decoder
 QUICK_COUNTS = {"train": 10, "val": 3, "test": 6}
 QUICK_SETTINGS = ["train.batch_size=4", "optim.warmup_steps=2"]  # a few objects: smaller steps, short warm-up
 FINETUNE_CONFIG = REPO / "configs" / "finetune_cached_kvasir.yaml"
@@ -93,8 +102,8 @@ def timed_train(config, run_dir: Path, budget: float) -> dict:
     first = train(dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=10)), run_dir,
                   overwrite=True, stop_after=1)
     spent = time.perf_counter() - start
-    epoch = first["history"][0]["seconds"]
-    setup = max(0.0, spent - epoch)  # model, datasets, first checkpoint
+    epoch = next(h["seconds"] for h in first["history"] if h["epoch"] == 1)
+    setup = max(0.0, spent - epoch)  # model, datasets, epoch-0 validation, first checkpoints
     more = int((budget - spent - setup) // (epoch * 1.1 + 0.5))
     result = first
     if more >= 1:
@@ -113,6 +122,16 @@ def box_dice(model, store, cases, root: Path) -> tuple[float | None, int]:
     for case in cases:
         rows += evaluate_case(predictor, case)[0]
     return Report(str(root), "test", "box", cases=rows).summary["dice"], predictor.misses if predictor else 0
+
+
+def click_dice(model, store, cases) -> list[float] | None:
+    """Mean Dice after each of ``CLICK_ROUNDS`` clicks (first a positive click at the object's deepest
+    pixel, then one on the largest error), the interactive protocol of ``medseg evaluate --prompt clicks``."""
+    predictor = CachedPredictor(model, store)
+    rows = [row for case in cases for row in interact_case(predictor, case, CLICK_ROUNDS, first="point")]
+    if not rows:
+        return None
+    return [round(float(np.mean([r["dice_per_round"][k] for r in rows])), 4) for k in range(CLICK_ROUNDS)]
 
 
 def unet_dice(model, cases, root: Path) -> float | None:
@@ -157,6 +176,17 @@ def run_set(name: str, root: Path, work: Path, budget: float, cache: Path, quick
     print(f"{name}: fine-tuned box Dice {_fmt(finetuned)} ({finetune['epochs']} epochs, {finetune['seconds']} s)",
           flush=True)
 
+    clicks_config = load_config(FINETUNE_CONFIG, overrides + CLICK_SETTINGS)
+    clicked = timed_train(clicks_config, work / f"{name}_clicks", budget)
+    click_model = build_model(clicks_config.model.name, checkpoint=clicked["checkpoint"])
+    with_clicks = {"zero_shot_point_dice": click_dice(model, test_store, with_fg),
+                   "click_finetuned_point_dice": click_dice(click_model, test_store, with_fg),
+                   "click_finetuned_box_dice": box_dice(click_model, test_store, test_cases, root)[0],
+                   "training": {k: v for k, v in clicked.items() if k != "checkpoint"}}
+    print(f"{name}: point-then-clicks Dice per click, zero-shot {with_clicks['zero_shot_point_dice']}, "
+          f"click-trained {with_clicks['click_finetuned_point_dice']}; its box Dice "
+          f"{_fmt(with_clicks['click_finetuned_box_dice'])}", flush=True)
+
     u_config = load_config(UNET_CONFIG, overrides)
     unet = timed_train(u_config, work / f"{name}_unet", budget)
     u_dice = unet_dice(build_model(u_config.model.name, checkpoint=unet["checkpoint"]), test_cases, root)
@@ -164,7 +194,7 @@ def run_set(name: str, root: Path, work: Path, budget: float, cache: Path, quick
     clean = lambda r: {k: v for k, v in r.items() if k != "checkpoint"}  # noqa: E731
     return {"zero_shot_dice": zero_shot, "finetuned_dice": finetuned, "unet_dice": u_dice, "budget_s": budget,
             "finetune": clean(finetune), "unet": clean(unet), "embed_seconds": round(embed_s, 1),
-            "encoder_misses": misses + misses2,
+            "encoder_misses": misses + misses2, "clicks": with_clicks,
             "images": {"train": len(find_cases(root, "train")), "val": len(find_cases(root, "val")),
                        "test": len(test_cases), "test_empty_gt": len(test_cases) - len(with_fg),
                        "train_embedded": len(train_cases), "val_embedded": len(val_cases)}}
@@ -179,6 +209,12 @@ def print_table(result: dict) -> None:
     for name, r in result["datasets"].items():
         print(f"{name:<14}{f(r['zero_shot_dice']):>10}{f(r['finetuned_dice']):>12}{f(r['unet_dice']):>8}"
               f"{r['budget_s']:>7.0f} s")
+    print(f"\n{'dataset':<14}{'clicks':>8}{'zero-shot':>11}{'click-trained':>15}   (test Dice after each click, "
+          f"first at the object's deepest pixel)")
+    for name, r in result["datasets"].items():
+        zero, tuned = r["clicks"]["zero_shot_point_dice"] or [], r["clicks"]["click_finetuned_point_dice"] or []
+        for k, (a, b) in enumerate(zip(zero, tuned)):
+            print(f"{name if k == 0 else '':<14}{k + 1:>8}{f(a):>11}{f(b):>15}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,7 @@ from medseg.errors import CheckpointError, InputError
 from medseg.models import build_model
 from medseg.train import config_to_dict, load_config, train
 from medseg.train.checkpoint import read_meta
+from medseg.train.objectives import SupervisedObjective
 
 TINY = "litemedsam-tiny"
 
@@ -32,17 +33,19 @@ def test_a_run_writes_checkpoints_logs_config_and_curves(tiny_config, tmp_path):
     run = tmp_path / "run"
     result = train(config, run)
     history = result["history"]
-    assert [h["epoch"] for h in history] == [1, 2]
+    assert [h["epoch"] for h in history] == [0, 1, 2]  # epoch 0: the starting weights, validated
     assert set(history[0]) == {"epoch", "step", "train_loss", "val_dice", "lr", "seconds"}
+    assert history[0]["step"] == 0 and history[0]["train_loss"] is None
     assert all(0 <= h["val_dice"] <= 1 for h in history) and result["best_dice"] == max(h["val_dice"] for h in history)
-    assert len(result["steps"]) == history[-1]["step"] == 2 * history[0]["step"]
+    assert len(result["steps"]) == history[-1]["step"] == 2 * history[1]["step"]
     names = {p.name for p in run.iterdir()}
     assert names >= {"config.yaml", "metrics.csv", "steps.csv", "curves.png", "latest.safetensors", "latest.json",
                      "latest.pt", "best.safetensors", "best.json", "best.pt"}
     assert not [n for n in names if n.endswith(".tmp")]
     with open(run / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [float(r["train_loss"]) for r in rows] == [h["train_loss"] for h in history]
+    assert [float(r["train_loss"] or "nan") for r in rows][1:] == [h["train_loss"] for h in history][1:]
+    assert rows[0]["epoch"] == "0" and rows[0]["train_loss"] == ""
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     resolved = load_config(run / "config.yaml")
     assert resolved.data.image_size == 64 and resolved.model == config.model  # resolved from the model
@@ -61,7 +64,7 @@ def test_a_used_run_folder_needs_resume_or_overwrite(tiny_config, tmp_path):
     with pytest.raises(InputError, match="either resume or overwrite"):
         train(tiny_config(), run, resume=True, overwrite=True)
     result = train(tiny_config(train__epochs=1), run, overwrite=True)
-    assert len(result["history"]) == 1 and (run / "best.json").is_file()
+    assert len(result["history"]) == 2 and (run / "best.json").is_file()
     assert (run / "notes.txt").read_text() == "mine"  # only what a run writes is replaced
     with pytest.raises(InputError, match="nothing to resume"):
         train(tiny_config(), tmp_path / "empty", resume=True)
@@ -73,7 +76,7 @@ def test_resume_repeats_an_uninterrupted_run_exactly(tiny_config, tmp_path):
     extra = dict(train__epochs=4, data__box_jitter=0.2, optim__accumulate=2, optim__warmup_steps=3)
     whole = train(tiny_config(**extra), tmp_path / "whole")
     first = train(tiny_config(**extra), tmp_path / "split", stop_after=2)
-    assert [h["epoch"] for h in first["history"]] == [1, 2]
+    assert [h["epoch"] for h in first["history"]] == [0, 1, 2]
     second = train(load_config(tmp_path / "split" / "config.yaml"), tmp_path / "split", resume=True)
     assert _losses(second) == _losses(whole)  # exactly, step by step
     assert [s["lr"] for s in second["steps"]] == [s["lr"] for s in whole["steps"]]
@@ -81,6 +84,23 @@ def test_resume_repeats_an_uninterrupted_run_exactly(tiny_config, tmp_path):
     assert second["best_dice"] == whole["best_dice"]
     assert _weights_equal(tmp_path / "whole" / "latest.safetensors", tmp_path / "split" / "latest.safetensors")
     assert _weights_equal(tmp_path / "whole" / "best.safetensors", tmp_path / "split" / "best.safetensors")
+
+
+def test_best_never_falls_below_the_starting_weights(tiny_config, tmp_path, monkeypatch):
+    # validation scripted to get worse after the start: best.* must stay the starting weights
+    scores = iter([0.8, 0.5, 0.6])
+    monkeypatch.setattr(SupervisedObjective, "validate", lambda self, model, loader: {"dice": next(scores)})
+    result = train(tiny_config(train__epochs=2), tmp_path / "run")
+    assert [(h["epoch"], h["val_dice"]) for h in result["history"]] == [(0, 0.8), (1, 0.5), (2, 0.6)]
+    assert result["best_dice"] == 0.8 and read_meta(tmp_path / "run", "best")["epoch"] == 0
+    torch.manual_seed(0)
+    start = build_model(TINY).state_dict()
+    best, latest = (load_file(tmp_path / "run" / f"{n}.safetensors") for n in ("best", "latest"))
+    assert all(torch.equal(start[k], best[k]) for k in start)
+    assert not all(torch.equal(start[k], latest[k]) for k in start)
+    monkeypatch.undo()
+    skipped = train(tiny_config(train__epochs=1, train__validate_start="false"), tmp_path / "plain")
+    assert [h["epoch"] for h in skipped["history"]] == [1]
 
 
 def test_accumulation_equals_the_larger_batch(tiny_config, tmp_path):

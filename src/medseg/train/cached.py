@@ -9,8 +9,11 @@ mask decoder (~15-150 ms instead of ~1.5-3 s per image on a 2-core CPU).
   class, >= ``data.min_object_pixels`` in the S x S frame), exactly as the "supervised" objective's
   :class:`~medseg.train.datasets.PromptedObjects` (same label frame, same box, same jitter rule:
   each side moves by up to ``data.box_jitter`` of the box size, drawn from (seed, epoch, index));
-* loss: Dice + BCE (or focal) of the box-prompted logits, weights from ``train.*``;
-* validation: mean Dice of the val objects' box-prompted masks (no jitter) in the S x S frame.
+* loss: Dice + BCE (or focal) of the box-prompted logits, weights from ``train.*``; with
+  ``train.click_rounds`` / ``train.first_prompt`` the mean over the rounds of interactive chains
+  (:mod:`medseg.train.interactive`; cheap here, every round reuses the cached embedding);
+* validation: mean Dice of the val objects' box-prompted masks (no jitter) in the S x S frame
+  (with click rounds: over every round of the validation chains).
 
 It runs in the ordinary :func:`medseg.train.train` loop (configs, checkpoints, resume): the loop
 builds the whole model, so the saved checkpoint is a full state dict (encoder weights unchanged)
@@ -40,6 +43,7 @@ from medseg.io import read_label
 from medseg.train import ddp
 from medseg.train.config import Config
 from medseg.train.datasets import frame_objects, label_frame, paired_cases
+from medseg.train.interactive import batch_rng, interactive_loss, interactive_validation, is_interactive
 from medseg.train.embeddings import EmbeddingStore, build_embeddings, default_cache_dir, encoder_fingerprint
 from medseg.train.objectives import dice_scores, register_objective, segmentation_loss
 
@@ -174,6 +178,10 @@ class CachedSupervisedObjective:
         self.dice_loss = DiceLoss(sigmoid=True)
         self.encoder: str | None = None  # fingerprint of the encoder the embeddings came from
         self._checked: set[int] = set()
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def make_datasets(self, config: Config) -> tuple[CachedObjects, CachedObjects | None]:
         d = config.data
@@ -200,15 +208,27 @@ class CachedSupervisedObjective:
         """batch: embedding (B, 256, E, E), box (B, 4), target (B, 1, S, S) -> scalar loss and its parts."""
         segmenter = _segmenter(model)
         self._check(segmenter)
+        cfg = self.train_cfg
         with embeddings_as_input(segmenter):
+            if is_interactive(cfg):
+                rng = batch_rng(cfg.seed, self.epoch, batch["index"])
+                return interactive_loss(model, batch["embedding"], batch["box"], batch["target"], cfg,
+                                        self.dice_loss, rng)
             logits, _ = model(batch["embedding"], boxes=batch["box"])
-        return segmentation_loss(logits, batch["target"], self.dice_loss, self.train_cfg)
+        return segmentation_loss(logits, batch["target"], self.dice_loss, cfg)
 
     @torch.no_grad()
     def validate(self, model: torch.nn.Module, loader: DataLoader) -> dict[str, float]:
         """Mean Dice of the box-prompted val objects (logits > 0) in the S x S frame."""
         self._check(model)
         device = next(model.parameters()).device
+        if is_interactive(self.train_cfg):
+            def batches():
+                for batch in loader:
+                    embedding = batch["embedding"].to(device)
+                    decode = lambda b, p, m, e=embedding: model.decode(e, b, p, m)  # noqa: E731
+                    yield decode, batch["box"].to(device), batch["target"].to(device)
+            return interactive_validation(batches(), self.train_cfg)
         scores = []
         for batch in loader:
             logits, _ = model.decode(batch["embedding"].to(device), boxes=batch["box"].to(device))

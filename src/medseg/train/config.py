@@ -25,6 +25,7 @@ from medseg.errors import InputError
 TRAINABLE = ("decoder", "prompt_decoder", "encoder_frozen", "all")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 PIXEL_LOSSES = ("bce", "focal")
+FIRST_PROMPTS = ("box", "point", "mixed")
 
 
 @dataclass
@@ -80,6 +81,9 @@ class TrainConfig:
     pixel_loss: str = "bce"          # bce | focal
     focal_gamma: float = 2.0
     progress: bool = True
+    validate_start: bool = True      # validate the starting weights as epoch 0 (best.* never falls below them)
+    click_rounds: int = 0            # corrective-click rounds per item after the first prompt (SAM-style)
+    first_prompt: str = "box"        # box | point | mixed: the first prompt of an interactive item
 
 
 @dataclass
@@ -191,7 +195,8 @@ def config_from_dict(data: dict | None) -> Config:
 def check_config(config: Config) -> None:
     """Values out of range or not among the choices -> InputError naming the key."""
     choices = {"model.trainable": (config.model.trainable, TRAINABLE), "train.amp": (config.train.amp, AMP_MODES),
-               "train.pixel_loss": (config.train.pixel_loss, PIXEL_LOSSES)}
+               "train.pixel_loss": (config.train.pixel_loss, PIXEL_LOSSES),
+               "train.first_prompt": (config.train.first_prompt, FIRST_PROMPTS)}
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise InputError(f"config key {key!r}: {value!r} is not one of {', '.join(allowed)}")
@@ -205,8 +210,9 @@ def check_config(config: Config) -> None:
         raise InputError(f"config key 'optim.grad_clip' must be > 0 or null, got {config.optim.grad_clip}")
     if len(config.optim.betas) != 2:
         raise InputError(f"config key 'optim.betas' needs two numbers, got {config.optim.betas}")
-    if config.data.box_jitter < 0 or config.optim.warmup_steps < 0 or config.data.num_workers < 0:
-        raise InputError("config keys 'data.box_jitter', 'optim.warmup_steps' and 'data.num_workers' must be >= 0")
+    if min(config.data.box_jitter, config.optim.warmup_steps, config.data.num_workers, config.train.click_rounds) < 0:
+        raise InputError("config keys 'data.box_jitter', 'optim.warmup_steps', 'data.num_workers' and "
+                         "'train.click_rounds' must be >= 0")
     if not 0 <= config.optim.min_lr_ratio <= 1:
         raise InputError(f"config key 'optim.min_lr_ratio' must be in [0, 1], got {config.optim.min_lr_ratio}")
 

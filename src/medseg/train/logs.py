@@ -95,7 +95,8 @@ def curves_png(rows: list[dict]) -> bytes:
     FigureCanvasAgg(fig)
     loss_ax, dice_ax = fig.subplots(1, 2)
     fig.subplots_adjust(left=0.08, right=0.98, bottom=0.17, top=0.9, wspace=0.25)  # cheaper than tight_layout
-    loss_ax.plot([r["epoch"] for r in rows], [r["train_loss"] for r in rows], "o-", color="tab:blue")
+    trained = [r for r in rows if r.get("train_loss") is not None]  # epoch 0 (starting weights) has none
+    loss_ax.plot([r["epoch"] for r in trained], [r["train_loss"] for r in trained], "o-", color="tab:blue")
     loss_ax.set(title="train loss", xlabel="epoch")
     val = [r for r in rows if r.get("val_dice") is not None]
     dice_ax.plot([r["epoch"] for r in val], [r["val_dice"] for r in val], "o-", color="tab:green")

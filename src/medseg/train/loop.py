@@ -238,6 +238,19 @@ def _save(p: dict, run_dir: Path, row: dict, improved: bool, info: ddp.DistInfo)
     ddp.barrier(info)
 
 
+def _validate_start(p: dict, run_dir: Path, info: ddp.DistInfo, device: torch.device, log: RunLog) -> None:
+    """Epoch 0: score the starting weights, so that "best" is never worse on val than where training began
+    (fine-tuning a pretrained model can only keep or improve its val Dice)."""
+    start = time.perf_counter()
+    dice = _validate(p, info, device)
+    p["state"]["best_dice"] = dice
+    row = {"epoch": 0, "step": 0, "train_loss": None, "val_dice": dice, "lr": None,
+           "seconds": round(time.perf_counter() - start, 3)}
+    log.epoch(row)
+    _save(p, run_dir, row, dice is not None, info)
+    _say(info, f"epoch 0 (starting weights)  val dice {'-' if dice is None else f'{dice:.4f}'}  {row['seconds']:.1f} s")
+
+
 def _train(config: Config, run_dir: Path, resume: bool, overwrite: bool, stop_after: int | None,
            info: ddp.DistInfo, device: torch.device) -> dict:
     p = _prepare(config, run_dir, resume, overwrite, info, device)
@@ -245,7 +258,11 @@ def _train(config: Config, run_dir: Path, resume: bool, overwrite: bool, stop_af
     log = RunLog(run_dir, info.is_main, state["epoch"], state["step"])
     epochs = config.train.epochs if stop_after is None else min(config.train.epochs, stop_after)
     try:
+        if state["epoch"] == 0 and not resume and config.train.validate_start and p["val_loader"] is not None:
+            _validate_start(p, run_dir, info, device, log)
         for epoch in range(state["epoch"], epochs):
+            if hasattr(p["objective"], "set_epoch"):
+                p["objective"].set_epoch(epoch)  # objectives that draw prompts per step (click rounds)
             start = time.perf_counter()
             train_loss = _train_epoch(p, epoch, info, device, log)
             last = epoch + 1 == config.train.epochs

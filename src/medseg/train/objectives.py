@@ -86,7 +86,8 @@ class SupervisedObjective:
     """Promptable fine-tuning: one box per object -> one mask; Dice + BCE (or focal) on the logits.
 
     Validation: mean Dice over the val objects of their box-prompted masks (logits > 0) in the
-    S x S model frame (padding included, where the target is empty).
+    S x S model frame (padding included, where the target is empty). With click rounds, the mean
+    Dice over every round of the validation chains (deterministic clicks).
     """
 
     def __init__(self, config: Config) -> None:
@@ -94,6 +95,10 @@ class SupervisedObjective:
 
         self.train_cfg = config.train
         self.dice_loss = DiceLoss(sigmoid=True)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def make_datasets(self, config: Config) -> tuple[PromptedObjects, PromptedObjects | None]:
         d = config.data
@@ -109,13 +114,31 @@ class SupervisedObjective:
         return train, (build(d.val_split, 0.0, False) if d.val_split else None)
 
     def loss(self, model: Callable, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """batch: image (B, 3, S, S), box (B, 4), target (B, 1, S, S) -> scalar loss and its parts."""
+        """batch: image (B, 3, S, S), box (B, 4), target (B, 1, S, S) -> scalar loss and its parts.
+
+        With ``train.click_rounds`` > 0 or ``train.first_prompt`` point/mixed, the loss is the mean
+        over the rounds of an interactive chain (:mod:`medseg.train.interactive`)."""
+        from medseg.train.interactive import batch_rng, interactive_loss, is_interactive
+
+        cfg = self.train_cfg
+        if is_interactive(cfg):
+            rng = batch_rng(cfg.seed, self.epoch, batch["index"])
+            return interactive_loss(model, batch["image"], batch["box"], batch["target"], cfg, self.dice_loss, rng)
         logits, _ = model(batch["image"], boxes=batch["box"])
-        return segmentation_loss(logits, batch["target"], self.dice_loss, self.train_cfg)
+        return segmentation_loss(logits, batch["target"], self.dice_loss, cfg)
 
     @torch.no_grad()
     def validate(self, model: torch.nn.Module, loader: DataLoader) -> dict[str, float]:
+        from medseg.train.interactive import interactive_validation, is_interactive
+
         device = next(model.parameters()).device
+        if is_interactive(self.train_cfg):
+            def batches():
+                for batch in loader:
+                    embedding = model.encode(batch["image"].to(device))
+                    decode = lambda b, p, m, e=embedding: model.decode(e, b, p, m)  # noqa: E731
+                    yield decode, batch["box"].to(device), batch["target"].to(device)
+            return interactive_validation(batches(), self.train_cfg)
         scores = []
         for batch in loader:
             logits, _ = model(batch["image"].to(device), boxes=batch["box"].to(device))

@@ -59,10 +59,15 @@ class TrainForward(nn.Module):
         return self
 
     def forward(self, images: torch.Tensor, boxes: torch.Tensor | None = None, points=None, masks=None,
-                multimask: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                multimask: bool = False, interact=None):
+        """With ``interact``, the images are encoded once and ``interact(decode)`` is returned, where
+        ``decode(boxes, points, masks)`` decodes that embedding (several prompt rounds in one forward,
+        as DDP needs; see :mod:`medseg.train.interactive`)."""
         grad = torch.is_grad_enabled() and not self._frozen(self.model.image_encoder)
         with torch.set_grad_enabled(grad):
             embedding = self.model.encode(images)
+        if interact is not None:
+            return interact(lambda b, p, m: self.model.decode(embedding, b, p, m, multimask))
         return self.model.decode(embedding, boxes, points, masks, multimask)
 
 

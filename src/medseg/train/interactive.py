@@ -1,0 +1,130 @@
+"""SAM-style iterative prompt training and validation: a first prompt, then corrective clicks.
+
+One interactive item is a chain of rounds on one object:
+
+* round 0: the first prompt, a box (``"box"``) or one positive click inside the object
+  (``"point"``; random interior pixel in training, the deepest pixel in validation);
+* round r >= 1: one more click on the largest error region of round r-1's mask (positive on a
+  missed region, negative on a false one; :func:`medseg.data.prompt_sim.clicks_from_errors`), all
+  clicks so far, the first box if there was one, and round r-1's logits (detached) as the mask prompt.
+
+Every round's logits are scored, so the decoder learns to answer a box, a lone click, and a click
+that corrects an earlier mask. ``decode(boxes, points, masks) -> (logits (B, 1, S, S), iou)`` is
+the model's decoder on a fixed image embedding; boxes are (B, 4) x0, y0, x1, y1 and points
+((B, K, 2) x, y; (B, K) labels) in model-input pixels; masks (B, 1, S, S) logits (S = 4 x the
+embedding side, the SAM mask-prompt size).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+from medseg.data.prompt_sim import clicks_from_errors
+from medseg.train.objectives import dice_scores
+
+Decode = Callable[[torch.Tensor | None, tuple[torch.Tensor, torch.Tensor] | None, torch.Tensor | None],
+                  tuple[torch.Tensor, torch.Tensor]]
+
+
+def chain_logits(decode: Decode, box: torch.Tensor, target: torch.Tensor, rounds: int, first: str,
+                 rng: np.random.Generator | None) -> list[torch.Tensor]:
+    """Logits (B, 1, S, S) of rounds 0..``rounds`` of one chain.
+
+    Args:
+        box: (B, 4) the objects' boxes (used when ``first == "box"``).
+        target: (B, 1, S, S) {0, 1} object masks; clicks are drawn from them.
+        first: "box" or "point".
+        rng: random clicks (training) or None (deterministic clicks, validation).
+    """
+    if first not in ("box", "point"):
+        raise ValueError(f"first prompt must be 'box' or 'point', got {first!r}")
+    boxes = box if first == "box" else None
+    points = labels = masks = None
+    if first == "point":
+        points, labels = clicks_from_errors(target, None, rng)
+    out: list[torch.Tensor] = []
+    for r in range(rounds + 1):
+        if r > 0:
+            previous = out[-1].detach()
+            p, lab = clicks_from_errors(target, previous > 0, rng)
+            points = p if points is None else torch.cat([points, p], 1)
+            labels = lab if labels is None else torch.cat([labels, lab], 1)
+            masks = previous
+        logits, _ = decode(boxes, None if points is None else (points, labels), masks)
+        out.append(logits[:, :1])
+    return out
+
+
+def training_chain(decode: Decode, box: torch.Tensor, target: torch.Tensor, rounds: int, first: str,
+                   rng: np.random.Generator) -> list[torch.Tensor]:
+    """:func:`chain_logits` with ``first`` "mixed" drawn per batch (box or point, even odds)."""
+    if first == "mixed":
+        first = "box" if rng.random() < 0.5 else "point"
+    return chain_logits(decode, box, target, rounds, first, rng)
+
+
+def validation_chains(first: str) -> tuple[str, ...]:
+    """The chains validation runs for a ``train.first_prompt`` setting."""
+    return ("box", "point") if first == "mixed" else (first,)
+
+
+@torch.no_grad()
+def chain_dice(decode: Decode, box: torch.Tensor, target: torch.Tensor, rounds: int,
+               first: str) -> torch.Tensor:
+    """Dice (B, rounds + 1) of every round of a deterministic chain (validation)."""
+    chain = chain_logits(decode, box, target, rounds, first, None)
+    truth = target > 0.5
+    return torch.stack([dice_scores(logits > 0, truth) for logits in chain], 1)
+
+
+def is_interactive(cfg) -> bool:
+    """Whether ``train.*`` asks for chains (click rounds, or a first prompt other than the box)."""
+    return cfg.click_rounds > 0 or cfg.first_prompt != "box"
+
+
+def batch_rng(seed: int, epoch: int, index: torch.Tensor) -> np.random.Generator:
+    """Click generator of one batch, from (seed, epoch, the batch's item indices): resume-exact."""
+    return np.random.default_rng([seed, epoch, *index.flatten().tolist()])
+
+
+def interactive_loss(model: Callable, inputs: torch.Tensor, box: torch.Tensor, target: torch.Tensor, cfg,
+                     dice_loss: Callable, rng: np.random.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Mean segmentation loss over the rounds of one training chain per item.
+
+    ``model(inputs, interact=fn)`` encodes ``inputs`` once and returns ``fn(decode)``
+    (:class:`medseg.train.optim.TrainForward`), so under DDP the whole chain is one forward.
+    """
+    from medseg.train.objectives import segmentation_loss
+
+    def run(decode: Decode) -> list[torch.Tensor]:
+        return training_chain(decode, box, target, cfg.click_rounds, cfg.first_prompt, rng)
+
+    chain = model(inputs, interact=run)
+    scored = [segmentation_loss(logits, target, dice_loss, cfg) for logits in chain]
+    loss = torch.stack([s[0] for s in scored]).mean()
+    parts = {k: torch.stack([s[1][k] for s in scored]).mean() for k in scored[0][1]}
+    parts["last_round_loss"] = scored[-1][0].detach()
+    return loss, parts
+
+
+@torch.no_grad()
+def interactive_validation(decoders, cfg) -> dict[str, float]:
+    """Validation of chains: ``decoders`` yields ``(decode, box, target)`` per val batch.
+
+    Returns ``{"dice": mean Dice over every round of every chain, "objects": n,
+    "<first>_round<r>_dice": per chain and round}``; "dice" selects the best checkpoint.
+    """
+    chains = validation_chains(cfg.first_prompt)
+    scores: dict[str, list[torch.Tensor]] = {c: [] for c in chains}
+    for decode, box, target in decoders:
+        for first in chains:
+            scores[first].append(chain_dice(decode, box, target, cfg.click_rounds, first).cpu())
+    table = {c: torch.cat(v) for c, v in scores.items()}
+    out: dict[str, float] = {"dice": float(torch.stack([t.mean() for t in table.values()]).mean()),
+                             "objects": int(next(iter(table.values())).shape[0])}
+    for first, t in table.items():
+        out.update({f"{first}_round{r}_dice": float(t[:, r].mean()) for r in range(t.shape[1])})
+    return out
