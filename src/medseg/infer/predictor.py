@@ -38,6 +38,7 @@ class Predictor:
         self.model = model.to(self.device).eval()
         self.batch_size = batch_size
         self.embedding: torch.Tensor | None = None
+        self.features: dict[str, torch.Tensor] | None = None  # stride-4/8 maps of a high-resolution mask head
         self.record: Resized | None = None
 
     @torch.no_grad()
@@ -45,14 +46,17 @@ class Predictor:
         """image: (H, W) or (H, W, C) array of any dtype; ``modality`` ("CT", "MR") selects the
         intensity window of ``preprocess.MODALITY_WINDOWS``."""
         x, self.record = prepare_image(image, self.model.image_size, modality)
-        self.embedding = self.model.encode(x.to(self.device))
+        self.embedding, self.features = self.model.encode_features(x.to(self.device))
 
     def set_embedding(self, embedding: torch.Tensor, original_hw: tuple[int, int]) -> None:
         """Reuse a cached embedding (1, 256, E, E) of an image of size (H, W)."""
         from .preprocess import longest_side_shape
 
+        if self.model.uses_features:
+            raise InputError("this model's mask head needs the encoder's feature maps, which a cached embedding "
+                             "lacks: use set_image")
         size = self.model.image_size
-        self.embedding = embedding.to(self.device)
+        self.embedding, self.features = embedding.to(self.device), None
         self.record = Resized(tuple(original_hw), longest_side_shape(tuple(original_hw), size), size)
 
     @property
@@ -90,7 +94,7 @@ class Predictor:
             if mask_input is not None:
                 m = mask_input[sl] if mask_input.shape[0] > 1 else np.repeat(mask_input, sl.stop - sl.start, 0)
                 tm = torch.as_tensor(m, device=self.device)
-            low, iou = self.model.decode(self.embedding, tb, tp, tm, multimask)
+            low, iou = self.model.decode(self.embedding, tb, tp, tm, multimask, self.features)
             full = logits_to_input_size(low, self.record)
             masks.append((full > 0).cpu().numpy())
             scores.append(iou.float().cpu().numpy())

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import CheckpointError
-from .mask_decoder import MaskDecoder
+from .hrencoder import HREncoder
+from .mask_decoder import FeatureFusion, MaskDecoder
 from .prompt_encoder import PromptEncoder
 from .sam import PromptableSegmenter
 from .tinyvit import TinyViT
@@ -45,6 +46,35 @@ def build_litemedsam_tiny() -> PromptableSegmenter:
     return _build_tinyvit_sam(64, (16, 32, 32, 64), (1, 1, 1, 1), (1, 2, 2, 4), (4, 4, 4, 4), 128)
 
 
+def _build_hr_sam(encoder: HREncoder) -> PromptableSegmenter:
+    """The high-resolution encoder with LiteMedSAM's prompt encoder and mask decoder (same shapes, so the
+    teacher's weights load into them) and a zero-initialised stride-4/8 fusion head; input 1024x1024."""
+    embed_dim, size = 256, encoder.img_size
+    decoder = MaskDecoder(transformer=TwoWayTransformer(depth=2, dim=embed_dim, num_heads=8, mlp_dim=2048),
+                          dim=embed_dim, num_multimask=3, iou_head_depth=3, iou_head_hidden=256)
+    decoder.fusion = FeatureFusion(c4=encoder.dims[0], c8=encoder.dims[1], dim=embed_dim)
+    return PromptableSegmenter(
+        image_encoder=encoder,
+        prompt_encoder=PromptEncoder(embed_dim=embed_dim, embedding_size=size // 16, input_size=size, mask_in_chans=16),
+        mask_decoder=decoder, image_size=size)
+
+
+def build_hr_small() -> PromptableSegmenter:
+    """HR-small: gated-linear-attention encoder (3.3 M parameters, ~20 GFLOPs at 1024) -> 256x64x64."""
+    return _build_hr_sam(HREncoder(1024, dims=(32, 64, 160, 256), depths=(2, 2, 4, 2), num_heads=(5, 8)))
+
+
+def build_hr_tiny() -> PromptableSegmenter:
+    """HR-tiny: a thinner, shallower encoder (1.4 M parameters, ~10 GFLOPs at 1024) -> 256x64x64."""
+    return _build_hr_sam(HREncoder(1024, dims=(24, 48, 128, 192), depths=(1, 2, 3, 1), num_heads=(4, 6)))
+
+
+def build_hr_test() -> PromptableSegmenter:
+    """A tiny random HR model at 128x128 for tests (embedding 256x8x8)."""
+    return _build_hr_sam(HREncoder(128, dims=(8, 16, 32, 32), depths=(1, 1, 1, 1), num_heads=(1, 1),
+                                   expand=(1.0, 1.0), mlp_ratio=1.0))
+
+
 def build_unet():
     """Automatic (prompt-free) MONAI U-Net at 256x256, channels 16-256 (0.84 M parameters): the baseline."""
     from .unet import UNetSegmenter  # MONAI is imported only when a U-Net is built
@@ -62,10 +92,17 @@ def build_unet_tiny():
 PROMPTABLE: dict[str, Callable[[], PromptableSegmenter]] = {
     "litemedsam": build_litemedsam,
     "litemedsam-tiny": build_litemedsam_tiny,
+    "hr-small": build_hr_small,
+    "hr-tiny": build_hr_tiny,
+    "hr-test": build_hr_test,
 }
 AUTOMATIC: dict[str, Callable] = {"unet": build_unet, "unet-tiny": build_unet_tiny}
 MODELS: dict[str, Callable] = {**PROMPTABLE, **AUTOMATIC}
 PRETRAINED: dict[str, Callable[[], Path]] = {"litemedsam": litemedsam_weights_path}
+# Students: pretrained=True gives them their teacher's prompt encoder and mask decoder (the image
+# encoder stays random until distilled: ``medseg distill``); these parts load strictly.
+TEACHER_PARTS: dict[str, tuple[Callable[[], Path], tuple[str, ...]]] = {
+    name: (litemedsam_weights_path, ("prompt_encoder.", "mask_decoder.")) for name in ("hr-small", "hr-tiny")}
 
 
 def _load_strictly(model, state: dict, what: str) -> None:
@@ -81,6 +118,21 @@ def _load_strictly(model, state: dict, what: str) -> None:
             f"{unexpected[:3]}; {len(shapes)} of another shape, e.g. {shapes[:2]}). "
             f"Is it a checkpoint of another model? `medseg models` lists them.")
     model.load_state_dict(state, strict=True)
+
+
+def _load_parts(model, state: dict, prefixes: tuple[str, ...], what: str) -> None:
+    """Load the tensors of ``state`` under ``prefixes`` into the same-named parts of ``model``, strictly
+    for those parts (the rest of ``model`` keeps its weights)."""
+    own = model.state_dict()
+    part = {k: v for k, v in state.items() if k.startswith(prefixes)}
+    wanted = {k: v for k, v in own.items() if k.startswith(prefixes) and k in part}
+    missing = [k for k in own if k.startswith(prefixes) and k not in part and ".fusion." not in k]
+    shapes = [k for k in wanted if wanted[k].shape != part[k].shape]
+    if missing or shapes or not wanted:
+        raise CheckpointError(f"{what}: {len(missing)} missing tensors (e.g. {missing[:3]}), {len(shapes)} of "
+                              f"another shape (e.g. {shapes[:2]})")
+    own.update({k: part[k] for k in wanted})
+    model.load_state_dict(own, strict=True)
 
 
 def list_models(kind: str | None = None) -> list[str]:
@@ -104,6 +156,9 @@ def build_model(name: str = "litemedsam", pretrained: bool = False,
     path = None
     if checkpoint is not None:
         path = Path(checkpoint)
+    elif pretrained and name in TEACHER_PARTS:
+        source, prefixes = TEACHER_PARTS[name]
+        _load_parts(model, load_state_dict(source()), prefixes, f"{source()}: teacher parts for {name!r}")
     elif pretrained:
         if name not in PRETRAINED:
             raise CheckpointError(f"model {name!r} has no published weights; pass checkpoint=... instead.")

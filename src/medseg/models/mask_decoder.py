@@ -30,9 +30,20 @@ class MaskDecoder(nn.Module):
         self.output_hypernetworks_mlps = nn.ModuleList(
             MLP(dim, dim, dim // 8, 3) for _ in range(self.num_mask_tokens))
         self.iou_prediction_head = MLP(dim, iou_head_hidden, self.num_mask_tokens, iou_head_depth)
+        self.fusion: FeatureFusion | None = None  # set by a builder: a high-resolution mask head
+
+    def _upscale(self, x: torch.Tensor, features: dict[str, torch.Tensor] | None) -> torch.Tensor:
+        """(B, C, E, E) -> (B, C/8, 4E, 4E); with a fusion head, the encoder's stride-8 and stride-4 maps
+        are added after the first and the second 2x upsampling."""
+        if self.fusion is None or features is None:
+            return self.output_upscaling(x)
+        up1, norm, act1, up2, act2 = self.output_upscaling
+        x = act1(norm(up1(x) + self.fusion.from_stride8(features["stride8"])))
+        return act2(up2(x) + self.fusion.from_stride4(features["stride4"]))
 
     def forward(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor,
-                dense: torch.Tensor, multimask: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                dense: torch.Tensor, multimask: bool = False,
+                features: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         b = sparse.shape[0]
         out_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight]).unsqueeze(0).expand(b, -1, -1)
         tokens = torch.cat([out_tokens, sparse], dim=1)
@@ -42,10 +53,25 @@ class MaskDecoder(nn.Module):
         _, c, h, w = image.shape
         hs, image = self.transformer(image, pos, tokens)
         iou_out, mask_out = hs[:, 0], hs[:, 1:1 + self.num_mask_tokens]
-        upscaled = self.output_upscaling(image.transpose(1, 2).reshape(b, c, h, w))
+        upscaled = self._upscale(image.transpose(1, 2).reshape(b, c, h, w), features)
         hyper = torch.stack([mlp(mask_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], 1)
         bu, cu, hu, wu = upscaled.shape
         logits = (hyper @ upscaled.view(bu, cu, hu * wu)).view(bu, -1, hu, wu)
         iou = self.iou_prediction_head(iou_out)
         keep = slice(1, None) if multimask else slice(0, 1)
         return logits[:, keep], iou[:, keep]
+
+
+class FeatureFusion(nn.Module):
+    """High-resolution mask head (HRMedSeg / SAM-UNet multi-scale fusion): 1x1 projections of the
+    encoder's stride-8 (B, c8, 2E, 2E) and stride-4 (B, c4, 4E, 4E) maps onto the decoder's upsampling
+    path (dim/4 and dim/8 channels). Zero-initialised: a fresh head leaves the decoder's output as it was,
+    so a teacher's decoder keeps working until the head is fine-tuned."""
+
+    def __init__(self, c4: int, c8: int, dim: int = 256) -> None:
+        super().__init__()
+        self.from_stride8 = nn.Sequential(nn.Conv2d(c8, dim // 4, 1), LayerNorm2d(dim // 4), nn.Conv2d(dim // 4, dim // 4, 1))
+        self.from_stride4 = nn.Sequential(nn.Conv2d(c4, dim // 8, 1), LayerNorm2d(dim // 8), nn.Conv2d(dim // 8, dim // 8, 1))
+        for branch in (self.from_stride8, self.from_stride4):
+            nn.init.zeros_(branch[-1].weight)
+            nn.init.zeros_(branch[-1].bias)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .mask_decoder import MaskDecoder
@@ -25,22 +26,50 @@ class PromptableSegmenter(nn.Module):
         self.image_size = image_size
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) normalised to [0, 1] -> embedding (B, 256, S/4, S/4)."""
+        """(B, 3, S, S) normalised to [0, 1] -> embedding (B, 256, E, E) (LiteMedSAM E = S/4, HR E = S/16)."""
         return self.image_encoder(images)
+
+    @property
+    def uses_features(self) -> bool:
+        """Whether the mask decoder fuses the encoder's stride-4/8 maps (a high-resolution mask head)."""
+        return getattr(self.mask_decoder, "fusion", None) is not None
+
+    def encode_features(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+        """-> (embedding, {"stride4", "stride8"} maps for the high-resolution mask head, or None)."""
+        if self.uses_features:
+            return self.image_encoder.forward_features(images)
+        return self.encode(images), None
 
     def decode(self, embedding: torch.Tensor, boxes: torch.Tensor | None = None,
                points: tuple[torch.Tensor, torch.Tensor] | None = None, masks: torch.Tensor | None = None,
-               multimask: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+               multimask: bool = False, features: dict[str, torch.Tensor] | None = None,
+               ) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompts for B objects -> logits (B, M, S, S) at the model input's resolution, iou (B, M).
 
         embedding: (1 or B, 256, E, E); boxes (B, 4) x0,y0,x1,y1; points ((B,K,2) xy, (B,K) labels);
-        masks (B, 1, S, S) low-resolution logits from an earlier round. Coordinates in model-input pixels.
+        masks (B, 1, H, W) logits from an earlier round (resized to the mask-prompt size 4E if needed);
+        features: the encoder's stride-4/8 maps (``encode_features``), required by a high-resolution
+        mask head. Coordinates in model-input pixels.
         """
+        if self.uses_features and features is None:
+            raise ValueError("this model's mask head fuses encoder features: decode(..., features=...) from "
+                             "encode_features(images)")
+        if masks is not None:
+            size = tuple(4 * s for s in self.prompt_encoder.embedding_size)
+            if tuple(masks.shape[-2:]) != size:
+                masks = F.interpolate(masks, size=size, mode="bilinear", align_corners=False)
         sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=masks)
-        return self.mask_decoder(embedding, self.prompt_encoder.get_dense_pe(), sparse, dense, multimask)
+        extra = {"features": features} if self.uses_features else {}
+        logits, iou = self.mask_decoder(embedding, self.prompt_encoder.get_dense_pe(), sparse, dense, multimask,
+                                        **extra)
+        if logits.shape[-1] != self.image_size:
+            logits = F.interpolate(logits, size=(self.image_size, self.image_size), mode="bilinear",
+                                   align_corners=False)
+        return logits, iou
 
     def forward(self, images: torch.Tensor, boxes: torch.Tensor | None = None,
                 points: tuple[torch.Tensor, torch.Tensor] | None = None, masks: torch.Tensor | None = None,
                 multimask: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """One prompt set per image: images (B, 3, S, S) -> logits (B, M, S, S), iou (B, M)."""
-        return self.decode(self.encode(images), boxes, points, masks, multimask)
+        embedding, features = self.encode_features(images)
+        return self.decode(embedding, boxes, points, masks, multimask, features)

@@ -135,8 +135,8 @@ class SupervisedObjective:
         if is_interactive(self.train_cfg):
             def batches():
                 for batch in loader:
-                    embedding = model.encode(batch["image"].to(device))
-                    decode = lambda b, p, m, e=embedding: model.decode(e, b, p, m)  # noqa: E731
+                    embedding, features = model.encode_features(batch["image"].to(device))
+                    decode = lambda b, p, m, e=embedding, f=features: model.decode(e, b, p, m, features=f)  # noqa: E731
                     yield decode, batch["box"].to(device), batch["target"].to(device)
             return interactive_validation(batches(), self.train_cfg)
         scores = []

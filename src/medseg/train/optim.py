@@ -65,10 +65,14 @@ class TrainForward(nn.Module):
         as DDP needs; see :mod:`medseg.train.interactive`)."""
         grad = torch.is_grad_enabled() and not self._frozen(self.model.image_encoder)
         with torch.set_grad_enabled(grad):
-            embedding = self.model.encode(images)
+            if hasattr(self.model, "encode_features"):
+                embedding, features = self.model.encode_features(images)
+            else:
+                embedding, features = self.model.encode(images), None
+        extra = {"features": features} if features is not None else {}
         if interact is not None:
-            return interact(lambda b, p, m: self.model.decode(embedding, b, p, m, multimask))
-        return self.model.decode(embedding, boxes, points, masks, multimask)
+            return interact(lambda b, p, m: self.model.decode(embedding, b, p, m, multimask, **extra))
+        return self.model.decode(embedding, boxes, points, masks, multimask, **extra)
 
 
 def make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
