@@ -236,9 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     from .data.cli import add_data_parser
-    from .train.cli import add_train_parser
+    from .train.cli import add_distill_parser, add_train_parser
 
     add_train_parser(sub)
+    add_distill_parser(sub)
     add_data_parser(sub)
 
     p = sub.add_parser("models", help="list the registered models")

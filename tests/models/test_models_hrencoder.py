@@ -81,8 +81,8 @@ def test_encoder_runs_any_side_divisible_by_32(side):
 def test_fusion_head_starts_as_a_no_op_and_then_learns():
     torch.manual_seed(0)
     model = build_model("hr-test").train()
-    images = torch.rand(2, 3, 128, 128)
-    boxes = torch.tensor([[10.0, 10.0, 90.0, 80.0], [20.0, 30.0, 100.0, 120.0]])
+    images = torch.rand(2, 3, 256, 256)
+    boxes = torch.tensor([[10.0, 10.0, 90.0, 80.0], [20.0, 30.0, 200.0, 220.0]])
     embedding, features = model.encode_features(images)
     with_fusion, _ = model.decode(embedding, boxes=boxes, features=features)
     model.mask_decoder.fusion = None

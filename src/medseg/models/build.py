@@ -70,8 +70,8 @@ def build_hr_tiny() -> PromptableSegmenter:
 
 
 def build_hr_test() -> PromptableSegmenter:
-    """A tiny random HR model at 128x128 for tests (embedding 256x8x8)."""
-    return _build_hr_sam(HREncoder(128, dims=(8, 16, 32, 32), depths=(1, 1, 1, 1), num_heads=(1, 1),
+    """A tiny random HR model at 256x256 for tests (embedding 256x16x16, as litemedsam-tiny's)."""
+    return _build_hr_sam(HREncoder(256, dims=(8, 16, 32, 32), depths=(1, 1, 1, 1), num_heads=(1, 1),
                                    expand=(1.0, 1.0), mlp_ratio=1.0))
 
 

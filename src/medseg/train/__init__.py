@@ -5,7 +5,8 @@
     result = train(config, "runs/smoke")   # -> {"history": [...], "steps": [...], "best_dice": ...}
 
 Modules: ``config`` (dataclasses, YAML, --set), ``datasets`` (prompted objects, epoch sampler),
-``objectives`` (registry; "supervised"), ``optim`` (freezing, AdamW, schedule, AMP), ``checkpoint``
+``objectives`` (registry; "supervised"; "supervised_cached" in ``cached``, "unet" in ``unet``,
+"distill" in ``distill``; click rounds in ``interactive``), ``optim`` (freezing, AdamW, schedule, AMP), ``checkpoint``
 (safetensors + JSON + training state, atomic), ``logs`` (CSV, TensorBoard, curves), ``ddp``,
 ``loop`` (:func:`train`), ``cli`` (``medseg train``).
 """
@@ -33,3 +34,4 @@ __all__ = [
 # Objectives register themselves on import; these live in their own modules.
 from medseg.train import cached as _cached  # noqa: E402,F401 - "supervised_cached"
 from medseg.train import unet as _unet  # noqa: E402,F401 - "unet"
+from medseg.train import distill as _distill  # noqa: E402,F401 - "distill"

@@ -2,6 +2,7 @@
 
     medseg train CONFIG.yaml [--set key=value ...] [--run-dir DIR] [--overwrite]
     medseg train --resume RUN_DIR [--set train.epochs=20 ...]
+    medseg distill CONFIG.yaml ...   (the same, objective "distill")
     torchrun --nproc_per_node 2 -m medseg.train CONFIG.yaml ...   (same arguments, several processes)
 
 ``medseg.cli`` wires it in with ``add_train_parser(subparsers)``; ``python -m medseg.train``
@@ -35,6 +36,25 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
                                           "Under torchrun it runs data-parallel (DDP).")
     _add_arguments(p)
     return p
+
+
+def add_distill_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``distill`` subcommand: the same loop and arguments, objective "distill"."""
+    p = subparsers.add_parser("distill", help="distil a student image encoder from a teacher's embeddings",
+                              description="Decoupled distillation: the student's image encoder learns the teacher's "
+                                          "embedding (configs/distill_hr_small.yaml); the same loop, checkpoints and "
+                                          "--resume as `medseg train`.")
+    _add_arguments(p)
+    p.set_defaults(func=cmd_distill)
+    return p
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    config, _, _ = resolve(args)
+    if config.train.objective != "distill":
+        raise InputError(f"medseg distill runs objective 'distill', but the config says train.objective: "
+                         f"{config.train.objective!r}; use `medseg train` for it, or set train.objective: distill")
+    return cmd_train(args)
 
 
 def resolve(args: argparse.Namespace):

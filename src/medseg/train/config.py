@@ -22,7 +22,7 @@ import yaml
 
 from medseg.errors import InputError
 
-TRAINABLE = ("decoder", "prompt_decoder", "encoder_frozen", "all")
+TRAINABLE = ("encoder", "decoder", "prompt_decoder", "encoder_frozen", "all")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 PIXEL_LOSSES = ("bce", "focal")
 FIRST_PROMPTS = ("box", "point", "mixed")
@@ -87,11 +87,26 @@ class TrainConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Objective "distill" (:mod:`medseg.train.distill`): the student's image encoder learns the teacher's embedding."""
+
+    teacher: str = "litemedsam"      # a registered promptable model: its published weights ...
+    teacher_checkpoint: str | None = None  # ... or these (e.g. a fine-tuned teacher)
+    sources: list[str] = field(default_factory=list)      # image folders: a dataset (its train split) or plain images
+    val_sources: list[str] = field(default_factory=list)  # labelled datasets: box Dice on their val split picks best
+    val_limit: int | None = 8        # val cases per val source
+    limit: int | None = None         # images per source (smoke runs)
+    cache_teacher: bool = True       # teacher embeddings computed once and cached (no image augmentation then)
+    cosine_weight: float = 0.0       # loss = MSE + cosine_weight * (1 - cosine similarity per position)
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
 
 def config_to_dict(config: Config) -> dict[str, dict[str, Any]]:

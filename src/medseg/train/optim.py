@@ -13,6 +13,7 @@ from medseg.train.config import OptimConfig
 # Top-level parts of a PromptableSegmenter that train under each ``model.trainable`` choice
 # (None: every part but the image encoder).
 TRAINABLE_PARTS: dict[str, tuple[str, ...] | None] = {
+    "encoder": ("image_encoder",),
     "decoder": ("mask_decoder",),
     "prompt_decoder": ("prompt_encoder", "mask_decoder"),
     "encoder_frozen": None,
@@ -59,16 +60,19 @@ class TrainForward(nn.Module):
         return self
 
     def forward(self, images: torch.Tensor, boxes: torch.Tensor | None = None, points=None, masks=None,
-                multimask: bool = False, interact=None):
+                multimask: bool = False, interact=None, embed_only: bool = False):
         """With ``interact``, the images are encoded once and ``interact(decode)`` is returned, where
         ``decode(boxes, points, masks)`` decodes that embedding (several prompt rounds in one forward,
-        as DDP needs; see :mod:`medseg.train.interactive`)."""
+        as DDP needs; see :mod:`medseg.train.interactive`). With ``embed_only`` the embedding
+        (B, 256, E, E) is returned (distillation)."""
         grad = torch.is_grad_enabled() and not self._frozen(self.model.image_encoder)
         with torch.set_grad_enabled(grad):
             if hasattr(self.model, "encode_features"):
                 embedding, features = self.model.encode_features(images)
             else:
                 embedding, features = self.model.encode(images), None
+        if embed_only:
+            return embedding
         extra = {"features": features} if features is not None else {}
         if interact is not None:
             return interact(lambda b, p, m: self.model.decode(embedding, b, p, m, multimask, **extra))
