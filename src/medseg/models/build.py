@@ -135,6 +135,13 @@ def _load_parts(model, state: dict, prefixes: tuple[str, ...], what: str) -> Non
     model.load_state_dict(own, strict=True)
 
 
+def load_encoder_weights(model, path: str | Path) -> None:
+    """Load only the ``image_encoder.*`` tensors of a checkpoint into ``model`` (strictly for the encoder):
+    a distilled encoder joins its teacher's prompt encoder and mask decoder."""
+    path = Path(path)
+    _load_parts(model, load_state_dict(path), ("image_encoder.",), f"{path}: image encoder")
+
+
 def list_models(kind: str | None = None) -> list[str]:
     """Registered names, all or of one kind: ``"promptable"`` (boxes, clicks) or ``"automatic"``."""
     table = {None: MODELS, "promptable": PROMPTABLE, "automatic": AUTOMATIC}

@@ -64,6 +64,13 @@ def source_images(folder: str | Path, limit: int | None = None) -> list[Case]:
     return cases[:limit] if limit else cases
 
 
+def encoder_only(path: str | Path) -> bool:
+    """Whether a checkpoint holds only ``image_encoder.*`` tensors (all a teacher needs to distil)."""
+    from medseg.models.weights import load_state_dict
+
+    return all(k.startswith("image_encoder.") for k in load_state_dict(Path(path)))
+
+
 class DistillImages(Dataset):
     """Images of several sources for the student, with the teacher's cached embeddings if given.
 
@@ -126,16 +133,22 @@ class DistillObjective:
             raise InputError("config key 'distill.sources' is empty: list image folders (datasets or plain folders)")
         self.cfg = config.distill
         self.teacher = self._teacher(config)
-        self.supervised = SupervisedObjective(config)  # its validate: box Dice
+        self.supervised = SupervisedObjective(config) if config.distill.val_sources else None  # box Dice
 
     @staticmethod
     def _teacher(config: Config) -> torch.nn.Module:
         from medseg.models import build_model
 
+        from medseg.models.build import load_encoder_weights
+
         cfg = config.distill
         try:
-            teacher = build_model(cfg.teacher, pretrained=cfg.teacher_checkpoint is None,
-                                  checkpoint=cfg.teacher_checkpoint)
+            if cfg.teacher_checkpoint is not None and encoder_only(cfg.teacher_checkpoint):
+                teacher = build_model(cfg.teacher)
+                load_encoder_weights(teacher, cfg.teacher_checkpoint)
+            else:
+                teacher = build_model(cfg.teacher, pretrained=cfg.teacher_checkpoint is None,
+                                      checkpoint=cfg.teacher_checkpoint)
         except KeyError as exc:
             raise InputError(f"config key 'distill.teacher': {exc.args[0]}") from None
         for p in teacher.parameters():
