@@ -48,7 +48,7 @@ from medseg.eval.evaluate import evaluate_case  # noqa: E402
 from medseg.eval.report import Report  # noqa: E402
 from medseg.infer import Predictor  # noqa: E402
 from medseg.models import build_model  # noqa: E402
-from medseg.models.build import load_encoder_weights  # noqa: E402
+from medseg.models.build import DISTILLED, load_encoder_weights  # noqa: E402
 from medseg.train import load_config, train  # noqa: E402
 from medseg.train.embeddings import CachedPredictor, build_embeddings, default_cache_dir  # noqa: E402
 
@@ -92,6 +92,10 @@ def distil(args, out: Path, work: Path) -> dict:
     else:
         overrides.append("distill.sources=[" + ", ".join(str(args.data / s) for s in
                                                          [*ZERO_SHOT_SETS, "unlabeled"]) + "]")
+    if args.init_encoder:
+        overrides.append(f"model.init_encoder={args.init_encoder}")
+    if args.lr:
+        overrides += [f"optim.lr={args.lr}", "optim.warmup_steps=50"]
     if args.teacher_encoder:
         overrides += [f"distill.teacher_checkpoint={args.teacher_encoder}", "model.pretrained=false"]
     if args.quick or args.limit:
@@ -227,12 +231,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--zero-shot", action="store_true", help="stage 2")
     parser.add_argument("--finetune", action="store_true", help="stage 3")
     parser.add_argument("--quick", action="store_true", help="all stages on a few images with tiny budgets")
-    parser.add_argument("--student", type=Path, help="a distilled encoder (student_encoder.safetensors)")
+    parser.add_argument("--student", type=Path, default=DISTILLED[STUDENT][0],
+                        help="a distilled encoder (default: the one medseg ships, models/assets)")
     parser.add_argument("--device", default="cpu", help="where stage 1 runs: cpu or cuda")
     parser.add_argument("--budget", type=float, default=1800, help="stage 1 wall-clock seconds")
     parser.add_argument("--pack", type=Path, help="stage 1 sources: one image folder per source inside this folder")
     parser.add_argument("--teacher-encoder", type=Path, help="stage 1 teacher weights (image encoder only is enough)")
     parser.add_argument("--limit", type=int, help="stage 1: images per source (smoke runs)")
+    parser.add_argument("--init-encoder", type=Path, help="stage 1: continue from this distilled encoder")
+    parser.add_argument("--lr", type=float, help="stage 1: peak learning rate (default: the config's)")
     parser.add_argument("--workers", type=int, help="stage 1: data-loader processes (default 14 on CUDA, 0 on CPU)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "distill_run",
@@ -244,8 +251,6 @@ def main(argv: list[str] | None = None) -> int:
         args.budget = QUICK["distill_budget"]
     if not (args.distill or args.zero_shot or args.finetune):
         parser.error("choose --distill, --zero-shot and/or --finetune (or --quick)")
-    if not args.distill and args.student is None:
-        parser.error("--zero-shot/--finetune without --distill need --student ENCODER")
     if args.pack is None or args.zero_shot or args.finetune:
         require_data(args.data)
     set_threads()

@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import save_file
 from torch.utils.flop_counter import FlopCounterMode
 
+from medseg.errors import CheckpointError
 from medseg.models import build_model
 from medseg.models.hrencoder import HREncoder
 from medseg.models.linear_attention import GatedLinearAttention, apply_rope, rope_angles
@@ -98,14 +99,26 @@ def test_fusion_head_starts_as_a_no_op_and_then_learns():
         model.decode(embedding, boxes=boxes)
 
 
-def test_students_take_the_teachers_decoder_and_answer_at_1024(tmp_path):
-    student = build_model("hr-tiny", pretrained=True)
+def test_the_published_student_is_the_distilled_encoder_with_the_teachers_decoder(tmp_path):
+    from safetensors.torch import load_file
+
+    from medseg.models.build import DISTILLED
+
+    student = build_model("hr-small", pretrained=True)
     teacher = build_model("litemedsam", pretrained=True).state_dict()
     own = student.state_dict()
     shared = [k for k in teacher if k.startswith(("prompt_encoder.", "mask_decoder."))]
     assert shared and all(torch.equal(own[k], teacher[k]) for k in shared)
+    encoder = load_file(str(DISTILLED["hr-small"][0]))
+    assert encoder and all(torch.equal(own[k], v.float()) for k, v in encoder.items())
+    assert set(encoder) == {k for k in own if k.startswith("image_encoder.")}
+    with pytest.raises(CheckpointError, match="no published weights"):
+        build_model("hr-tiny", pretrained=True)
+
+
+def test_a_student_answers_at_1024_and_trains_end_to_end(tmp_path):
+    student = build_model("hr-tiny").train()
     assert student.image_size == 1024
-    student.train()
     logits, iou = student(torch.rand(1, 3, 1024, 1024), boxes=torch.tensor([[100.0, 200.0, 600.0, 700.0]]))
     assert logits.shape == (1, 1, 1024, 1024) and iou.shape == (1, 1)
     logits.mean().backward()

@@ -46,11 +46,11 @@ def build_litemedsam_tiny() -> PromptableSegmenter:
     return _build_tinyvit_sam(64, (16, 32, 32, 64), (1, 1, 1, 1), (1, 2, 2, 4), (4, 4, 4, 4), 128)
 
 
-def _build_hr_sam(encoder: HREncoder) -> PromptableSegmenter:
+def _build_hr_sam(encoder: HREncoder, decoder_mlp_dim: int = 2048) -> PromptableSegmenter:
     """The high-resolution encoder with LiteMedSAM's prompt encoder and mask decoder (same shapes, so the
     teacher's weights load into them) and a zero-initialised stride-4/8 fusion head; input 1024x1024."""
     embed_dim, size = 256, encoder.img_size
-    decoder = MaskDecoder(transformer=TwoWayTransformer(depth=2, dim=embed_dim, num_heads=8, mlp_dim=2048),
+    decoder = MaskDecoder(transformer=TwoWayTransformer(depth=2, dim=embed_dim, num_heads=8, mlp_dim=decoder_mlp_dim),
                           dim=embed_dim, num_multimask=3, iou_head_depth=3, iou_head_hidden=256)
     decoder.fusion = FeatureFusion(c4=encoder.dims[0], c8=encoder.dims[1], dim=embed_dim)
     return PromptableSegmenter(
@@ -70,9 +70,9 @@ def build_hr_tiny() -> PromptableSegmenter:
 
 
 def build_hr_test() -> PromptableSegmenter:
-    """A tiny random HR model at 256x256 for tests (embedding 256x16x16, as litemedsam-tiny's)."""
+    """A tiny random HR model at 256x256 for tests (embedding 256x16x16 and decoder as litemedsam-tiny's)."""
     return _build_hr_sam(HREncoder(256, dims=(8, 16, 32, 32), depths=(1, 1, 1, 1), num_heads=(1, 1),
-                                   expand=(1.0, 1.0), mlp_ratio=1.0))
+                                   expand=(1.0, 1.0), mlp_ratio=1.0), decoder_mlp_dim=128)
 
 
 def build_unet():
@@ -99,10 +99,12 @@ PROMPTABLE: dict[str, Callable[[], PromptableSegmenter]] = {
 AUTOMATIC: dict[str, Callable] = {"unet": build_unet, "unet-tiny": build_unet_tiny}
 MODELS: dict[str, Callable] = {**PROMPTABLE, **AUTOMATIC}
 PRETRAINED: dict[str, Callable[[], Path]] = {"litemedsam": litemedsam_weights_path}
-# Students: pretrained=True gives them their teacher's prompt encoder and mask decoder (the image
-# encoder stays random until distilled: ``medseg distill``); these parts load strictly.
-TEACHER_PARTS: dict[str, tuple[Callable[[], Path], tuple[str, ...]]] = {
-    name: (litemedsam_weights_path, ("prompt_encoder.", "mask_decoder.")) for name in ("hr-small", "hr-tiny")}
+# Distilled students: published = an image encoder distilled here (medseg/models/assets, float16, with
+# a JSON of how it was made) + the teacher's prompt encoder and mask decoder, unchanged.
+ASSETS = Path(__file__).resolve().parent / "assets"
+DISTILLED: dict[str, tuple[Path, Callable[[], Path]]] = {
+    "hr-small": (ASSETS / "hr_small_distilled_fp16.safetensors", litemedsam_weights_path)}
+DECODER_PARTS = ("prompt_encoder.", "mask_decoder.")
 
 
 def _load_strictly(model, state: dict, what: str) -> None:
@@ -163,9 +165,10 @@ def build_model(name: str = "litemedsam", pretrained: bool = False,
     path = None
     if checkpoint is not None:
         path = Path(checkpoint)
-    elif pretrained and name in TEACHER_PARTS:
-        source, prefixes = TEACHER_PARTS[name]
-        _load_parts(model, load_state_dict(source()), prefixes, f"{source()}: teacher parts for {name!r}")
+    elif pretrained and name in DISTILLED:
+        encoder, teacher = DISTILLED[name]
+        _load_parts(model, load_state_dict(teacher()), DECODER_PARTS, f"{teacher()}: teacher parts for {name!r}")
+        load_encoder_weights(model, encoder)
     elif pretrained:
         if name not in PRETRAINED:
             raise CheckpointError(f"model {name!r} has no published weights; pass checkpoint=... instead.")

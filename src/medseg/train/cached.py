@@ -108,7 +108,12 @@ def encoder_model(config: Config) -> torch.nn.Module:
     m = config.model
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.train.seed)
-        return build_model(m.name, pretrained=m.pretrained and m.checkpoint is None, checkpoint=m.checkpoint)
+        model = build_model(m.name, pretrained=m.pretrained and m.checkpoint is None, checkpoint=m.checkpoint)
+    if m.init_encoder is not None:
+        from medseg.models.build import load_encoder_weights
+
+        load_encoder_weights(model, m.init_encoder)
+    return model
 
 
 def split_embeddings(config: Config, split: str, model: torch.nn.Module | None = None, progress: bool = True,

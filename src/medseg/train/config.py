@@ -50,6 +50,7 @@ class ModelConfig:
     name: str = "litemedsam"
     pretrained: bool = True
     checkpoint: str | None = None    # start from these weights instead of the published ones
+    init_encoder: str | None = None  # then replace the image encoder by these weights (a distilled encoder)
     trainable: str = "decoder"       # one of TRAINABLE
     activation_checkpointing: bool = False
 

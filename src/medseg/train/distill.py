@@ -2,7 +2,8 @@
 
 The student's image encoder learns to reproduce the teacher's image embedding of the same image;
 the student then uses the teacher's prompt encoder and mask decoder unchanged, so it is promptable
-as soon as its embedding is close enough. Only ``image_encoder`` trains (``model.trainable: encoder``).
+as soon as its embedding is close enough. Only ``image_encoder`` trains (``model.trainable: encoder``);
+before the first step the student takes the teacher's prompt encoder and mask decoder (``prepare_model``).
 
 * images: every folder of ``distill.sources``. A folder with a dataset layout (images/ + masks/ +
   splits.json, nnU-Net, ...) gives its train split; any other folder gives every image file under it
@@ -159,7 +160,6 @@ class DistillObjective:
         d, cfg = config.data, self.cfg
         if d.image_size is None:
             raise InputError("data.image_size must be resolved (the model's input size) before making datasets")
-        self._check_grids(config)
         sources = [source_images(folder, cfg.limit) for folder in cfg.sources]
         cache = cfg.cache_teacher and not d.augment
         stores = None
@@ -180,16 +180,18 @@ class DistillObjective:
             val = ConcatDataset(parts)
         return train, val
 
-    def _check_grids(self, config: Config) -> None:
-        """The student's embedding grid must be the teacher's (checked on a weightless build of the student)."""
-        from medseg.models import build_model
+    def prepare_model(self, student: torch.nn.Module) -> None:
+        """Give the student the teacher's prompt encoder and mask decoder (its fusion head stays as built,
+        a no-op until fine-tuned), so every checkpoint of the run is promptable as it stands."""
+        from medseg.models.build import DECODER_PARTS, _load_parts
 
-        student = build_model(config.model.name).prompt_encoder.embedding_size
-        teacher = self.teacher.prompt_encoder.embedding_size
-        if student != teacher:
-            raise InputError(f"student {config.model.name!r} makes a {student[0]}x{student[1]} embedding, teacher "
-                             f"{self.cfg.teacher!r} a {teacher[0]}x{teacher[1]} one: the student's input side / 16 must "
-                             f"equal the teacher's side / 4 (choose a student of another input size)")
+        grid, teacher_grid = student.prompt_encoder.embedding_size, self.teacher.prompt_encoder.embedding_size
+        if grid != teacher_grid:
+            raise InputError(f"the student makes a {grid[0]}x{grid[1]} embedding, teacher {self.cfg.teacher!r} a "
+                             f"{teacher_grid[0]}x{teacher_grid[1]} one: the student's input side / 16 must equal the "
+                             f"teacher's side / 4 (choose a student of another input size)")
+        _load_parts(student, self.teacher.state_dict(), DECODER_PARTS,
+                    f"teacher {self.cfg.teacher!r}: its prompt encoder / mask decoder do not fit the student")
 
     def _teacher_embedding(self, images: torch.Tensor) -> torch.Tensor:
         """The teacher's embedding of the student's frames, shrunk to the teacher's input side."""

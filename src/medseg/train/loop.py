@@ -69,6 +69,10 @@ def _build(config: Config) -> tuple[torch.nn.Module, Config]:
         model = build_model(m.name, pretrained=m.pretrained and m.checkpoint is None, checkpoint=m.checkpoint)
     except KeyError as exc:
         raise InputError(f"config key 'model.name': {exc.args[0]}") from None
+    if m.init_encoder is not None:
+        from medseg.models.build import load_encoder_weights
+
+        load_encoder_weights(model, m.init_encoder)
     size = config.data.image_size
     if size is not None and size != model.image_size:
         raise InputError(f"config key 'data.image_size' is {size}, but model {m.name!r} takes "
@@ -143,6 +147,8 @@ def _prepare(config: Config, run_dir: Path, resume: bool, overwrite: bool, info,
     seed_everything(config.train.seed)
     model, config = _build(config)
     objective = make_objective(config)
+    if hasattr(objective, "prepare_model"):
+        objective.prepare_model(model)  # e.g. distillation: the student takes the teacher's decoder
     train_ds, val_ds = objective.make_datasets(config)
     train_loader, val_loader = _loaders(config, train_ds, val_ds, info, device)
     n_train, n_total = select_trainable(model, config.model.trainable)
