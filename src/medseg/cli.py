@@ -35,13 +35,13 @@ def _device(name: str | None):
 def _predictor(args: argparse.Namespace):
     from .infer import Predictor
     from .models import build_model, list_models
-    from .models.build import PRETRAINED
+    from .models.build import has_published_weights
 
     device = _device(args.device)
     if args.model not in list_models("promptable"):
         kind = "an automatic model that takes no prompt" if args.model in list_models() else "unknown"
         raise KeyError(f"model {args.model!r} is {kind}; promptable models: {', '.join(list_models('promptable'))}")
-    pretrained = args.checkpoint is None and args.model in PRETRAINED
+    pretrained = args.checkpoint is None and has_published_weights(args.model)
     if args.checkpoint is None and not pretrained:
         print(f"note: model {args.model!r} has no published weights and no --checkpoint: random weights",
               file=sys.stderr)
@@ -178,11 +178,11 @@ def _is_volume(path) -> bool:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from .models import list_models
-    from .models.build import PRETRAINED
+    from .models.build import has_published_weights
 
     for kind in ("promptable", "automatic"):
         for name in list_models(kind):
-            print(f"{name:<18}{kind:<12}{'pretrained weights available' if name in PRETRAINED else ''}")
+            print(f"{name:<18}{kind:<12}{'pretrained weights available' if has_published_weights(name) else ''}")
     return 0
 
 

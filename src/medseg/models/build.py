@@ -144,6 +144,11 @@ def load_encoder_weights(model, path: str | Path) -> None:
     _load_parts(model, load_state_dict(path), ("image_encoder.",), f"{path}: image encoder")
 
 
+def has_published_weights(name: str) -> bool:
+    """Whether ``build_model(name, pretrained=True)`` has weights to load (published or shipped distilled)."""
+    return name in PRETRAINED or name in DISTILLED
+
+
 def list_models(kind: str | None = None) -> list[str]:
     """Registered names, all or of one kind: ``"promptable"`` (boxes, clicks) or ``"automatic"``."""
     table = {None: MODELS, "promptable": PROMPTABLE, "automatic": AUTOMATIC}
