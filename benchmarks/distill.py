@@ -56,7 +56,7 @@ CONFIG = REPO / "configs" / "distill_hr_small.yaml"
 STUDENT, TEACHER = "hr-small", "litemedsam"
 ZERO_SHOT_SETS = ["kvasir_seg", "ph2_derm", "dsb2018_nuclei", "busi", "drishti_gs1_odoc", "isbi2012_em"]
 FINE_SETS = {"isbi2012_em": 1, "dsb2018_nuclei": 1, "drishti_gs1_odoc": 2}  # set -> class scored
-FINETUNE_BUDGET_S = 240        # per model and set, full run
+FINETUNE_BUDGET_S = 180        # per model and set, full run
 QUICK = {"distill_budget": 60, "finetune_budget": 20, "test_cases": 4, "limit": 6}
 DEVICE_SETTINGS = {
     "cuda": ["train.batch_size=16", "train.amp=bf16", "data.augment=true", "data.num_workers=14"],

@@ -110,7 +110,7 @@ def timed_train(config, run_dir: Path, budget: float) -> dict:
         final = dataclasses.replace(config.train, epochs=1 + more)
         result = train(dataclasses.replace(config, train=final), run_dir, resume=True)
     best = max(result["history"], key=lambda h: -1 if h["val_dice"] is None else h["val_dice"])
-    return {"epochs": len(result["history"]), "steps": result["history"][-1]["step"],
+    return {"epochs": sum(1 for h in result["history"] if h["epoch"] > 0), "steps": result["history"][-1]["step"],
             "seconds": round(time.perf_counter() - start, 1), "best_val_dice": result["best_dice"],
             "best_epoch": best["epoch"], "checkpoint": run_dir / "best.safetensors"}
 
