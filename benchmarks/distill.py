@@ -57,6 +57,8 @@ STUDENT, TEACHER = "hr-small", "litemedsam"
 ZERO_SHOT_SETS = ["kvasir_seg", "ph2_derm", "dsb2018_nuclei", "busi", "drishti_gs1_odoc", "isbi2012_em"]
 FINE_SETS = {"isbi2012_em": 1, "dsb2018_nuclei": 1, "drishti_gs1_odoc": 2}  # set -> class scored
 FINETUNE_BUDGET_S = 180        # per model and set, full run
+STEPS_PER_EPOCH = 15           # fine-tuning epochs of 15 steps (dsb2018 has 6716 train nuclei)
+VAL_CASES = 5                  # val cases per fine-tuning validation
 QUICK = {"distill_budget": 60, "finetune_budget": 20, "test_cases": 4, "limit": 6}
 DEVICE_SETTINGS = {
     "cuda": ["train.batch_size=16", "train.amp=bf16", "data.augment=true", "data.num_workers=14"],
@@ -172,7 +174,8 @@ def zero_shot(args, encoder: Path) -> dict:
 
 def _finetune_config(kind: str, root: Path, encoder: Path, work: Path, quick: bool):
     common = [f"data.root={root}", "train.device=cpu", "train.amp=off", "train.progress=false", "data.num_workers=0",
-              "train.log_every=1000", "data.box_jitter=0.1", "optim.lr=1e-4", "optim.warmup_steps=5"]
+              "train.log_every=1000", "data.box_jitter=0.1", "optim.lr=1e-4", "optim.warmup_steps=5",
+              f"train.steps_per_epoch={STEPS_PER_EPOCH}", f"data.val_limit={VAL_CASES}"]
     if quick:
         common += ["data.limit=4", "train.batch_size=2"]
     if kind == "teacher":
@@ -189,7 +192,7 @@ def finetune(args, encoder: Path, work: Path) -> dict:
     """Stage 3: both models' decoders fine-tuned with the same budget on each fine-structure set."""
     budget = QUICK["finetune_budget"] if args.quick else FINETUNE_BUDGET_S
     out = {}
-    for name, class_id in FINE_SETS.items():
+    for name, class_id in ((n, FINE_SETS[n]) for n in args.fine_sets):
         root = args.data / name
         cases = _spaced(find_cases(root, "test"), QUICK["test_cases"] if args.quick else None)
         row = {"class_id": class_id, "budget_s": budget}
@@ -241,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--init-encoder", type=Path, help="stage 1: continue from this distilled encoder")
     parser.add_argument("--lr", type=float, help="stage 1: peak learning rate (default: the config's)")
     parser.add_argument("--workers", type=int, help="stage 1: data-loader processes (default 14 on CUDA, 0 on CPU)")
+    parser.add_argument("--fine-sets", nargs="+", default=list(FINE_SETS), choices=list(FINE_SETS),
+                        help="stage 3 datasets")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "distill_run",
                         help="where stage 1 writes the encoder and curves")

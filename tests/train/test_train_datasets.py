@@ -120,3 +120,16 @@ def test_augmented_items_keep_image_mask_and_box_together_and_repeat_by_seed(dat
     assert changed > 0
     aug.set_epoch(1)
     assert any(not torch.equal(aug[i]["image"], again[i]["image"]) for i in range(len(aug)))
+
+
+def test_an_epoch_can_be_capped_at_a_number_of_batches():
+    from medseg.train.datasets import EpochSampler
+
+    sampler = EpochSampler(20, 4, seed=1, max_batches=2)
+    first = list(sampler)
+    sampler.set_epoch(1)
+    second = list(sampler)
+    assert len(sampler) == len(first) == len(second) == 8
+    assert first != second and len(set(first)) == 8  # a fresh random subset each epoch
+    two = [EpochSampler(20, 4, seed=1, rank=r, world_size=2, max_batches=2) for r in (0, 1)]
+    assert sorted(list(two[0]) + list(two[1])) == sorted(first)

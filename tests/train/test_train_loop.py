@@ -103,6 +103,13 @@ def test_best_never_falls_below_the_starting_weights(tiny_config, tmp_path, monk
     assert [h["epoch"] for h in skipped["history"]] == [1]
 
 
+def test_steps_per_epoch_and_val_limit_keep_big_splits_short(tiny_config, tmp_path):
+    result = train(tiny_config(train__epochs=2, train__steps_per_epoch=1, data__val_limit=1), tmp_path / "run")
+    assert [h["step"] for h in result["history"]] == [0, 1, 2]
+    with pytest.raises(InputError, match="steps_per_epoch"):
+        tiny_config(train__steps_per_epoch=0)
+
+
 def test_accumulation_equals_the_larger_batch(tiny_config, tmp_path):
     big = train(tiny_config(train__epochs=1, train__batch_size=4, data__val_split="null"), tmp_path / "a")
     acc = train(tiny_config(train__epochs=1, train__batch_size=2, optim__accumulate=2, data__val_split="null"),

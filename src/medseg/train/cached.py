@@ -127,7 +127,7 @@ def split_embeddings(config: Config, split: str, model: torch.nn.Module | None =
     size = d.image_size
     if size is None:
         raise InputError("data.image_size must be resolved (the model's input size) before making datasets")
-    cases = paired_cases(d.root, split, d.limit)
+    cases = paired_cases(d.root, split, (d.val_limit or d.limit) if split == d.val_split else d.limit)
     objects = case_objects(cases, size, d.min_object_pixels)
     used = sorted({c for c, _ in objects})
     if not used:

@@ -37,6 +37,7 @@ class DataConfig:
     val_split: str | None = "val"    # None: no validation (then only latest.* is written)
     image_size: int | None = None    # model input side; None = the model's own
     limit: int | None = None         # first N cases of each split (smoke runs)
+    val_limit: int | None = None     # first N cases of the val split (validation of big splits stays short)
     num_workers: int = 0
     box_jitter: float = 0.0          # each box side moves by up to this fraction of the box size
     min_object_pixels: int = 20      # smaller components (in the model frame) are not objects
@@ -82,6 +83,7 @@ class TrainConfig:
     pixel_loss: str = "bce"          # bce | focal
     focal_gamma: float = 2.0
     progress: bool = True
+    steps_per_epoch: int | None = None  # cap an epoch at this many optimizer steps (random subset per epoch)
     validate_start: bool = True      # validate the starting weights as epoch 0 (best.* never falls below them)
     click_rounds: int = 0            # corrective-click rounds per item after the first prompt (SAM-style)
     first_prompt: str = "box"        # box | point | mixed: the first prompt of an interactive item
@@ -222,6 +224,9 @@ def check_config(config: Config) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise InputError(f"config key {key!r} must be > 0, got {value}")
+    for key, value in {"train.steps_per_epoch": config.train.steps_per_epoch, "data.val_limit": config.data.val_limit}.items():
+        if value is not None and value <= 0:
+            raise InputError(f"config key {key!r} must be > 0 or null, got {value}")
     if config.optim.grad_clip is not None and config.optim.grad_clip <= 0:
         raise InputError(f"config key 'optim.grad_clip' must be > 0 or null, got {config.optim.grad_clip}")
     if len(config.optim.betas) != 2:

@@ -158,20 +158,26 @@ class EpochSampler(Sampler[int]):
     """
 
     def __init__(self, n: int, global_batch: int, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 shuffle: bool = True) -> None:
+                 shuffle: bool = True, max_batches: int | None = None) -> None:
         self.n, self.global_batch, self.seed = n, global_batch, seed
         self.rank, self.world_size, self.shuffle, self.epoch = rank, world_size, shuffle, 0
+        self.max_batches = max_batches  # an "epoch" of at most this many global batches (a fresh subset each epoch)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def _whole(self) -> int:
+        batches = self.n // self.global_batch
+        if self.max_batches is not None:
+            batches = min(batches, self.max_batches)
+        return batches * self.global_batch
+
     def __len__(self) -> int:
-        return (self.n // self.global_batch) * self.global_batch // self.world_size
+        return self._whole() // self.world_size
 
     def __iter__(self):
         if self.shuffle:
             order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
         else:
             order = torch.arange(self.n)
-        whole = (self.n // self.global_batch) * self.global_batch
-        return iter(order[:whole][self.rank::self.world_size].tolist())
+        return iter(order[:self._whole()][self.rank::self.world_size].tolist())

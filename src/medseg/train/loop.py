@@ -90,7 +90,7 @@ def _loaders(config: Config, train_ds, val_ds, info: ddp.DistInfo, device: torch
     if len(train_ds) < group:
         raise InputError(f"the train split has {len(train_ds)} objects, fewer than one optimizer step "
                          f"(train.batch_size {t.batch_size} x optim.accumulate {config.optim.accumulate})")
-    sampler = EpochSampler(len(train_ds), group, t.seed, info.rank, info.world_size)
+    sampler = EpochSampler(len(train_ds), group, t.seed, info.rank, info.world_size, max_batches=t.steps_per_epoch)
     common = {"num_workers": config.data.num_workers, "pin_memory": device.type == "cuda"}
     train_loader = DataLoader(train_ds, t.batch_size // info.world_size, sampler=sampler, drop_last=True, **common)
     val_loader = DataLoader(val_ds, t.batch_size, shuffle=False, **common) if val_ds is not None else None

@@ -105,13 +105,13 @@ class SupervisedObjective:
         if d.image_size is None:
             raise InputError("data.image_size must be resolved (the model's input size) before making datasets")
 
-        def build(split: str, jitter: float, augment: bool) -> PromptedObjects:
-            cases = paired_cases(d.root, split, d.limit)
+        def build(split: str, jitter: float, augment: bool, limit: int | None) -> PromptedObjects:
+            cases = paired_cases(d.root, split, limit)
             return PromptedObjects(cases, d.image_size, d.min_object_pixels, jitter, config.train.seed,
                                    d.modality, d.cache, what=f"split {split!r} of {d.root}", augment=augment)
 
-        train = build(d.train_split, d.box_jitter, d.augment)
-        return train, (build(d.val_split, 0.0, False) if d.val_split else None)
+        train = build(d.train_split, d.box_jitter, d.augment, d.limit)
+        return train, (build(d.val_split, 0.0, False, d.val_limit or d.limit) if d.val_split else None)
 
     def loss(self, model: Callable, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """batch: image (B, 3, S, S), box (B, 4), target (B, 1, S, S) -> scalar loss and its parts.

@@ -94,7 +94,7 @@ class UNetObjective:
             raise InputError("data.image_size must be resolved (the model's input size) before making datasets")
 
         def build(split: str, flip: bool) -> CaseFrames:
-            cases = paired_cases(d.root, split, d.limit)
+            cases = paired_cases(d.root, split, (d.val_limit or d.limit) if split == d.val_split else d.limit)
             return CaseFrames(cases, d.image_size, d.modality, flip, config.train.seed, d.cache)
 
         return build(d.train_split, True), (build(d.val_split, False) if d.val_split else None)
