@@ -213,6 +213,12 @@ def finetune(args, encoder: Path, work: Path) -> dict:
     return out
 
 
+def _shown(path: Path) -> str:
+    """A path as the JSON records it: relative to the repository when inside it."""
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
@@ -267,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.distill:
             result["distill"] = distil(args, args.out, work)
             encoder = args.out / "student_encoder.safetensors"
-        result["student_encoder"] = str(encoder)
+        result["student_encoder"] = _shown(encoder)
         if args.zero_shot:
             result["zero_shot"] = zero_shot(args, encoder)
         if args.finetune:
