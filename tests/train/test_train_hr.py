@@ -18,3 +18,13 @@ def test_the_fusion_head_learns_in_supervised_fine_tuning(tiny_config, tmp_path)
     changed = {k for k in start if not torch.equal(start[k], end[k])}
     assert any(".fusion." in k for k in changed) and any(k.startswith("mask_decoder.transformer") for k in changed)
     assert not any(k.startswith("image_encoder.") for k in changed)
+
+
+def test_cached_fine_tuning_refuses_a_model_with_a_fusion_head(tiny_config, tmp_path, monkeypatch):
+    import pytest
+
+    from medseg.errors import InputError
+
+    monkeypatch.setenv("MEDSEG_EMBEDDING_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(InputError, match="high-resolution mask head"):
+        train(tiny_config(model__name="hr-test", train__objective="supervised_cached"), tmp_path / "run")

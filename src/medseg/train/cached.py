@@ -191,6 +191,9 @@ class CachedSupervisedObjective:
     def make_datasets(self, config: Config) -> tuple[CachedObjects, CachedObjects | None]:
         d = config.data
         model = encoder_model(config)
+        if getattr(model, "uses_features", False):
+            raise InputError(f"model {config.model.name!r} has a high-resolution mask head that reads the encoder's "
+                             f"stride-4/8 maps, which cached embeddings lack: use objective 'supervised'")
         cases, objects, store = split_embeddings(config, d.train_split, model)
         train = CachedObjects(cases, objects, store, d.box_jitter, config.train.seed)
         val = None
