@@ -59,3 +59,31 @@ def write_json(payload: dict, path: Path) -> Path:
 def require_data(data: Path) -> None:
     if not (data / "INDEX.md").is_file():
         sys.exit(f"real data not found at {data}: pass --data DIR or set MEDSEG_DATA")
+
+
+def timed_train(config, run_dir: Path, budget: float, first_epochs: int = 100) -> dict:
+    """``medseg.train.train`` for about ``budget`` seconds of wall-clock time: one timed epoch, then a
+    resumed run with the epochs that fit (each estimated at 1.05x the first, setup time included).
+
+    Returns {"epochs", "steps", "seconds", "best_val_dice", "best_epoch", "first_loss", "last_loss",
+    "checkpoint"} (the run's ``best.safetensors``)."""
+    import dataclasses
+
+    from medseg.train import train
+
+    start = time.perf_counter()
+    first = train(dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=first_epochs)), run_dir,
+                  overwrite=True, stop_after=1)
+    spent = time.perf_counter() - start
+    epoch = next(h["seconds"] for h in first["history"] if h["epoch"] == 1)
+    more = int((budget - spent) // (epoch * 1.05 + 0.5))
+    result = first
+    if more >= 1:
+        result = train(dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=1 + more)),
+                       run_dir, resume=True)
+    best = max(result["history"], key=lambda h: -1 if h["val_dice"] is None else h["val_dice"])
+    return {"epochs": sum(1 for h in result["history"] if h["epoch"] > 0), "steps": len(result["steps"]),
+            "seconds": round(time.perf_counter() - start, 1), "best_val_dice": result["best_dice"],
+            "best_epoch": best["epoch"], "first_loss": result["steps"][0]["loss"] if result["steps"] else None,
+            "last_loss": result["steps"][-1]["loss"] if result["steps"] else None,
+            "checkpoint": run_dir / "best.safetensors"}

@@ -1,4 +1,4 @@
-"""``medseg <stage>``: one subcommand per stage (demo, predict, evaluate, train, data, models)."""
+"""``medseg <stage>``: one subcommand per stage (demo, predict, evaluate, train, data, models, tasks)."""
 
 from __future__ import annotations
 
@@ -38,15 +38,31 @@ def _predictor(args: argparse.Namespace):
     from .models.build import has_published_weights
 
     device = _device(args.device)
-    if args.model not in list_models("promptable"):
+    promptable = list_models("promptable") + list_models("universal")
+    if args.model not in promptable:
         kind = "an automatic model that takes no prompt" if args.model in list_models() else "unknown"
-        raise KeyError(f"model {args.model!r} is {kind}; promptable models: {', '.join(list_models('promptable'))}")
+        raise KeyError(f"model {args.model!r} is {kind}; promptable models: {', '.join(promptable)}")
     pretrained = args.checkpoint is None and has_published_weights(args.model)
     if args.checkpoint is None and not pretrained:
         print(f"note: model {args.model!r} has no published weights and no --checkpoint: random weights",
               file=sys.stderr)
     model = build_model(args.model, pretrained=pretrained, checkpoint=args.checkpoint)
+    if getattr(args, "task", None):
+        from .infer.automatic import AutoSegmenter
+
+        return AutoSegmenter(model, device=device)
     return Predictor(model, device=device)
+
+
+def _universal_default(args: argparse.Namespace) -> None:
+    """With --task, the model defaults to "universal" and needs a trained --checkpoint."""
+    from .errors import InputError
+
+    if args.model == "litemedsam":
+        args.model = "universal"
+    if args.checkpoint is None:
+        raise InputError("--task needs --checkpoint: a universal model trained with the 'universal' objective "
+                         "(`medseg tasks --checkpoint FILE` lists what it knows)")
 
 
 def _default_mask_path(src: Path, volumetric: bool) -> Path:
@@ -78,6 +94,13 @@ def _write_outputs(result, out: Path | None, overlay_path: Path | None, overwrit
 def cmd_predict(args: argparse.Namespace) -> int:
     from .infer.files import segment_file
 
+    if args.task:
+        from .infer.auto_files import predict_auto
+
+        _universal_default(args)
+        if args.box or args.point or args.negative_point:
+            raise KeyError("--task segments with no prompt; drop --box/--point, or drop --task to prompt")
+        return predict_auto(_predictor(args), args.input, args.task, args.out, args.overlay, args.overwrite)
     predictor = _predictor(args)
     result = segment_file(predictor, args.input, boxes=args.box, points=args.point,
                           negative_points=args.negative_point, slices=args.slices, key_slice=args.key_slice,
@@ -96,6 +119,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .eval import Report, evaluate_dataset, find_cases
 
     find_cases(args.dataset, args.split)  # a wrong folder or split fails before the model loads
+    if args.auto or args.task:
+        return _evaluate_auto(args)
     figure = args.figure or Path.cwd() / f"{Path(args.dataset).resolve().name}_{args.split}_{args.prompt}.png"
     probe = Report(dataset=str(args.dataset), split=args.split, prompt=args.prompt)
     for path in (args.json, args.csv, figure):
@@ -110,6 +135,37 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for path, write in ((args.json, report.to_json), (args.csv, report.to_csv), (figure, report.save_figure)):
         if path is not None:
             print(f"wrote {write(path)}")
+    return 0
+
+
+def _evaluate_auto(args: argparse.Namespace) -> int:
+    from .eval.automatic import evaluate_auto, print_auto, write_auto_json
+    from .errors import InputError
+
+    if not (args.auto and args.task):
+        raise InputError("automatic evaluation needs both --auto and --task NAME")
+    if args.json is not None and args.json.exists():
+        raise InputError(f"{args.json} exists; choose another --json path or remove it")
+    _universal_default(args)
+    result = evaluate_auto(_predictor(args), args.dataset, args.task, args.split, args.limit,
+                           progress=not args.no_progress)
+    print_auto(result)
+    if args.json is not None:
+        print(f"wrote {write_auto_json(result, args.json)}")
+    return 0
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    from .models import build_model
+
+    model = build_model(args.model, checkpoint=args.checkpoint)
+    if not model.tasks:
+        print(f"{args.checkpoint}: no tasks (train it with the 'universal' objective)")
+        return 0
+    print(f"{'task':<22}{'modality':<24}classes")
+    for task in model.tasks.values():
+        names = ", ".join(f"{k} {v}" for k, v in task.classes.items())
+        print(f"{task.name:<22}{task.modality:<24}{names}")
     return 0
 
 
@@ -180,7 +236,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     from .models import list_models
     from .models.build import has_published_weights
 
-    for kind in ("promptable", "automatic"):
+    for kind in ("promptable", "automatic", "universal"):
         for name in list_models(kind):
             print(f"{name:<18}{kind:<12}{'pretrained weights available' if has_published_weights(name) else ''}")
     return 0
@@ -216,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="mask file (.png for 2D; .nii.gz/.mha/.nrrd for volumes)")
     p.add_argument("--overlay", type=Path, help="PNG picture of the image with the mask and prompts")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files (never the input)")
+    p.add_argument("--task", help="automatic mode, no prompt: segment every class of this task with a universal "
+                                  "--checkpoint; INPUT may be a folder of images (labels go to the --out folder)")
     _model_args(p)
     p.set_defaults(func=cmd_predict)
 
@@ -232,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", type=Path, help="write one row per case and class as CSV")
     p.add_argument("--figure", type=Path, help="PNG with Dice per case and overlays (default: ./<dataset>_<split>_<prompt>.png)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--auto", action="store_true", help="automatic mode: no prompt, every class of --task")
+    p.add_argument("--task", help="with --auto: the task (of a universal --checkpoint) the dataset belongs to")
     _model_args(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -244,6 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list the registered models")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("tasks", help="list the tasks, modalities and classes a universal checkpoint knows")
+    p.add_argument("--checkpoint", required=True, help="a universal model's .safetensors")
+    p.add_argument("--model", default="universal", help="its registered name (universal, universal-hr, ...)")
+    p.set_defaults(func=cmd_tasks)
     return parser
 
 

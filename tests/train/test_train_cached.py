@@ -58,8 +58,8 @@ def _cache_dir(tmp_path, monkeypatch) -> Path:
     return folder
 
 
-def tiny_model():
-    torch.manual_seed(0)
+def tiny_model(seed: int = 0):
+    torch.manual_seed(seed)
     return build_model(TINY)
 
 
@@ -83,6 +83,23 @@ def config(root: Path, **extra):
     return load_config(None, [f"{k}={v}" for k, v in values.items()])
 
 
+def test_an_image_embedded_for_another_split_or_subset_is_copied_not_encoded(squares, _cache_dir):
+    model = tiny_model()
+    counter = Counter(model)
+    cases = find_cases(squares, "train")
+    first = build_embeddings(model, cases[:5], label="squares-some", shard_size=3, progress=False)
+    assert counter.images == 5
+    more = build_embeddings(model, cases, label="squares-all", shard_size=4, progress=False)
+    assert more.folder != first.folder
+    assert counter.images == len(cases) and (more.computed, more.reused) == (len(cases) - 5, 5)
+    for case in cases[:5]:
+        assert torch.equal(more.embedding(case.stem), first.embedding(case.stem))
+    other = tiny_model(seed=1)  # another encoder: nothing to copy
+    counted = Counter(other)
+    assert build_embeddings(other, cases[:2], label="squares-some", progress=False).computed == 2
+    assert counted.images == 2
+
+
 def test_cache_is_built_once_reused_and_invalidated_by_a_changed_image(squares, _cache_dir):
     model = tiny_model()
     counter = Counter(model)
@@ -103,7 +120,8 @@ def test_cache_is_built_once_reused_and_invalidated_by_a_changed_image(squares, 
     picture[:5] = 255
     Image.fromarray(picture).save(changed.image_path)
     after = build_embeddings(model, cases, label="squares-train", shard_size=3, progress=False)
-    assert (after.computed, after.reused) == (3, len(cases) - 3) and counter.images == len(cases) + 3
+    # the shard is rewritten; only the changed image is encoded, its two shard-mates are copied
+    assert (after.computed, after.reused) == (1, len(cases) - 1) and counter.images == len(cases) + 1
     assert not torch.equal(after.embedding(changed.stem), old)
     assert len(list(after.folder.glob("shard-*.safetensors"))) == 3  # the stale shard is gone
     assert not list(_cache_dir.rglob("*.tmp"))

@@ -40,3 +40,26 @@ def tiny_overrides(root: Path, **extra) -> list[str]:
               "train.log_every": 1}
     values.update({k.replace("__", "."): v for k, v in extra.items()})
     return [f"{k}={v}" for k, v in values.items()]
+
+
+def write_two_class_dataset(root: Path, train: int = 6, val: int = 2, seed: int = 1) -> Path:
+    """Grey pictures 40 x 48 with a disc (label 1) holding a brighter cup (label 2), like the optic
+    disc and cup of a fundus set; masks hold the ids 0/1/2."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    yy, xx = np.mgrid[:40, :48]
+    stems = [f"eye{i}" for i in range(train + val)]
+    for stem in stems:
+        cy, cx, r = int(rng.integers(14, 26)), int(rng.integers(14, 34)), int(rng.integers(8, 12))
+        d2 = (yy - cy) ** 2 + (xx - cx) ** 2
+        mask = np.where(d2 <= r * r, 1, 0).astype(np.uint8)
+        mask[d2 <= (r // 2) ** 2] = 2
+        image = rng.integers(0, 60, (40, 48)).astype(np.uint8)
+        image[mask == 1] = rng.integers(120, 170, int((mask == 1).sum()))
+        image[mask == 2] = rng.integers(200, 255, int((mask == 2).sum()))
+        Image.fromarray(image).save(root / "images" / f"{stem}.png")
+        Image.fromarray(mask).save(root / "masks" / f"{stem}.png")
+    (root / "splits.json").write_text(json.dumps({"train": stems[:train], "val": stems[train:],
+                                                  "test": stems[train:]}))
+    return root

@@ -97,7 +97,10 @@ PROMPTABLE: dict[str, Callable[[], PromptableSegmenter]] = {
     "hr-test": build_hr_test,
 }
 AUTOMATIC: dict[str, Callable] = {"unet": build_unet, "unet-tiny": build_unet_tiny}
-MODELS: dict[str, Callable] = {**PROMPTABLE, **AUTOMATIC}
+# Universal models (medseg.models.universal): a promptable base + an automatic head whose mask decoder
+# starts as a copy of the base's; pretrained = the base's published (or distilled) weights, no tasks yet.
+UNIVERSAL: dict[str, str] = {"universal": "litemedsam", "universal-hr": "hr-small", "universal-tiny": "litemedsam-tiny"}
+MODELS: dict[str, Callable] = {**PROMPTABLE, **AUTOMATIC, **{name: PROMPTABLE[base] for name, base in UNIVERSAL.items()}}
 PRETRAINED: dict[str, Callable[[], Path]] = {"litemedsam": litemedsam_weights_path}
 # Distilled students: published = an image encoder distilled here (medseg/models/assets, float16, with
 # a JSON of how it was made) + the teacher's prompt encoder and mask decoder, unchanged.
@@ -146,14 +149,16 @@ def load_encoder_weights(model, path: str | Path) -> None:
 
 def has_published_weights(name: str) -> bool:
     """Whether ``build_model(name, pretrained=True)`` has weights to load (published or shipped distilled)."""
+    name = UNIVERSAL.get(name, name)
     return name in PRETRAINED or name in DISTILLED
 
 
 def list_models(kind: str | None = None) -> list[str]:
-    """Registered names, all or of one kind: ``"promptable"`` (boxes, clicks) or ``"automatic"``."""
-    table = {None: MODELS, "promptable": PROMPTABLE, "automatic": AUTOMATIC}
+    """Registered names, all or of one kind: ``"promptable"`` (boxes, clicks), ``"automatic"`` (no prompt)
+    or ``"universal"`` (both: a promptable base plus prompt-free task decoding)."""
+    table = {None: MODELS, "promptable": PROMPTABLE, "automatic": AUTOMATIC, "universal": UNIVERSAL}
     if kind not in table:
-        raise KeyError(f"unknown model kind {kind!r}; use promptable or automatic")
+        raise KeyError(f"unknown model kind {kind!r}; use promptable, automatic or universal")
     return sorted(table[kind])
 
 
@@ -166,6 +171,8 @@ def build_model(name: str = "litemedsam", pretrained: bool = False,
     """
     if name not in MODELS:
         raise KeyError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+    if name in UNIVERSAL:
+        return _build_universal(name, pretrained, checkpoint)
     model = MODELS[name]()
     path = None
     if checkpoint is not None:
@@ -180,4 +187,22 @@ def build_model(name: str = "litemedsam", pretrained: bool = False,
         path = PRETRAINED[name]()
     if path is not None:
         _load_strictly(model, load_state_dict(path), f"{path}: does not fit model {name!r}")
+    return model.eval()
+
+
+def _build_universal(name: str, pretrained: bool, checkpoint: str | Path | None):
+    """A universal model: its base (published weights if ``pretrained``) wrapped with an automatic head;
+    a checkpoint's task table is adopted before its tensors load strictly."""
+    from .universal import UniversalSegmenter
+
+    base = build_model(UNIVERSAL[name], pretrained=pretrained and checkpoint is None)
+    model = UniversalSegmenter.from_promptable(base)
+    if checkpoint is not None:
+        path = Path(checkpoint)
+        state = load_state_dict(path)
+        if "automatic.task_table" not in state:
+            raise CheckpointError(f"{path}: not a checkpoint of a universal model (no automatic.task_table); "
+                                  f"`medseg models` lists the models")
+        model.adopt_state(state)
+        _load_strictly(model, state, f"{path}: does not fit model {name!r}")
     return model.eval()

@@ -13,7 +13,9 @@ class MaskDecoder(nn.Module):
     """Predicts ``num_multimask + 1`` masks per prompt set; the first answers unambiguous prompts.
 
     forward(image_embeddings (B or 1, C, E, E), image_pe (1, C, E, E), sparse (B, N, C),
-    dense (B, C, E, E), multimask) -> logits (B, M, 4E, 4E), iou (B, M) with M = 3 or 1.
+    dense (B, C, E, E), multimask, features=None, query=None) -> logits (B, M, 4E, 4E), iou (B, M) with
+    M = 3 or 1. ``query`` (B, C), optional, is added to the single-mask output token (a per-modality
+    decoding query of the automatic head, :mod:`medseg.models.universal`).
     """
 
     def __init__(self, transformer: TwoWayTransformer, dim: int = 256, num_multimask: int = 3,
@@ -43,9 +45,13 @@ class MaskDecoder(nn.Module):
 
     def forward(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor,
                 dense: torch.Tensor, multimask: bool = False,
-                features: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                features: dict[str, torch.Tensor] | None = None,
+                query: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         b = sparse.shape[0]
         out_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight]).unsqueeze(0).expand(b, -1, -1)
+        if query is not None:  # onto token 1, the single-mask token
+            pad = query.new_zeros(b, out_tokens.shape[1] - 2, query.shape[-1])
+            out_tokens = out_tokens + torch.cat([torch.zeros_like(query)[:, None], query[:, None], pad], dim=1)
         tokens = torch.cat([out_tokens, sparse], dim=1)
         image = image_embeddings.expand(b, -1, -1, -1) if image_embeddings.shape[0] == 1 else image_embeddings
         image = image + dense

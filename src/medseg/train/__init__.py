@@ -6,7 +6,7 @@
 
 Modules: ``config`` (dataclasses, YAML, --set), ``datasets`` (prompted objects, epoch sampler),
 ``objectives`` (registry; "supervised"; "supervised_cached" in ``cached``, "unet" in ``unet``,
-"distill" in ``distill``; click rounds in ``interactive``), ``optim`` (freezing, AdamW, schedule, AMP), ``checkpoint``
+"distill" in ``distill``, "universal" in ``universal``; click rounds in ``interactive``), ``optim`` (freezing, AdamW, schedule, AMP), ``checkpoint``
 (safetensors + JSON + training state, atomic), ``logs`` (CSV, TensorBoard, curves), ``ddp``,
 ``loop`` (:func:`train`), ``cli`` (``medseg train``).
 """
@@ -35,3 +35,4 @@ __all__ = [
 from medseg.train import cached as _cached  # noqa: E402,F401 - "supervised_cached"
 from medseg.train import unet as _unet  # noqa: E402,F401 - "unet"
 from medseg.train import distill as _distill  # noqa: E402,F401 - "distill"
+from medseg.train import universal as _universal  # noqa: E402,F401 - "universal"

@@ -22,7 +22,7 @@ import yaml
 
 from medseg.errors import InputError
 
-TRAINABLE = ("encoder", "decoder", "prompt_decoder", "encoder_frozen", "all")
+TRAINABLE = ("encoder", "decoder", "prompt_decoder", "encoder_frozen", "automatic", "all")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 PIXEL_LOSSES = ("bce", "focal")
 FIRST_PROMPTS = ("box", "point", "mixed")
@@ -44,6 +44,7 @@ class DataConfig:
     modality: str | None = None      # "CT" / "MR" intensity window, as the predictor's
     cache: bool = True               # keep prepared frames in memory after first use
     augment: bool = False            # flips, quarter turns, rotation/zoom, intensity (medseg.data.augment)
+    foreground_ids: list[int] = field(default_factory=list)  # objective "unet": label ids that are foreground (empty: any > 0)
 
 
 @dataclass
@@ -104,12 +105,27 @@ class DistillConfig:
 
 
 @dataclass
+class UniversalConfig:
+    """Objective "universal" (:mod:`medseg.train.universal`): one automatic model over many tasks."""
+
+    tasks: str | None = None         # tasks file (YAML): {name: {root, modality, classes: {id: name}}}
+    train_tasks: list[str] = field(default_factory=list)  # tasks of the file to train (empty: all)
+    weights: list[float] = field(default_factory=list)    # sampling weight per train task (empty: sqrt of size)
+    epoch_size: int | None = None    # items drawn per epoch (default: all train cases of the train tasks)
+    freeze_old: bool = True          # tokens of tasks the starting checkpoint knew stay fixed
+    train_shared: bool = True        # the head's shared parts (decoder, self-prompt) train; false: tokens only
+    replay: list[str] = field(default_factory=list)       # known tasks whose train data is mixed in (rehearsal)
+    coarse_weight: float = 0.5       # weight of the self-prompt (coarse mask) loss
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    universal: UniversalConfig = field(default_factory=UniversalConfig)
 
 
 def config_to_dict(config: Config) -> dict[str, dict[str, Any]]:

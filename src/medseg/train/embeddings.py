@@ -27,6 +27,8 @@ hashes (encoder weights fingerprint, preprocessing, the SHA-256 of each of its i
 A shard is reused only when its stored key matches, so a changed image recomputes its shard and a
 changed model or preprocessing recomputes everything. Files are written atomically (temporary file,
 fsync, rename); stale shards of the folder are removed after the manifest is written.
+An image already embedded in another folder of the cache with the same encoder and preprocessing
+(another split, a subset of cases) is copied from there by its SHA-256 instead of being encoded again.
 """
 
 from __future__ import annotations
@@ -109,7 +111,8 @@ class EmbeddingStore:
 
     Shards are memory-mapped on first use (one handle per process; the store pickles without them,
     so DataLoader workers open their own). ``computed`` / ``reused`` count the images encoded /
-    found valid by the :func:`build_embeddings` call that returned it.
+    found valid (in this folder or another of the cache) by the :func:`build_embeddings` call that
+    returned it.
     """
 
     def __init__(self, folder: str | Path, computed: int = 0, reused: int = 0) -> None:
@@ -161,18 +164,62 @@ def _shard_header(path: Path) -> dict | None:
         return None
 
 
-def _encode_shard(model, cases: list[Case], size: int, modality: str | None, device, bar) -> tuple[dict, list]:
-    """Encode the images of one shard: ({stem: (256, E, E)}, [item records])."""
-    tensors, records = {}, []
-    for case in cases:
+def reusable_embeddings(cache_dir: Path, encoder: str, prep: dict) -> dict[str, tuple[Path, dict]]:
+    """Image SHA-256 -> (shard path, item record) over every cache folder of ``cache_dir`` made with the
+    same encoder and preprocessing: an image already embedded for another split or subset is read, not
+    encoded again."""
+    found: dict[str, tuple[Path, dict]] = {}
+    for manifest in sorted(cache_dir.glob("*/manifest.json")):
+        try:
+            data = json.loads(manifest.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        if data.get("encoder") != encoder or data.get("preprocess") != prep or data.get("format") != FORMAT:
+            continue
+        for item in data.get("items", []):
+            shard = manifest.parent / item["shard"]
+            if "sha256" in item and shard.is_file():
+                found.setdefault(item["sha256"], (shard, item))
+    return found
+
+
+def _reuse(known: dict[str, tuple[Path, dict]], digest: str) -> tuple[torch.Tensor, dict] | None:
+    """(embedding, record) of an image with this SHA-256 from another cache folder, or None."""
+    from safetensors import safe_open
+
+    if digest not in known:
+        return None
+    shard, item = known[digest]
+    try:
+        with safe_open(str(shard), framework="pt") as handle:
+            tensor = handle.get_tensor(item["stem"])
+    except Exception:  # noqa: BLE001 - a vanished or damaged shard: encode instead
+        return None
+    return tensor, {k: item[k] for k in ("original_hw", "resized_hw", "array_sha1")}
+
+
+def _encode_shard(model, cases: list[Case], size: int, modality: str | None, device, bar,
+                  known: dict[str, tuple[Path, dict]] | None = None, digests: list[str] | None = None,
+                  ) -> tuple[dict, list, int]:
+    """Encode the images of one shard: ({stem: (256, E, E)}, [item records], number encoded); an image
+    found in ``known`` (by its SHA-256 in ``digests``) is copied from there."""
+    tensors, records, encoded = {}, [], 0
+    for i, case in enumerate(cases):
+        found = _reuse(known, digests[i]) if known and digests else None
+        if found is not None:
+            tensors[case.stem] = found[0]
+            records.append({"stem": case.stem, **found[1]})
+            bar.update(1)
+            continue
         plane = load_plane(case.image_path)
+        encoded += 1
         x, record = prepare_image(plane, size, modality)
         with torch.inference_mode():
             tensors[case.stem] = model.encode(x.to(device))[0].float().cpu().contiguous()
         records.append({"stem": case.stem, "original_hw": list(record.original_hw),
                         "resized_hw": list(record.resized_hw), "array_sha1": array_digest(plane)})
         bar.update(1)
-    return tensors, records
+    return tensors, records, encoded
 
 
 def build_embeddings(model, cases: list[Case], cache_dir: str | Path | None = None, *, label: str,
@@ -212,14 +259,18 @@ def build_embeddings(model, cases: list[Case], cache_dir: str | Path | None = No
         plan.append((chunk, key, name, header if header and header.get("key") == key else None))
     todo = sum(len(chunk) for chunk, _, _, header in plan if header is None)
     model.eval()
-    items, shards = [], []
+    items, shards, known, encoded = [], [], None, 0
     with tqdm(total=todo, desc=f"embed {label}", unit="image", disable=not progress or not todo,
               dynamic_ncols=True) as bar:
         for chunk, key, name, header in plan:
             if header is None:
                 from safetensors.torch import save
 
-                tensors, records = _encode_shard(model, [cases[i] for i in chunk], size, modality, device, bar)
+                if known is None:
+                    known = reusable_embeddings(cache_dir, encoder, prep)
+                tensors, records, n = _encode_shard(model, [cases[i] for i in chunk], size, modality, device, bar,
+                                                    known, [digests[i] for i in chunk])
+                encoded += n
                 meta = {"key": key, "format": str(FORMAT), "records": json.dumps(records)}
                 atomic_write_bytes(folder / name, save(tensors, metadata=meta))
             else:
@@ -235,7 +286,7 @@ def build_embeddings(model, cases: list[Case], cache_dir: str | Path | None = No
     for path in folder.glob("shard-*.safetensors"):
         if path.name not in keep:
             path.unlink(missing_ok=True)
-    return EmbeddingStore(folder, computed=todo, reused=len(cases) - todo)
+    return EmbeddingStore(folder, computed=encoded, reused=len(cases) - encoded)
 
 
 def _shape(folder: Path, items: list[dict]) -> tuple[int, ...]:

@@ -152,6 +152,9 @@ def _prepare(config: Config, run_dir: Path, resume: bool, overwrite: bool, info,
     train_ds, val_ds = objective.make_datasets(config)
     train_loader, val_loader = _loaders(config, train_ds, val_ds, info, device)
     n_train, n_total = select_trainable(model, config.model.trainable)
+    if hasattr(objective, "restrict_trainable"):
+        objective.restrict_trainable(model)  # e.g. a universal model keeps its old tasks' tokens fixed
+        n_train = sum(q.numel() for q in model.parameters() if q.requires_grad)
     if config.model.activation_checkpointing and not enable_activation_checkpointing(model):
         _say(info, f"note: model {config.model.name!r} has no activation checkpointing; ignored")
     model.to(device)  # before the optimizer, so that a resumed optimizer state lands on the device too

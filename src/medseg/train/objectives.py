@@ -52,12 +52,14 @@ def make_objective(config: Config) -> Objective:
     return OBJECTIVES[name](config)
 
 
-def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
-    """Mean sigmoid focal loss: BCE scaled by (1 - p_t)^gamma; logits and target of one shape."""
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, reduce: bool = True) -> torch.Tensor:
+    """Sigmoid focal loss: BCE scaled by (1 - p_t)^gamma; logits and target of one shape; the mean, or
+    per element with ``reduce=False``."""
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     p = torch.sigmoid(logits)
     p_t = p * target + (1 - p) * (1 - target)
-    return (bce * (1 - p_t) ** gamma).mean()
+    loss = bce * (1 - p_t) ** gamma
+    return loss.mean() if reduce else loss
 
 
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, dice_loss: Callable,

@@ -17,6 +17,7 @@ TRAINABLE_PARTS: dict[str, tuple[str, ...] | None] = {
     "decoder": ("mask_decoder",),
     "prompt_decoder": ("prompt_encoder", "mask_decoder"),
     "encoder_frozen": None,
+    "automatic": ("automatic",),  # a universal model's prompt-free head (medseg.models.universal)
     "all": (),
 }
 
@@ -60,11 +61,14 @@ class TrainForward(nn.Module):
         return self
 
     def forward(self, images: torch.Tensor, boxes: torch.Tensor | None = None, points=None, masks=None,
-                multimask: bool = False, interact=None, embed_only: bool = False):
+                multimask: bool = False, interact=None, embed_only: bool = False, run=None):
         """With ``interact``, the images are encoded once and ``interact(decode)`` is returned, where
         ``decode(boxes, points, masks)`` decodes that embedding (several prompt rounds in one forward,
         as DDP needs; see :mod:`medseg.train.interactive`). With ``embed_only`` the embedding
-        (B, 256, E, E) is returned (distillation)."""
+        (B, 256, E, E) is returned (distillation). With ``run``, ``run(model)`` is returned: an
+        objective's own forward on the bare model (the universal objective), still inside DDP's forward."""
+        if run is not None:
+            return run(self.model)
         grad = torch.is_grad_enabled() and not self._frozen(self.model.image_encoder)
         with torch.set_grad_enabled(grad):
             if hasattr(self.model, "encode_features"):

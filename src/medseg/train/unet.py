@@ -1,7 +1,8 @@
 """Objective "unet": automatic (prompt-free) binary segmentation with a U-Net, in the same loop.
 
 * item: ``{"image": (3, S, S) float32 in [0, 1] from prepare_image (resized, zero-padded),
-  "target": (1, S, S) float32, 1 where the label has any foreground class, "index": i}``, one per
+  "target": (1, S, S) float32, 1 where the label has any foreground class (or one of
+  ``data.foreground_ids``: a U-Net per class of a multi-class set), "index": i}``, one per
   case (cases without foreground stay in: the model must learn to predict nothing there);
 * augmentation (train split only): a horizontal flip of the image content with probability 1/2,
   drawn from (seed, epoch, index) so that resume is exact; the padding stays bottom/right;
@@ -40,9 +41,10 @@ class CaseFrames(Dataset):
     """
 
     def __init__(self, cases: list[Case], size: int, modality: str | None = None, flip: bool = False,
-                 seed: int = 0, cache: bool = True) -> None:
+                 seed: int = 0, cache: bool = True, foreground_ids: list[int] | None = None) -> None:
         if not cases:
             raise InputError("no cases to train the U-Net on")
+        self.foreground_ids = list(foreground_ids or [])
         self.cases, self.size, self.modality, self.flip, self.seed, self.epoch = cases, size, modality, flip, seed, 0
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor, tuple[int, int]]] | None = {} if cache else None
 
@@ -60,7 +62,9 @@ class CaseFrames(Dataset):
         if image.array.shape[1] != 1:
             raise InputError(f"{case.image_path}: a volume; the U-Net objective takes 2D cases")
         x, record = prepare_image(slice_hwc(image), self.size, self.modality)
-        target = torch.from_numpy((label_frame(label.array[0], self.size) > 0).astype(np.float32))[None]
+        frame = label_frame(label.array[0], self.size)
+        binary = np.isin(frame, self.foreground_ids) if self.foreground_ids else frame > 0
+        target = torch.from_numpy(binary.astype(np.float32))[None]
         out = (x[0], target, record.resized_hw)
         if self._cache is not None:
             self._cache[index] = out
@@ -95,7 +99,7 @@ class UNetObjective:
 
         def build(split: str, flip: bool) -> CaseFrames:
             cases = paired_cases(d.root, split, (d.val_limit or d.limit) if split == d.val_split else d.limit)
-            return CaseFrames(cases, d.image_size, d.modality, flip, config.train.seed, d.cache)
+            return CaseFrames(cases, d.image_size, d.modality, flip, config.train.seed, d.cache, d.foreground_ids)
 
         return build(d.train_split, True), (build(d.val_split, False) if d.val_split else None)
 

@@ -1,0 +1,109 @@
+"""Task files: which datasets a universal model learns, with their modality and classes.
+
+A task file is YAML (or JSON), one entry per task::
+
+    kvasir_seg:   {root: ../shared/data/kvasir_seg, modality: endoscopy}
+    drishti_gs1_odoc:
+      root: ../shared/data/drishti_gs1_odoc
+      modality: fundus
+      classes: {1: optic_disc, 2: optic_cup}
+
+``root`` is relative to the task file. ``classes`` (label id -> name, background left out) default
+to the dataset's class file (``classes.json``, ``labels.json``, ``dataset.json``), else to the label
+values found in its masks (``class_<id>``). ``modality`` defaults to the dataset's own (nnU-Net
+``channel_names``), else ``"unknown"``. Modality-aware normalisation: a CT or MR task's images get the
+predictor's intensity window (:data:`medseg.infer.preprocess.MODALITY_WINDOWS`); others are min-max
+scaled, as everywhere in medseg.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from medseg.errors import InputError
+
+
+@dataclass(frozen=True)
+class TaskSource:
+    """A task: its name, dataset folder, modality and classes {label id: name} (no background)."""
+
+    name: str
+    root: Path
+    modality: str
+    classes: dict[int, str]
+
+    @property
+    def normalisation(self) -> str | None:
+        """The ``modality`` argument of ``prepare_image``: "CT"/"MR" windows, else None (min-max)."""
+        from medseg.infer.preprocess import MODALITY_WINDOWS
+
+        return self.modality.upper() if self.modality.upper() in MODALITY_WINDOWS else None
+
+
+def scan_label_values(root: Path, limit: int = 400) -> dict[int, str]:
+    """Foreground label values found in up to ``limit`` masks of a dataset: {id: "class_<id>"}."""
+    from medseg.eval.datasets import find_cases
+    from medseg.io import read_label
+
+    values: set[int] = set()
+    for case in find_cases(root, "all")[:limit]:
+        values |= {int(v) for v in np.unique(read_label(case.mask_path).array) if v > 0}
+    return {v: f"class_{v}" for v in sorted(values)}
+
+
+def _classes(entry: dict, root: Path, where: str) -> dict[int, str]:
+    from medseg.data.spec import read_classes
+
+    given = entry.get("classes")
+    if given is not None:
+        if not isinstance(given, dict) or not given:
+            raise InputError(f"{where}: 'classes' must map label ids to names, e.g. {{1: optic_disc}}")
+        try:
+            classes = {int(k): str(v) for k, v in given.items()}
+        except (TypeError, ValueError):
+            raise InputError(f"{where}: class ids must be integers, got {list(given)}") from None
+    else:
+        found = read_classes(root)
+        classes = found[0] if found else scan_label_values(root)
+    classes = {k: v for k, v in classes.items() if k != 0}
+    if not classes:
+        raise InputError(f"{where}: no foreground class (give 'classes: {{1: name}}')")
+    return dict(sorted(classes.items()))
+
+
+def load_tasks(path: str | Path) -> dict[str, TaskSource]:
+    """The tasks of a task file, in file order.
+
+    Raises InputError naming the file and entry: unreadable YAML, a missing ``root``, a root that is
+    not a dataset folder, bad classes.
+    """
+    from medseg.data.layouts import open_dataset
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"task file {path} not found (see medseg.data.tasks for its format)")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise InputError(f"{path}: not readable YAML ({exc})") from None
+    if not isinstance(data, dict) or not data:
+        raise InputError(f"{path}: a task file maps task names to {{root, modality, classes}}")
+    tasks = {}
+    for name, entry in data.items():
+        where = f"{path}: task {name!r}"
+        if not isinstance(entry, dict) or "root" not in entry:
+            raise InputError(f"{where}: needs a 'root' (the dataset folder)")
+        unknown = set(entry) - {"root", "modality", "classes"}
+        if unknown:
+            raise InputError(f"{where}: unknown keys {sorted(unknown)}; valid: root, modality, classes")
+        root = (path.parent / str(entry["root"])).resolve()
+        if not root.is_dir():
+            raise InputError(f"{where}: dataset folder {root} not found")
+        spec = open_dataset(root, warn=False)
+        modality = str(entry.get("modality") or spec.modality or "unknown")
+        tasks[str(name)] = TaskSource(str(name), root, modality, _classes(entry, root, where))
+    return tasks

@@ -1,0 +1,83 @@
+"""``medseg predict INPUT --task NAME``: automatic segmentation of a file or a folder of 2D images.
+
+A file gives one label map (``--out``, default ``./<stem>_<task>.png``); a folder gives one label map
+per image, ``<out>/<stem>.png`` (``--out`` default ``./<folder>_<task>/``), and, with ``--overlay
+DIR``, ``DIR/<stem>_overlay.png``. Label maps hold the task's class ids (0 background), at each
+image's resolution. Every output path is checked before anything is written: an existing file is
+never replaced without ``--overwrite``, an input never. Unreadable images are listed and skipped;
+the exit status is 1 when any failed.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from medseg.errors import InputError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".nii", ".nii.gz", ".mha", ".nrrd")
+
+
+def _suffix_ok(path: Path) -> bool:
+    name = path.name.lower()
+    return path.is_file() and not name.startswith(".") and name.endswith(IMAGE_SUFFIXES)
+
+
+def _stem(path: Path) -> str:
+    return path.name.split(".")[0]
+
+
+def predict_auto(segmenter, source: str | Path, task: str, out: Path | None = None, overlay: Path | None = None,
+                 overwrite: bool = False, progress: bool = True) -> int:
+    """Segment ``source`` (file or folder) as ``task``; returns the exit status (0 ok, 1 some failed)."""
+    from medseg.eval.loader import slice_hwc
+    from medseg.io import check_output_path, read_image, write_label
+    from medseg.viz import overlay as draw, save_png
+
+    source = Path(source)
+    info = segmenter.model.automatic.task(task)  # unknown task: fail before reading anything
+    if source.is_dir():
+        inputs = sorted(p for p in source.iterdir() if _suffix_ok(p))
+        if not inputs:
+            raise InputError(f"{source}: no image files ({', '.join(IMAGE_SUFFIXES)})")
+        out_dir = out or Path.cwd() / f"{source.name}_{task}"
+        targets = [(p, out_dir / f"{_stem(p)}.png", overlay / f"{_stem(p)}_overlay.png" if overlay else None)
+                   for p in inputs]
+    elif source.is_file():
+        targets = [(source, out or Path.cwd() / f"{_stem(source)}_{task}.png", overlay)]
+    else:
+        raise InputError(f"{source}: no such file or folder")
+    for src, mask_path, picture in targets:  # all checks before the first write
+        for path in (mask_path, picture):
+            if path is not None:
+                check_output_path(path, src, overwrite)
+    for path in {t[1].parent for t in targets} | ({t[2].parent for t in targets if t[2] is not None}):
+        path.mkdir(parents=True, exist_ok=True)
+    failed = []
+    names = ", ".join(f"{k} {v}" for k, v in info.classes.items())
+    print(f"automatic segmentation, task {task!r} ({info.modality}; classes {names}): {len(targets)} image(s)")
+    for src, mask_path, picture in tqdm(targets, desc=task, unit="image", disable=not progress or len(targets) < 2):
+        try:
+            image = read_image(src)
+            if image.array.shape[1] != 1:
+                raise InputError(f"{src}: a volume of {image.array.shape[1]} slices; automatic mode takes 2D images")
+            plane = slice_hwc(image)
+            result = segmenter.segment(plane, task)
+        except InputError as exc:
+            failed.append(str(exc))
+            continue
+        write_label(result.labels, mask_path, overwrite=overwrite)
+        found = ", ".join(f"{info.classes[c]} {int((result.labels == c).sum())} px" for c in info.classes)
+        line = f"{src.name}: {found} -> {mask_path}"
+        if picture is not None:
+            save_png(draw(plane, result.labels), picture, overwrite=overwrite, source=src)
+            line += f" (overlay {picture})"
+        if len(targets) == 1:
+            print(line)
+    if len(targets) > 1:
+        print(f"wrote {len(targets) - len(failed)} label map(s) to {targets[0][1].parent}")
+    for message in failed:
+        print(f"failed: {message}", file=sys.stderr)
+    return 1 if failed else 0

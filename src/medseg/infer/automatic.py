@@ -1,0 +1,102 @@
+"""Automatic (prompt-free) segmentation with a universal model, and automatic first prompts.
+
+    seg = AutoSegmenter(build_model("universal", checkpoint="run/best.safetensors"))
+    result = seg.segment(image, task="drishti_gs1_odoc")   # every class of the task, no prompt
+    result.labels      # (H, W) uint8 label map in the task's class ids, at the image's resolution
+    prompts = first_prompts(result.labels)                 # {class id: {"box", "point"}} (SqueezeSAM)
+    mask = seg.refine(prompts[1]["box"])                   # the promptable path, same image embedding
+
+The universal model's promptable path (box / clicks) is its base model's, so an automatic first box
+or click can be refined with the usual corrective clicks (:meth:`AutoSegmenter.refine`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from medseg.errors import InputError
+from medseg.infer.predictor import Predictor
+from medseg.infer.preprocess import logits_to_input_size
+
+
+@dataclass
+class AutoResult:
+    """labels: (H, W) uint8 label map (task class ids, 0 background); probabilities: (K, H, W) float32
+    sigmoid of each class's logits; classes: {id: name} in the order of ``probabilities``."""
+
+    labels: np.ndarray
+    probabilities: np.ndarray
+    classes: dict[int, str]
+    task: str
+
+
+class AutoSegmenter(Predictor):
+    """A :class:`Predictor` over a universal model: ``segment(image, task)`` needs no prompt;
+    ``predict`` / ``refine`` take prompts on the last image as usual."""
+
+    def __init__(self, model, device: str | torch.device | None = None) -> None:
+        from medseg.models.universal import UniversalSegmenter
+
+        if not isinstance(model, UniversalSegmenter):
+            raise InputError("automatic segmentation needs a universal model (e.g. --model universal with a "
+                             "--checkpoint trained by the 'universal' objective)")
+        super().__init__(model, device)
+
+    @property
+    def tasks(self):
+        return self.model.tasks
+
+    def modality_for(self, task: str) -> str | None:
+        """The normalisation the task was trained with (CT/MR window or min-max)."""
+        from medseg.infer.preprocess import MODALITY_WINDOWS
+
+        modality = self.model.automatic.task(task).modality.upper()
+        return modality if modality in MODALITY_WINDOWS else None
+
+    @torch.no_grad()
+    def segment(self, image: np.ndarray, task: str) -> AutoResult:
+        """image (H, W) or (H, W, C) -> every class of ``task`` (an InputError names an unknown task)."""
+        info = self.model.automatic.task(task)
+        self.set_image(image, self.modality_for(task))
+        return self.segment_embedding(task, info)
+
+    @torch.no_grad()
+    def segment_embedding(self, task: str, info=None) -> AutoResult:
+        """Segment the image last given to ``set_image`` / ``set_embedding``."""
+        from medseg.models.universal import label_map
+
+        info = info or self.model.automatic.task(task)
+        logits, _, _ = self.model.segment(self.embedding, [task])
+        full = logits_to_input_size(logits[:, 0][None].float(), self.record)[0]   # (K, H, W)
+        labels = label_map(full, list(info.classes)).to(torch.uint8)
+        return AutoResult(labels.cpu().numpy(), torch.sigmoid(full).cpu().numpy(), dict(info.classes), task)
+
+    def refine(self, box: np.ndarray | None = None, points: np.ndarray | None = None,
+               point_labels: np.ndarray | None = None) -> np.ndarray:
+        """Promptable segmentation of the current image from an (automatic) box and/or clicks -> bool (H, W)."""
+        return self.predict(box=box, points=points, point_labels=point_labels).masks[0, 0]
+
+
+def first_prompts(labels: np.ndarray) -> dict[int, dict[str, np.ndarray]]:
+    """Automatic first prompts from an automatic label map (SqueezeSAM's automatic first click).
+
+    For each class id present: ``"box"`` (4,) x0, y0, x1, y1 around its largest connected component
+    and ``"point"`` (2,) x, y at that component's most interior pixel (largest distance to its edge).
+    Coordinates in the label map's pixels.
+    """
+    from scipy import ndimage
+
+    out = {}
+    for cid in [int(v) for v in np.unique(labels) if v > 0]:
+        comps, n = ndimage.label(labels == cid)
+        sizes = np.bincount(comps.ravel())[1:]
+        largest = comps == (int(np.argmax(sizes)) + 1)
+        ys, xs = np.nonzero(largest)
+        depth = ndimage.distance_transform_edt(np.pad(largest, 1))[1:-1, 1:-1]
+        y, x = np.unravel_index(int(np.argmax(depth)), depth.shape)
+        out[cid] = {"box": np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=np.float64),
+                    "point": np.array([x, y], dtype=np.float64)}
+    return out

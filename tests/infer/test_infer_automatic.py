@@ -1,0 +1,60 @@
+"""Automatic segmentation with a universal model (no prompt) and its automatic first prompts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medseg.errors import InputError
+from medseg.infer.automatic import AutoSegmenter, first_prompts
+from medseg.models import build_model
+
+
+@pytest.fixture
+def segmenter() -> AutoSegmenter:
+    torch.manual_seed(0)
+    model = build_model("universal-tiny")
+    model.automatic.add_task("fundus", "fundus", {1: "disc", 2: "cup"})
+    with torch.no_grad():  # a bias that makes the cup win everywhere: the label map is all 2
+        model.automatic.decoder.output_hypernetworks_mlps[0].layers[-1].bias.fill_(0.0)
+    return AutoSegmenter(model, device="cpu")
+
+
+def test_segment_returns_every_class_at_the_image_resolution(segmenter):
+    image = np.random.default_rng(0).integers(0, 255, (40, 52, 3)).astype(np.uint8)
+    result = segmenter.segment(image, "fundus")
+    assert result.labels.shape == (40, 52) and result.labels.dtype == np.uint8
+    assert set(np.unique(result.labels)) <= {0, 1, 2}
+    assert result.probabilities.shape == (2, 40, 52) and result.classes == {1: "disc", 2: "cup"}
+    best = result.probabilities.argmax(0) + 1
+    above = result.probabilities.max(0) > 0.5
+    np.testing.assert_array_equal(result.labels, np.where(above, best, 0))
+
+
+def test_refine_uses_the_promptable_path_on_the_same_image(segmenter):
+    image = np.random.default_rng(1).integers(0, 255, (40, 52)).astype(np.uint8)
+    segmenter.segment(image, "fundus")
+    mask = segmenter.refine(box=np.array([5, 5, 30, 30]))
+    assert mask.shape == (40, 52) and mask.dtype == bool
+
+
+def test_unknown_task_and_non_universal_model_are_clear_errors(segmenter):
+    with pytest.raises(InputError, match="unknown task 'liver'"):
+        segmenter.segment(np.zeros((8, 8)), "liver")
+    with pytest.raises(InputError, match="needs a universal model"):
+        AutoSegmenter(build_model("litemedsam-tiny"))
+
+
+def test_first_prompts_box_the_largest_component_and_click_its_interior():
+    labels = np.zeros((30, 40), dtype=np.uint8)
+    labels[2:5, 2:5] = 1                     # a small blob of class 1
+    labels[10:28, 5:35] = 1                  # the largest component of class 1
+    labels[10:28, 5:15] = 0                  # ... an L-free rectangle 10..27 x 15..34
+    labels[0:3, 30:40] = 2
+    prompts = first_prompts(labels)
+    assert set(prompts) == {1, 2}
+    np.testing.assert_array_equal(prompts[1]["box"], [15, 10, 34, 27])
+    x, y = prompts[1]["point"].astype(int)
+    assert labels[y, x] == 1 and 15 < x < 34 and 10 < y < 27
+    assert first_prompts(np.zeros((5, 5), dtype=np.uint8)) == {}
