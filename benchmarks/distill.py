@@ -29,8 +29,6 @@ JSON shape: ``{"zero_shot": {NAME: {"teacher_dice", "student_dice"}}, "finetuned
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import shutil
 import sys
 import tempfile
@@ -38,7 +36,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DEFAULT_DATA, REPO, THREADS, require_data, set_threads, write_json  # noqa: E402
+from _common import DEFAULT_DATA, REPO, THREADS, require_data, set_threads, timed_train, write_json  # noqa: E402
 
 import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
@@ -49,7 +47,7 @@ from medseg.eval.report import Report  # noqa: E402
 from medseg.infer import Predictor  # noqa: E402
 from medseg.models import build_model  # noqa: E402
 from medseg.models.build import DISTILLED, load_encoder_weights  # noqa: E402
-from medseg.train import load_config, train  # noqa: E402
+from medseg.train import load_config  # noqa: E402
 from medseg.train.embeddings import CachedPredictor, build_embeddings, default_cache_dir  # noqa: E402
 
 CONFIG = REPO / "configs" / "distill_hr_small.yaml"
@@ -65,23 +63,6 @@ DEVICE_SETTINGS = {
     "cpu": ["train.batch_size=4", "train.amp=off", "data.augment=false", "data.num_workers=0"],
 }
 COMMON = ["train.progress=false", "train.log_every=50", "distill.val_sources=[]"]
-
-
-def timed_train(config, run_dir: Path, budget: float) -> dict:
-    """train() for about ``budget`` seconds: one timed epoch, then resume for the epochs that fit."""
-    start = time.perf_counter()
-    first = train(dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=100)), run_dir,
-                  overwrite=True, stop_after=1)
-    spent = time.perf_counter() - start
-    epoch = next(h["seconds"] for h in first["history"] if h["epoch"] == 1)
-    more = int((budget - spent) // (epoch * 1.05 + 0.5))
-    result = first
-    if more >= 1:
-        result = train(dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=1 + more)),
-                       run_dir, resume=True)
-    return {"epochs": sum(1 for h in result["history"] if h["epoch"] > 0), "steps": len(result["steps"]),
-            "seconds": round(time.perf_counter() - start, 1), "best_val_dice": result["best_dice"],
-            "first_loss": result["steps"][0]["loss"], "last_loss": result["steps"][-1]["loss"]}
 
 
 def distil(args, out: Path, work: Path) -> dict:
@@ -108,7 +89,7 @@ def distil(args, out: Path, work: Path) -> dict:
     if config.data.num_workers and shutil.disk_usage("/dev/shm").free < 4 * 2**30:
         torch.multiprocessing.set_sharing_strategy("file_system")  # a small /dev/shm cannot hold the batches
     run = work / "distill_run"
-    summary = timed_train(config, run, args.budget)
+    summary = {k: v for k, v in timed_train(config, run, args.budget).items() if k != "checkpoint"}
     state = {k: v for k, v in _load(run / "latest.safetensors").items() if k.startswith("image_encoder.")}
     out.mkdir(parents=True, exist_ok=True)
     save_file(state, str(out / "student_encoder.safetensors"))
@@ -199,7 +180,7 @@ def finetune(args, encoder: Path, work: Path) -> dict:
         for kind in ("teacher", "student"):
             config = _finetune_config(kind, root, encoder, work, args.quick)
             run = work / f"{name}_{kind}"
-            row[f"{kind}_training"] = timed_train(config, run, budget)
+            row[f"{kind}_training"] = {k: v for k, v in timed_train(config, run, budget).items() if k != "checkpoint"}
             model = build_model(config.model.name, checkpoint=run / "best.safetensors")
             if kind == "teacher":
                 store = build_embeddings(model, cases, default_cache_dir(), label=f"{name}-test-all")

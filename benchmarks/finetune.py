@@ -26,6 +26,12 @@ Budget: one ``train()`` epoch is run and timed, then the run resumes for as many
 what is left (the loop itself is not changed); the seconds actually spent are reported.
 
     python benchmarks/finetune.py [--quick] [--json OUT] [--cache DIR] [--sets kvasir_seg busi]
+    python benchmarks/finetune.py --whole-model --device cuda --budget 200 --sets kvasir_seg busi
+
+``--whole-model`` (a GPU's job: one step of the whole model costs ~30 s at batch 4 on the 2-core CPU):
+zero-shot against whole-model fine-tuning (encoder included, augmented images, bf16 autocast on CUDA,
+``WHOLE_MODEL_SETTINGS``), test box Dice with the encoder run on the device; writes
+``benchmarks/results/finetune_whole_model.json``.
 
 ``--quick``: ``QUICK_COUNTS`` evenly spaced train / val / test images per set (a folder of links in
 a temporary directory), ``QUICK_BUDGET_S`` per method and set, batch 4. Its Dice values are noisy
@@ -45,7 +51,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DEFAULT_DATA, REPO, THREADS, require_data, set_threads, write_json  # noqa: E402
+from _common import DEFAULT_DATA, REPO, THREADS, require_data, set_threads, timed_train, write_json  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -59,7 +65,7 @@ from medseg.eval.report import Report  # noqa: E402
 from medseg.io import read_label  # noqa: E402
 from medseg.models import build_model  # noqa: E402
 from medseg.models.unet import predict_mask  # noqa: E402
-from medseg.train import load_config, train  # noqa: E402
+from medseg.train import load_config  # noqa: E402
 from medseg.train.cached import split_embeddings  # noqa: E402
 from medseg.train.embeddings import CACHE_ENV, CachedPredictor, build_embeddings, default_cache_dir  # noqa: E402
 
@@ -94,25 +100,6 @@ def subset_folder(source: Path, target: Path, counts: dict[str, int]) -> Path:
         splits[split] = [c.stem for c in cases]
     (target / "splits.json").write_text(json.dumps(splits))
     return target
-
-
-def timed_train(config, run_dir: Path, budget: float) -> dict:
-    """train() for about ``budget`` seconds: one timed epoch, then resume for the epochs that fit."""
-    start = time.perf_counter()
-    first = train(dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=10)), run_dir,
-                  overwrite=True, stop_after=1)
-    spent = time.perf_counter() - start
-    epoch = next(h["seconds"] for h in first["history"] if h["epoch"] == 1)
-    setup = max(0.0, spent - epoch)  # model, datasets, epoch-0 validation, first checkpoints
-    more = int((budget - spent - setup) // (epoch * 1.1 + 0.5))
-    result = first
-    if more >= 1:
-        final = dataclasses.replace(config.train, epochs=1 + more)
-        result = train(dataclasses.replace(config, train=final), run_dir, resume=True)
-    best = max(result["history"], key=lambda h: -1 if h["val_dice"] is None else h["val_dice"])
-    return {"epochs": sum(1 for h in result["history"] if h["epoch"] > 0), "steps": result["history"][-1]["step"],
-            "seconds": round(time.perf_counter() - start, 1), "best_val_dice": result["best_dice"],
-            "best_epoch": best["epoch"], "checkpoint": run_dir / "best.safetensors"}
 
 
 def box_dice(model, store, cases, root: Path) -> tuple[float | None, int]:
@@ -170,14 +157,14 @@ def run_set(name: str, root: Path, work: Path, budget: float, cache: Path, quick
 
     zero_shot, misses = box_dice(model, test_store, test_cases, root)
     print(f"{name}: zero-shot box Dice {_fmt(zero_shot)}", flush=True)
-    finetune = timed_train(ft_config, work / f"{name}_finetune", budget)
+    finetune = timed_train(ft_config, work / f"{name}_finetune", budget, first_epochs=10)
     tuned = build_model(ft_config.model.name, checkpoint=finetune["checkpoint"])
     finetuned, misses2 = box_dice(tuned, test_store, test_cases, root)
     print(f"{name}: fine-tuned box Dice {_fmt(finetuned)} ({finetune['epochs']} epochs, {finetune['seconds']} s)",
           flush=True)
 
     clicks_config = load_config(FINETUNE_CONFIG, overrides + CLICK_SETTINGS)
-    clicked = timed_train(clicks_config, work / f"{name}_clicks", budget)
+    clicked = timed_train(clicks_config, work / f"{name}_clicks", budget, first_epochs=10)
     click_model = build_model(clicks_config.model.name, checkpoint=clicked["checkpoint"])
     with_clicks = {"zero_shot_point_dice": click_dice(model, test_store, with_fg),
                    "click_finetuned_point_dice": click_dice(click_model, test_store, with_fg),
@@ -188,7 +175,7 @@ def run_set(name: str, root: Path, work: Path, budget: float, cache: Path, quick
           f"{_fmt(with_clicks['click_finetuned_box_dice'])}", flush=True)
 
     u_config = load_config(UNET_CONFIG, overrides)
-    unet = timed_train(u_config, work / f"{name}_unet", budget)
+    unet = timed_train(u_config, work / f"{name}_unet", budget, first_epochs=10)
     u_dice = unet_dice(build_model(u_config.model.name, checkpoint=unet["checkpoint"]), test_cases, root)
     print(f"{name}: U-Net Dice {_fmt(u_dice)} ({unet['epochs']} epochs, {unet['seconds']} s)", flush=True)
     clean = lambda r: {k: v for k, v in r.items() if k != "checkpoint"}  # noqa: E731
@@ -198,6 +185,55 @@ def run_set(name: str, root: Path, work: Path, budget: float, cache: Path, quick
             "images": {"train": len(find_cases(root, "train")), "val": len(find_cases(root, "val")),
                        "test": len(test_cases), "test_empty_gt": len(test_cases) - len(with_fg),
                        "train_embedded": len(train_cases), "val_embedded": len(val_cases)}}
+
+
+WHOLE_MODEL_SETTINGS = ["model.trainable=all", "optim.lr=2e-5", "optim.warmup_steps=50", "train.batch_size=16",
+                        "data.augment=true", "data.box_jitter=0.1", "data.num_workers=4", "train.amp=auto",
+                        "train.progress=false", "train.log_every=1000"]
+
+
+def run_whole_model(name: str, root: Path, work: Path, budget: float, device: str, weights: Path | None) -> dict:
+    """Whole-model fine-tuning (encoder included, augmented images, bf16 on CUDA) for ``budget`` seconds;
+    zero-shot and fine-tuned test box Dice with the image encoder run on ``device`` (no cache)."""
+    from medseg.infer import Predictor
+
+    start_from = [f"model.checkpoint={weights}", "model.pretrained=false"] if weights else []
+    config = load_config(REPO / "configs" / "finetune_decoder_kvasir.yaml",
+                         [f"data.root={root}", f"train.device={device}", *WHOLE_MODEL_SETTINGS, *start_from])
+    base = build_model("litemedsam", pretrained=weights is None, checkpoint=weights)
+
+    def dice(model) -> float:
+        predictor = Predictor(model, device=device)
+        rows = [row for case in find_cases(root, "test") for row in evaluate_case(predictor, case)[0]]
+        return Report(str(root), "test", "box", cases=rows).summary["dice"]
+
+    zero_shot = dice(base)
+    print(f"{name}: zero-shot box Dice {_fmt(zero_shot)} ({device})", flush=True)
+    run = timed_train(config, work / f"{name}_whole", budget)
+    tuned = dice(build_model("litemedsam", checkpoint=run["checkpoint"]))
+    print(f"{name}: whole-model fine-tuned box Dice {_fmt(tuned)} ({run['epochs']} epochs, {run['steps']} steps, "
+          f"{run['seconds']} s)", flush=True)
+    return {"zero_shot_dice": zero_shot, "whole_model_dice": tuned, "budget_s": budget,
+            "training": {k: v for k, v in run.items() if k != "checkpoint"}}
+
+
+def whole_model_main(args) -> int:
+    budget = args.budget or BUDGET_S
+    start = time.time()
+    datasets = {}
+    with tempfile.TemporaryDirectory(prefix="medseg_whole_") as tmp:
+        for name in args.sets:
+            datasets[name] = run_whole_model(name, args.data / name, Path(tmp), budget, args.device, args.weights)
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+    result = {"datasets": datasets, "device": device, "torch": torch.__version__, "budget_s": budget,
+              "settings": WHOLE_MODEL_SETTINGS, "weights": str(args.weights.name) if args.weights else "published",
+              "seconds": round(time.time() - start, 1)}
+    print(f"\n{'dataset':<14}{'zero-shot':>10}{'whole model':>13}   (test box Dice; {budget:.0f} s on {device})")
+    for name, r in datasets.items():
+        print(f"{name:<14}{r['zero_shot_dice']:>10.4f}{r['whole_model_dice']:>13.4f}")
+    out = args.json or REPO / "benchmarks" / "results" / "finetune_whole_model.json"
+    print(f"\nwrote {write_json(result, out)} ({result['seconds']:.0f} s)")
+    return 0
 
 
 def print_table(result: dict) -> None:
@@ -225,7 +261,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared data folder")
     parser.add_argument("--cache", type=Path, default=None, help="embedding cache (default ~/.cache/medseg/embeddings)")
     parser.add_argument("--sets", nargs="+", default=SETS, choices=SETS, help="datasets to run")
+    parser.add_argument("--whole-model", action="store_true",
+                        help="instead: zero-shot vs whole-model fine-tuning (a GPU's job; --device cuda)")
+    parser.add_argument("--device", default="cpu", help="with --whole-model: cpu or cuda")
+    parser.add_argument("--budget", type=float, help=f"with --whole-model: seconds per set (default {BUDGET_S})")
+    parser.add_argument("--weights", type=Path,
+                        help="with --whole-model: LiteMedSAM weights file (e.g. a float16 safetensors copy where the "
+                             "package is not installed); default the published ones")
     args = parser.parse_args(argv)
+    if args.whole_model:
+        set_threads()
+        torch.manual_seed(0)
+        return whole_model_main(args)
     require_data(args.data)
     cache = (args.cache or default_cache_dir()).expanduser().resolve()
     if cache == args.data.resolve() or args.data.resolve() in cache.parents:

@@ -77,7 +77,8 @@ class RunLog:
         if self.tb is not None:
             if row["val_dice"] is not None:
                 self.tb.add_scalar("val/dice", row["val_dice"], row["step"])
-            self.tb.add_scalar("train/epoch_loss", row["train_loss"], row["step"])
+            if row["train_loss"] is not None:  # epoch 0 (the starting weights) has no training loss
+                self.tb.add_scalar("train/epoch_loss", row["train_loss"], row["step"])
             self.tb.flush()
         atomic_write_bytes(self.run_dir / "curves.png", curves_png(self.epochs))
 
