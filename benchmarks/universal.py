@@ -8,14 +8,17 @@ embedding ~1100 images on a 2-core CPU):
    self-prompt, its own mask decoder) trained on kvasir_seg, ph2_derm, dsb2018_nuclei, busi and
    drishti_gs1_odoc together for ``BUDGET_PER_TASK_S`` x 5 seconds;
 2. **adding a task**: isbi2012_em added to that checkpoint for ``BUDGET_PER_TASK_S`` seconds with new
-   tokens only (``universal.train_shared: false``, old tokens frozen); forgetting = the old tasks'
-   test Dice before minus after;
+   tokens only (``universal.train_shared: false``, old tokens frozen; ``EXTEND["tokens"]``); forgetting
+   = the old tasks' test Dice before minus after. For comparison, the same with the shared head
+   trainable and the old tasks' data replayed (``EXTEND["replay"]``);
 3. **per-dataset automatic**: the same architecture trained on one task at a time, ``BUDGET_PER_TASK_S``
    each (the same total budget as 1 + 2);
 4. **MONAI U-Net** per dataset (``configs/unet_kvasir.yaml`` settings), ``BUDGET_PER_TASK_S`` each; for
    drishti one U-Net per class (disc, cup) at half the budget each, combined into one label map;
 5. **prompted reference**: published LiteMedSAM given one ground-truth box per object (``medseg
-   evaluate``'s protocol); it is told where every object is, so it is a reference, not a competitor.
+   evaluate``'s protocol); it is told where every object is, so it is a reference, not a competitor;
+6. **automatic first box**: the box around the largest component of each class of the universal
+   model's label map, handed to the promptable path (LiteMedSAM's decoder): no ground truth used.
 
 Scores: test split, mean per-case, per-class Dice at each image's own resolution (Dice 1 where a class
 is absent from both; busi's normal images stay in for the automatic methods and have no box for the
@@ -32,7 +35,7 @@ JSON shape: ``{"datasets": {NAME: {"universal_dice", "per_dataset_dice", "unet_d
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import json
 import os
 import sys
 import tempfile
@@ -50,7 +53,7 @@ from medseg.eval.datasets import find_cases  # noqa: E402
 from medseg.eval.evaluate import evaluate_case  # noqa: E402
 from medseg.eval.loader import io_loader, slice_hwc  # noqa: E402
 from medseg.eval.report import Report  # noqa: E402
-from medseg.infer.automatic import AutoSegmenter  # noqa: E402
+from medseg.infer.automatic import AutoSegmenter, first_prompts  # noqa: E402
 from medseg.io import read_label  # noqa: E402
 from medseg.models import build_model  # noqa: E402
 from medseg.models.unet import predict_mask  # noqa: E402
@@ -61,6 +64,12 @@ UNIVERSAL_CONFIG = REPO / "configs" / "universal_2d.yaml"
 UNET_CONFIG = REPO / "configs" / "unet_kvasir.yaml"
 BASE_TASKS = ["kvasir_seg", "ph2_derm", "dsb2018_nuclei", "busi", "drishti_gs1_odoc"]
 NEW_TASK = "isbi2012_em"
+# Adding a task. "tokens" (the default way, chosen before any test figure): only the new task's tokens
+# train, so the old tasks cannot change; prompt tuning needs a larger step than the head (lr 1e-2).
+# "replay": the shared head trains too, on the new task (half the draws) and the old tasks' data.
+EXTEND = {"tokens": ["universal.train_shared=false", "optim.lr=1e-2", "optim.warmup_steps=10",
+                     "universal.epoch_size=160"],
+          "replay": ["universal.epoch_size=160"]}
 BUDGET_PER_TASK_S = 100
 STEPS_PER_EPOCH = 20          # short epochs: the time budget is met to within one epoch
 COMMON = ["train.steps_per_epoch=20", "train.log_every=5", "data.val_limit=8", "train.seed=0"]
@@ -88,16 +97,23 @@ def test_store(model, task: TaskSource, limit: int | None) -> tuple[list, Embedd
     return cases, store
 
 
-def auto_dice(checkpoint: Path, task: TaskSource, cases, store: EmbeddingStore) -> float:
-    """Mean per-case, per-class test Dice of a universal checkpoint's automatic label maps."""
+def auto_dice(checkpoint: Path, task: TaskSource, cases, store: EmbeddingStore, refine: bool = False):
+    """Mean per-case, per-class test Dice of a universal checkpoint's automatic label maps; with
+    ``refine`` also (second value) of the masks the promptable path makes from the automatic first box
+    of each class (SqueezeSAM: an automatic first prompt, no ground truth used)."""
     seg = AutoSegmenter(build_model("universal", checkpoint=checkpoint), device="cpu")
-    scores = []
+    scores, refined = [], []
     for case in cases:
         seg.set_embedding(store.embedding(case.stem)[None], store.original_hw(case.stem))
         labels = seg.segment_embedding(task.name).labels
         truth = read_label(case.mask_path).array[0]
         scores += [_dice(labels == c, truth == c) for c in task.classes]
-    return float(np.mean(scores))
+        if refine:
+            prompts = first_prompts(labels)
+            for c in task.classes:
+                mask = seg.refine(box=prompts[c]["box"]) if c in prompts else np.zeros(truth.shape, bool)
+                refined.append(_dice(mask, truth == c))
+    return (float(np.mean(scores)), float(np.mean(refined))) if refine else float(np.mean(scores))
 
 
 def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -139,6 +155,8 @@ def main() -> int:
     parser.add_argument("--budget", type=float, help=f"seconds per task (default {BUDGET_PER_TASK_S})")
     parser.add_argument("--work", type=Path, help="keep the run folders here (default: a temporary folder)")
     parser.add_argument("--json", type=Path, help="output JSON (default benchmarks/results/universal[_quick].json)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="reuse runs already finished in --work (their summary.json); scores are recomputed")
     args = parser.parse_args()
     require_data(args.data)
     set_threads()
@@ -151,27 +169,47 @@ def main() -> int:
         work.mkdir(parents=True, exist_ok=True)
         tasks_path = task_file(args.data.resolve(), work)
         tasks = load_tasks(tasks_path)
+
+        def run(config, name: str, seconds: float) -> dict:
+            """timed_train, or with --reuse the summary of an earlier run of the same name in --work."""
+            summary = work / name / "summary.json"
+            if args.reuse and summary.is_file():
+                print(f"\n(reusing {work / name}: {summary.read_text().strip()[:120]}...)")
+                return {**json.loads(summary.read_text()), "reused": True}
+            result = timed_train(config, work / name, seconds)
+            summary.write_text(json.dumps({**result, "checkpoint": str(result["checkpoint"])}))
+            return result
         encoder = build_model("universal", pretrained=True)
         tests = {name: test_store(encoder, tasks[name], test_limit) for name in [*base, NEW_TASK]}
         rows = {name: {"classes": {str(k): v for k, v in tasks[name].classes.items()}} for name in tests}
 
         print(f"\n== universal: {', '.join(base)} ({budget * len(base):.0f} s) ==")
         config = universal_config(tasks_path, [f"universal.train_tasks=[{', '.join(base)}]"], args.device, args.quick)
-        uni = timed_train(config, work / "universal", budget * len(base))
+        uni = run(config, "universal", budget * len(base))
         before = {name: auto_dice(uni["checkpoint"], tasks[name], *tests[name]) for name in base}
 
-        print(f"\n== adding {NEW_TASK} (new tokens only, {budget:.0f} s) ==")
-        config = universal_config(tasks_path, [f"universal.train_tasks=[{NEW_TASK}]", "universal.train_shared=false",
-                                               f"model.checkpoint={uni['checkpoint']}"], args.device, args.quick)
-        added = timed_train(config, work / "universal_added", budget)
-        after = {name: auto_dice(added["checkpoint"], tasks[name], *tests[name]) for name in [*base, NEW_TASK]}
+        variants, adding = {}, {}
+        for way, settings in EXTEND.items():
+            print(f"\n== adding {NEW_TASK} ({way}, {budget:.0f} s) ==")
+            extra = [f"universal.replay=[{', '.join(base)}]", f"universal.weights=[{len(base)}, {', '.join('1' * len(base))}]"
+                     ] if way == "replay" else []
+            config = universal_config(tasks_path, [f"universal.train_tasks=[{NEW_TASK}]", *settings, *extra,
+                                                   f"model.checkpoint={uni['checkpoint']}"], args.device, args.quick)
+            variants[way] = run(config, f"universal_added_{way}", budget)
+            scores = {name: auto_dice(variants[way]["checkpoint"], tasks[name], *tests[name], refine=way == "tokens")
+                      for name in [*base, NEW_TASK]}
+            adding[way] = scores
+        final = adding["tokens"]
+        after = {name: d for name, (d, _) in final.items()}
         forgetting = {name: round(before[name] - after[name], 4) for name in base}
+        replay_forgetting = {name: round(before[name] - adding["replay"][name], 4) for name in base}
 
-        per_dataset, unet, training = {}, {}, {"universal": _plain(uni), "added": _plain(added)}
+        per_dataset, unet = {}, {}
+        training = {"universal": _plain(uni), **{f"added_{w}": _plain(v) for w, v in variants.items()}}
         for name in [*base, NEW_TASK]:
             print(f"\n== {name}: per-dataset automatic and U-Net ({budget:.0f} s each) ==")
             config = universal_config(tasks_path, [f"universal.train_tasks=[{name}]"], args.device, args.quick)
-            single = timed_train(config, work / f"single_{name}", budget)
+            single = run(config, f"single_{name}", budget)
             per_dataset[name] = auto_dice(single["checkpoint"], tasks[name], *tests[name])
             classes = list(tasks[name].classes)
             nets = {}
@@ -180,7 +218,7 @@ def main() -> int:
                 u_config = load_config(UNET_CONFIG, [f"data.root={tasks[name].root}", f"data.foreground_ids={fg}",
                                                      f"train.device={args.device}", *COMMON,
                                                      *(QUICK["settings"] if args.quick else [])])
-                nets[cid] = timed_train(u_config, work / f"unet_{name}_{cid}", budget / len(classes))
+                nets[cid] = run(u_config, f"unet_{name}_{cid}", budget / len(classes))
             unet[name] = unet_dice({cid: n["checkpoint"] for cid, n in nets.items()}, tasks[name], tests[name][0])
             training[name] = {"per_dataset": _plain(single), "unet": {str(c): _plain(n) for c, n in nets.items()}}
 
@@ -188,15 +226,21 @@ def main() -> int:
             rows[name].update({
                 "universal_dice": round(after[name], 4), "universal_dice_before_adding": (
                     round(before[name], 4) if name in before else None),
+                "auto_box_refined_dice": round(final[name][1], 4),
                 "per_dataset_dice": round(per_dataset[name], 4), "unet_dice": round(unet[name], 4),
                 "prompted_reference_dice": round(reference_dice(tasks[name], *tests[name]), 4),
                 "test_cases": len(tests[name][0]), "added_later": name == NEW_TASK})
     mean = {k: round(float(np.mean([r[k] for r in rows.values()])), 4)
-            for k in ("universal_dice", "per_dataset_dice", "unet_dice", "prompted_reference_dice")}
+            for k in ("universal_dice", "auto_box_refined_dice", "per_dataset_dice", "unet_dice",
+                      "prompted_reference_dice")}
     result = {"threads": THREADS, "torch": torch.__version__, "device": args.device, "quick": args.quick,
               "budget_per_task_s": budget, "datasets": rows, "mean": mean,
               "forgetting": {"per_task": forgetting, "mean": round(float(np.mean(list(forgetting.values()))), 4),
-                             "max": round(float(max(forgetting.values())), 4)},
+                             "max": round(float(max(forgetting.values())), 4), "way": "tokens"},
+              "adding_replay": {"new_task_dice": round(adding["replay"][NEW_TASK], 4),
+                                "forgetting": {"per_task": replay_forgetting,
+                                               "mean": round(float(np.mean(list(replay_forgetting.values()))), 4),
+                                               "max": round(float(max(replay_forgetting.values())), 4)}},
               "checkpoints": {"universal": 1, "per_dataset": len(rows), "unet": sum(len(t["unet"]) for n, t in
                                                                                     training.items() if n in rows)},
               "training": training, "seconds": round(time.perf_counter() - start, 1)}
@@ -216,16 +260,15 @@ def _plain(summary: dict) -> dict:
 def print_table(result: dict) -> None:
     print(f"\ntest Dice, automatic (no prompt) unless marked; {result['budget_per_task_s']:.0f} s per task, "
           f"{result['threads']} threads, {result['device']}")
-    print(f"{'dataset':<20}{'universal':>10}{'per-dataset':>12}{'U-Net':>8}{'box-prompted ref.':>19}")
-    for name, r in result["datasets"].items():
-        mark = " (added)" if r["added_later"] else ""
-        print(f"{name + mark:<20}{r['universal_dice']:>10.3f}{r['per_dataset_dice']:>12.3f}{r['unet_dice']:>8.3f}"
-              f"{r['prompted_reference_dice']:>19.3f}")
-    m = result["mean"]
-    print(f"{'mean':<20}{m['universal_dice']:>10.3f}{m['per_dataset_dice']:>12.3f}{m['unet_dice']:>8.3f}"
-          f"{m['prompted_reference_dice']:>19.3f}")
-    f = result["forgetting"]
-    print(f"forgetting after adding a task: mean {f['mean']:+.4f}, max {f['max']:+.4f} Dice  ({f['per_task']})")
+    print(f"{'dataset':<22}{'universal':>10}{'+auto box':>10}{'per-dataset':>12}{'U-Net':>8}{'GT-box ref.':>12}")
+    for name, r in [*result["datasets"].items(), ("mean", result["mean"])]:
+        mark = " (added)" if r.get("added_later") else ""
+        print(f"{name + mark:<22}{r['universal_dice']:>10.3f}{r['auto_box_refined_dice']:>10.3f}"
+              f"{r['per_dataset_dice']:>12.3f}{r['unet_dice']:>8.3f}{r['prompted_reference_dice']:>12.3f}")
+    f, r = result["forgetting"], result["adding_replay"]
+    print(f"forgetting after adding {NEW_TASK} (new tokens only): mean {f['mean']:+.4f}, max {f['max']:+.4f} Dice")
+    print(f"adding it with the shared head + replay instead: new-task Dice {r['new_task_dice']:.3f}, forgetting "
+          f"mean {r['forgetting']['mean']:+.4f}, max {r['forgetting']['max']:+.4f}")
 
 
 def save_figure(result: dict, path: Path) -> None:

@@ -162,10 +162,10 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     if not model.tasks:
         print(f"{args.checkpoint}: no tasks (train it with the 'universal' objective)")
         return 0
-    print(f"{'task':<22}{'modality':<24}classes")
+    print(f"{'task':<22}{'modality':<22}{'window':<8}classes")
     for task in model.tasks.values():
         names = ", ".join(f"{k} {v}" for k, v in task.classes.items())
-        print(f"{task.name:<22}{task.modality:<24}{names}")
+        print(f"{task.name:<22}{task.modality:<22}{task.window or '-':<8}{names}")
     return 0
 
 

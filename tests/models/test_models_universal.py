@@ -118,3 +118,29 @@ def test_universal_hr_decodes_from_the_embedding_alone():
     assert model.automatic.decoder.fusion is None and model.uses_features  # the promptable path keeps it
     logits, coarse, _ = model.segment(torch.randn(1, 256, 64, 64), ["a"])
     assert logits.shape == (1, 1, 1024, 1024) and coarse.shape == (1, 1, 64, 64)
+
+
+def test_the_self_prompt_enters_through_its_gate():
+    model = tiny_with_tasks().eval()
+    head, emb = model.automatic, torch.randn(1, 256, 16, 16)
+    before = model.segment(emb, ["polyps"])[0]
+    with torch.no_grad():
+        head.coarse_features[-1].bias.add_(3.0)  # a different coarse mask ...
+    torch.testing.assert_close(model.segment(emb, ["polyps"])[0], before)  # ... ignored while the gate is 0
+    with torch.no_grad():
+        head.self_prompt_gate.fill_(1.0)
+    assert not torch.allclose(model.segment(emb, ["polyps"])[0], before)
+
+
+def test_the_window_travels_in_the_task_table(tmp_path):
+    model = build_model("universal-tiny")
+    model.automatic.add_task("ct", "CT", {1: "liver"}, window="CT")
+    model.automatic.add_task("slices", "CT", {1: "liver"})
+    path = tmp_path / "w.safetensors"
+    save_file(model.state_dict(), str(path))
+    again = build_model("universal-tiny", checkpoint=path)
+    assert again.tasks["ct"].window == "CT" and again.tasks["slices"].window is None
+    from medseg.infer.automatic import AutoSegmenter
+
+    seg = AutoSegmenter(again, device="cpu")
+    assert seg.modality_for("ct") == "CT" and seg.modality_for("slices") is None

@@ -59,12 +59,23 @@ def test_task_file_resolves_roots_modalities_and_classes(tasks_file):
     assert tasks["blobs"].normalisation is None
 
 
+def test_window_follows_the_modality_unless_the_task_file_says_otherwise(tasks_file):
+    entries = {"ct": {"root": "blobs", "modality": "CT"}, "mr": {"root": "blobs", "modality": "mr"},
+               "png_ct": {"root": "blobs", "modality": "CT", "window": "none"},
+               "forced": {"root": "blobs", "modality": "microscopy", "window": "MR"}}
+    path = tasks_file.parent / "windows.yaml"
+    path.write_text(yaml.safe_dump(entries))
+    tasks = load_tasks(path)
+    assert {n: t.normalisation for n, t in tasks.items()} == {"ct": "CT", "mr": "MR", "png_ct": None, "forced": "MR"}
+
+
 @pytest.mark.parametrize("entry, message", [
     ({"x": {"modality": "CT"}}, "needs a 'root'"),
     ({"x": {"root": "nowhere"}}, "not found"),
     ({"x": {"root": "blobs", "colour": 1}}, "unknown keys"),
     ({"x": {"root": "blobs", "classes": {"a": "b"}}}, "integers"),
     ({"x": {"root": "blobs", "classes": {0: "background"}}}, "no foreground class"),
+    ({"x": {"root": "blobs", "window": "PET"}}, "window 'PET'"),
 ])
 def test_task_file_errors_name_the_file_and_task(tasks_file, entry, message):
     bad = tasks_file.parent / "bad.yaml"

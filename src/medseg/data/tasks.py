@@ -7,13 +7,17 @@ A task file is YAML (or JSON), one entry per task::
       root: ../shared/data/drishti_gs1_odoc
       modality: fundus
       classes: {1: optic_disc, 2: optic_cup}
+    ct_slices:    {root: ../shared/data/ct_organ_slices_demo, modality: CT, window: none}  # 8-bit PNGs
 
 ``root`` is relative to the task file. ``classes`` (label id -> name, background left out) default
 to the dataset's class file (``classes.json``, ``labels.json``, ``dataset.json``), else to the label
 values found in its masks (``class_<id>``). ``modality`` defaults to the dataset's own (nnU-Net
-``channel_names``), else ``"unknown"``. Modality-aware normalisation: a CT or MR task's images get the
-predictor's intensity window (:data:`medseg.infer.preprocess.MODALITY_WINDOWS`); others are min-max
-scaled, as everywhere in medseg.
+``channel_names``), else ``"unknown"``. Modality-aware normalisation (``window``): a CT or MR task's
+images get the predictor's intensity window (:data:`medseg.infer.preprocess.MODALITY_WINDOWS`: CT
+Hounsfield window, MR percentiles) before min-max scaling; other modalities are min-max scaled only.
+``window: none`` turns the window off (CT slices already windowed to 8-bit PNG); ``window: CT`` or
+``MR`` sets it for any modality name. The model stores each task's window, so inference normalises
+as training did.
 """
 
 from __future__ import annotations
@@ -29,19 +33,39 @@ from medseg.errors import InputError
 
 @dataclass(frozen=True)
 class TaskSource:
-    """A task: its name, dataset folder, modality and classes {label id: name} (no background)."""
+    """A task: its name, dataset folder, modality, classes {label id: name} (no background) and the
+    intensity window its images get ("CT", "MR" or None: min-max only)."""
 
     name: str
     root: Path
     modality: str
     classes: dict[int, str]
+    window: str | None = None
 
     @property
     def normalisation(self) -> str | None:
-        """The ``modality`` argument of ``prepare_image``: "CT"/"MR" windows, else None (min-max)."""
-        from medseg.infer.preprocess import MODALITY_WINDOWS
+        """The ``modality`` argument of ``prepare_image``."""
+        return self.window
 
-        return self.modality.upper() if self.modality.upper() in MODALITY_WINDOWS else None
+
+def default_window(modality: str) -> str | None:
+    """"CT" / "MR" for those modalities (their intensity windows), else None."""
+    from medseg.infer.preprocess import MODALITY_WINDOWS
+
+    return modality.upper() if modality.upper() in MODALITY_WINDOWS else None
+
+
+def _window(entry: dict, modality: str, where: str) -> str | None:
+    from medseg.infer.preprocess import MODALITY_WINDOWS
+
+    if "window" not in entry:
+        return default_window(modality)
+    value = entry["window"]
+    if value is None or value is False or str(value).lower() == "none":
+        return None
+    if str(value).upper() not in MODALITY_WINDOWS:
+        raise InputError(f"{where}: window {value!r} is not one of {', '.join(MODALITY_WINDOWS)} or none")
+    return str(value).upper()
 
 
 def scan_label_values(root: Path, limit: int = 400) -> dict[int, str]:
@@ -97,13 +121,14 @@ def load_tasks(path: str | Path) -> dict[str, TaskSource]:
         where = f"{path}: task {name!r}"
         if not isinstance(entry, dict) or "root" not in entry:
             raise InputError(f"{where}: needs a 'root' (the dataset folder)")
-        unknown = set(entry) - {"root", "modality", "classes"}
+        unknown = set(entry) - {"root", "modality", "classes", "window"}
         if unknown:
-            raise InputError(f"{where}: unknown keys {sorted(unknown)}; valid: root, modality, classes")
+            raise InputError(f"{where}: unknown keys {sorted(unknown)}; valid: root, modality, classes, window")
         root = (path.parent / str(entry["root"])).resolve()
         if not root.is_dir():
             raise InputError(f"{where}: dataset folder {root} not found")
         spec = open_dataset(root, warn=False)
         modality = str(entry.get("modality") or spec.modality or "unknown")
-        tasks[str(name)] = TaskSource(str(name), root, modality, _classes(entry, root, where))
+        tasks[str(name)] = TaskSource(str(name), root, modality, _classes(entry, root, where),
+                                      _window(entry, modality, where))
     return tasks

@@ -50,11 +50,8 @@ class AutoSegmenter(Predictor):
         return self.model.tasks
 
     def modality_for(self, task: str) -> str | None:
-        """The normalisation the task was trained with (CT/MR window or min-max)."""
-        from medseg.infer.preprocess import MODALITY_WINDOWS
-
-        modality = self.model.automatic.task(task).modality.upper()
-        return modality if modality in MODALITY_WINDOWS else None
+        """The intensity window the task was trained with ("CT", "MR" or None: min-max only)."""
+        return self.model.automatic.task(task).window
 
     @torch.no_grad()
     def segment(self, image: np.ndarray, task: str) -> AutoResult:

@@ -49,12 +49,14 @@ class TaskInfo:
     """One task the automatic head knows: a dataset/target with its modality and classes.
 
     ``classes``: label id -> class name (background excluded), in output order; ``key``: the name of
-    its token parameter (``t0``, ``t1``, ... in the order tasks were added)."""
+    its token parameter (``t0``, ``t1``, ... in the order tasks were added); ``window``: the intensity
+    window its images were normalised with ("CT", "MR" or None), so inference does the same."""
 
     name: str
     modality: str
     classes: dict[int, str]
     key: str
+    window: str | None = None
 
     def to_dict(self) -> dict:
         return {**asdict(self), "classes": {str(k): v for k, v in self.classes.items()}}
@@ -62,7 +64,7 @@ class TaskInfo:
     @classmethod
     def from_dict(cls, data: dict) -> "TaskInfo":
         return cls(str(data["name"]), str(data["modality"]), {int(k): str(v) for k, v in data["classes"].items()},
-                   str(data["key"]))
+                   str(data["key"]), data.get("window"))
 
 
 def _modality_key(modality: str) -> str:
@@ -108,8 +110,9 @@ class AutomaticHead(nn.Module):
         data = json.dumps([t.to_dict() for t in self.tasks.values()]).encode("utf-8")
         self.task_table = torch.frombuffer(bytearray(data), dtype=torch.uint8).clone().to(self.task_table.device)
 
-    def add_task(self, name: str, modality: str, classes: dict[int, str]) -> TaskInfo:
-        """New tokens for a task (and for its modality if new); returns its TaskInfo.
+    def add_task(self, name: str, modality: str, classes: dict[int, str], window: str | None = None) -> TaskInfo:
+        """New tokens for a task (and for its modality if new); returns its TaskInfo. ``window``: the
+        intensity window ("CT", "MR" or None) its images are normalised with.
 
         Raises InputError for a known task name, no classes, or a background (0) class."""
         if name in self.tasks:
@@ -119,7 +122,7 @@ class AutomaticHead(nn.Module):
             raise InputError(f"task {name!r}: needs classes with ids > 0 (0 is background), got {classes}")
         modality = str(modality or "unknown")
         device = self.coarse_classifier.layers[0].weight.device
-        task = TaskInfo(name, modality, classes, f"t{len(self.tasks)}")
+        task = TaskInfo(name, modality, classes, f"t{len(self.tasks)}", window)
         start = self.whole_image_box.to(device)[None].repeat(len(classes), 1, 1)
         self.class_tokens[task.key] = nn.Parameter(start + 0.02 * torch.randn_like(start))
         mkey = _modality_key(modality)
@@ -142,7 +145,7 @@ class AutomaticHead(nn.Module):
             raise InputError(f"the checkpoint's task table is unreadable ({exc})") from None
         self.tasks, self.class_tokens, self.modality_tokens = {}, nn.ParameterDict(), nn.ParameterDict()
         for info in infos:
-            added = self.add_task(info.name, info.modality, info.classes)
+            added = self.add_task(info.name, info.modality, info.classes, info.window)
             if added.key != info.key:
                 raise InputError(f"the checkpoint's task table is inconsistent at task {info.name!r}")
 

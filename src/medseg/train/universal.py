@@ -202,11 +202,11 @@ class UniversalObjective:
             task = self.all_tasks[name]
             if name in model.tasks:
                 known = model.tasks[name]
-                if known.classes != task.classes:
-                    raise InputError(f"task {name!r}: the model knows classes {known.classes}, the task file says "
-                                     f"{task.classes}")
+                if known.classes != task.classes or known.window != task.window:
+                    raise InputError(f"task {name!r}: the model knows classes {known.classes} (window "
+                                     f"{known.window}), the task file says {task.classes} (window {task.window})")
             else:
-                model.automatic.add_task(name, task.modality, task.classes)
+                model.automatic.add_task(name, task.modality, task.classes, task.window)
 
     def restrict_trainable(self, model: torch.nn.Module) -> None:
         """After ``model.trainable``: freeze old tasks' tokens (``freeze_old``) and the shared head
