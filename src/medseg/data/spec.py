@@ -50,6 +50,19 @@ def read_json(path: Path) -> Any:
         raise InputError(f"{path}: not readable JSON ({exc}); fix or delete the file") from exc
 
 
+def read_yaml(path: str | Path, kind: str = "file") -> Any:
+    """The parsed YAML of ``path``; InputError naming the ``kind`` of file when missing or unreadable."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{kind} {path} not found")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise InputError(f"{path}: not readable YAML ({exc})") from None
+
+
 def parse_classes(data: Any, path: Path) -> dict[int, str]:
     """``{id: name}`` of a classes/labels mapping in any of the forms of the module docstring.
 

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from medseg.errors import InputError
 
@@ -107,13 +106,10 @@ def load_tasks(path: str | Path) -> dict[str, TaskSource]:
     """
     from medseg.data.layouts import open_dataset
 
+    from medseg.data.spec import read_yaml
+
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"task file {path} not found (see medseg.data.tasks for its format)")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise InputError(f"{path}: not readable YAML ({exc})") from None
+    data = read_yaml(path, "task file")
     if not isinstance(data, dict) or not data:
         raise InputError(f"{path}: a task file maps task names to {{root, modality, classes}}")
     tasks = {}

@@ -255,12 +255,9 @@ def check_config(config: Config) -> None:
 
 
 def _read_yaml(path: Path) -> dict:
-    if not path.is_file():
-        raise InputError(f"config file {path} not found")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise InputError(f"{path}: not readable YAML ({exc})") from None
+    from medseg.data.spec import read_yaml
+
+    data = read_yaml(path, "config file")
     if data is not None and not isinstance(data, dict):
         raise InputError(f"{path}: a config must be a mapping of sections (data, model, optim, train)")
     return data or {}
