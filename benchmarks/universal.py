@@ -78,11 +78,11 @@ QUICK = {"tasks": ["kvasir_seg", "drishti_gs1_odoc"], "budget": 12,
          "test_limit": 4}
 
 
-def task_file(data: Path, work: Path) -> Path:
-    """configs/tasks_2d.yaml with its roots pointed at ``data`` (another data folder than ../shared/data)."""
+def task_file(data: Path, work: Path, names: list[str]) -> Path:
+    """The ``names`` entries of configs/tasks_2d.yaml with their roots pointed at ``data``."""
     import yaml
 
-    entries = yaml.safe_load((REPO / "configs" / "tasks_2d.yaml").read_text())
+    entries = {n: e for n, e in yaml.safe_load((REPO / "configs" / "tasks_2d.yaml").read_text()).items() if n in names}
     for name, entry in entries.items():
         entry["root"] = str(data / Path(entry["root"]).name)
     path = work / "tasks.yaml"
@@ -167,7 +167,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        tasks_path = task_file(args.data.resolve(), work)
+        tasks_path = task_file(args.data.resolve(), work, [*base, NEW_TASK])
         tasks = load_tasks(tasks_path)
 
         def run(config, name: str, seconds: float) -> dict:
@@ -233,7 +233,8 @@ def main() -> int:
     mean = {k: round(float(np.mean([r[k] for r in rows.values()])), 4)
             for k in ("universal_dice", "auto_box_refined_dice", "per_dataset_dice", "unet_dice",
                       "prompted_reference_dice")}
-    result = {"threads": THREADS, "torch": torch.__version__, "device": args.device, "quick": args.quick,
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device
+    result = {"threads": THREADS, "torch": torch.__version__, "device": device, "quick": args.quick,
               "budget_per_task_s": budget, "datasets": rows, "mean": mean,
               "forgetting": {"per_task": forgetting, "mean": round(float(np.mean(list(forgetting.values()))), 4),
                              "max": round(float(max(forgetting.values())), 4), "way": "tokens"},
