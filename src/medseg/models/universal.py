@@ -226,10 +226,6 @@ class UniversalSegmenter(PromptableSegmenter):
                                    align_corners=False)
         return logits, coarse, index
 
-    def segment_images(self, images: torch.Tensor, tasks: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """images (B, 3, S, S) in [0, 1] -> as :meth:`segment`."""
-        return self.segment(self.encode(images), tasks)
-
 
 def label_map(logits: torch.Tensor, class_ids: list[int]) -> torch.Tensor:
     """Per-class logits (K, H, W) of one image -> label map (H, W) int64: the id of the class with the

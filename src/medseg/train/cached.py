@@ -43,6 +43,7 @@ from medseg.io import read_label
 from medseg.train import ddp
 from medseg.train.config import Config
 from medseg.train.datasets import frame_objects, label_frame, paired_cases
+from medseg.train.optim import bare_model
 from medseg.train.interactive import batch_rng, interactive_loss, interactive_validation, is_interactive
 from medseg.train.embeddings import EmbeddingStore, build_embeddings, default_cache_dir, encoder_fingerprint
 from medseg.train.objectives import dice_scores, register_objective, segmentation_loss
@@ -135,24 +136,25 @@ def split_embeddings(config: Config, split: str, model: torch.nn.Module | None =
                          f"{d.min_object_pixels} pixels at {size}x{size}")
     remap = {c: i for i, c in enumerate(used)}
     cases, objects = [cases[c] for c in used], [(remap[c], mask) for c, mask in objects]
-    info = ddp.from_env()
-    label = f"{Path(d.root).resolve().name}-{split}"
-    kwargs = dict(label=label, modality=d.modality, progress=progress and info.is_main)
-    cache_dir = cache_dir or default_cache_dir()
     model = model if model is not None else encoder_model(config)
-    device = ddp.resolve_device(config.train.device, info)
-    if info.is_main:
-        store = build_embeddings(model.to(device), cases, cache_dir, device=device, **kwargs)
-    ddp.barrier(info)
-    if not info.is_main:
-        store = build_embeddings(model.to(device), cases, cache_dir, device=device, **kwargs)
+    device = ddp.resolve_device(config.train.device, ddp.from_env())
+    store = embeddings_main_first(model.to(device), cases, cache_dir, label=f"{Path(d.root).resolve().name}-{split}",
+                                  modality=d.modality, progress=progress, device=device)
     return cases, objects, store
 
 
-def _segmenter(model: torch.nn.Module) -> torch.nn.Module:
-    """The PromptableSegmenter inside a DDP wrapper and/or a TrainForward (or the model itself)."""
-    model = getattr(model, "module", model)  # DistributedDataParallel
-    return getattr(model, "model", model)    # TrainForward
+def embeddings_main_first(model, cases: list[Case], cache_dir: str | Path | None = None, *, progress: bool = True,
+                          **kwargs) -> EmbeddingStore:
+    """:func:`build_embeddings` under torchrun: the main process computes the cache (with a progress
+    bar), the others wait at a barrier and then read it. ``kwargs``: label, modality, device."""
+    info = ddp.from_env()
+    cache_dir = cache_dir or default_cache_dir()
+    if info.is_main:
+        store = build_embeddings(model, cases, cache_dir, progress=progress, **kwargs)
+    ddp.barrier(info)
+    if not info.is_main:
+        store = build_embeddings(model, cases, cache_dir, progress=False, **kwargs)
+    return store
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
@@ -214,7 +216,7 @@ class CachedSupervisedObjective:
 
     def loss(self, model: Callable, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """batch: embedding (B, 256, E, E), box (B, 4), target (B, 1, S, S) -> scalar loss and its parts."""
-        segmenter = _segmenter(model)
+        segmenter = bare_model(model)
         self._check(segmenter)
         cfg = self.train_cfg
         with embeddings_as_input(segmenter):

@@ -83,6 +83,12 @@ class TrainForward(nn.Module):
         return self.model.decode(embedding, boxes, points, masks, multimask, **extra)
 
 
+def bare_model(model: nn.Module) -> nn.Module:
+    """The segmenter inside a DistributedDataParallel wrapper and/or a TrainForward (or the model itself)."""
+    model = getattr(model, "module", model)  # DistributedDataParallel
+    return getattr(model, "model", model)    # TrainForward
+
+
 def make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
     """AdamW over trainable parameters; weight decay on matrices/kernels only (not biases, norms)."""
     params = [p for p in model.parameters() if p.requires_grad]

@@ -41,7 +41,9 @@ from medseg.io import read_label
 from medseg.train import ddp
 from medseg.train.config import Config
 from medseg.train.datasets import label_frame, paired_cases
-from medseg.train.embeddings import EmbeddingStore, build_embeddings, default_cache_dir
+from medseg.train.embeddings import EmbeddingStore
+from medseg.train.cached import embeddings_main_first
+from medseg.train.optim import bare_model
 from medseg.train.objectives import focal_loss, register_objective
 
 
@@ -104,7 +106,7 @@ def universal_model(model: torch.nn.Module):
     """The UniversalSegmenter inside DDP / TrainForward wrappers; InputError for another model."""
     from medseg.models.universal import UniversalSegmenter
 
-    inner = getattr(getattr(model, "module", model), "model", getattr(model, "module", model))
+    inner = bare_model(model)
     if not isinstance(inner, UniversalSegmenter):
         raise InputError("objective 'universal' needs a universal model (model.name: universal, universal-hr "
                          "or universal-tiny)")
@@ -151,13 +153,8 @@ def task_split(task: TaskSource, index: int, split: str, model, size: int, limit
                progress: bool = True, device=None) -> TaskCases:
     """TaskCases of one split, embeddings computed where not cached (main process first under torchrun)."""
     cases = paired_cases(task.root, split, limit)
-    info = ddp.from_env()
-    kwargs = dict(label=f"{Path(task.root).name}-{split}-all", modality=task.normalisation, device=device)
-    if info.is_main:
-        store = build_embeddings(model, cases, default_cache_dir(), progress=progress, **kwargs)
-    ddp.barrier(info)
-    if not info.is_main:
-        store = build_embeddings(model, cases, default_cache_dir(), progress=False, **kwargs)
+    store = embeddings_main_first(model, cases, label=f"{Path(task.root).name}-{split}-all",
+                                  modality=task.normalisation, progress=progress, device=device)
     return TaskCases(task, index, cases, store, size)
 
 
@@ -172,7 +169,7 @@ class UniversalObjective:
         if u.tasks is None:
             raise InputError("config key 'universal.tasks': name a task file (see medseg.data.tasks), e.g. "
                              "configs/tasks_2d.yaml")
-        if config.model.trainable not in ("automatic",):
+        if config.model.trainable != "automatic":
             raise InputError(f"config key 'model.trainable': objective 'universal' trains the automatic head on "
                              f"cached embeddings; set it to 'automatic', got {config.model.trainable!r}")
         self.config, self.cfg, self.train_cfg = config, u, config.train
