@@ -1,8 +1,8 @@
 """Universal automatic segmentation benchmark: one model for every 2D task, no prompt.
 
 On the 2D sets of ../shared/data (``configs/tasks_2d.yaml``), all on LiteMedSAM's frozen image
-encoder with cached embeddings (computed once; the first run on a fresh machine spends ~30 min
-embedding ~1100 images on a 2-core CPU):
+encoder with cached embeddings (computed once: on a fresh machine the 2-core CPU first encodes the
+~1100 images of the six sets at ~1.5-2 s each, an estimate from the encoder's measured latency):
 
 1. **universal**: one automatic head (``configs/universal_2d.yaml``: task + modality prior tokens,
    self-prompt, its own mask decoder) trained on kvasir_seg, ph2_derm, dsb2018_nuclei, busi and
@@ -25,7 +25,7 @@ is absent from both; busi's normal images stay in for the automatic methods and 
 reference). Best checkpoints are chosen on val, never on test. Budgets are wall-clock seconds on the
 2-core CPU with 2 threads; on a GPU (``--device cuda``) the same script runs with the same budgets.
 
-    python benchmarks/universal.py               # ~45 min on the 2-core CPU once embeddings are cached
+    python benchmarks/universal.py               # 37 min measured here, embeddings already cached
     python benchmarks/universal.py --quick       # two tasks + isbi, tiny budgets: a protocol smoke test
 
 JSON shape: ``{"datasets": {NAME: {"universal_dice", "per_dataset_dice", "unet_dice",
