@@ -16,6 +16,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(os.environ.get("MEDSEG_DATA", REPO.parent / "shared" / "data"))
+EMBEDDING_CACHE = Path(os.environ.get("MEDSEG_EMBEDDING_CACHE") or Path.home() / ".cache" / "medseg" / "embeddings")
+"""The embedding cache of every benchmark (``$MEDSEG_EMBEDDING_CACHE``), passed to training as train.cache_dir."""
 THREADS = 2
 
 
@@ -62,28 +64,15 @@ def require_data(data: Path) -> None:
 
 
 def timed_train(config, run_dir: Path, budget: float, first_epochs: int = 100) -> dict:
-    """``medseg.train.train`` for about ``budget`` seconds of wall-clock time: one timed epoch, then a
-    resumed run with the epochs that fit (each estimated at 1.05x the first, setup time included).
-
-    Returns {"epochs", "steps", "seconds", "best_val_dice", "best_epoch", "first_loss", "last_loss",
-    "checkpoint"} (the run's ``best.safetensors``)."""
+    """``medseg.train.train`` with ``train.time_budget_s = budget`` (the loop times epoch 1, then runs the
+    epochs that fit, its LR schedule re-planned; ``first_epochs`` is the horizon it starts from), in a
+    fresh run folder. Returns :func:`medseg.train.loop.run_summary` with the wall-clock seconds."""
     import dataclasses
 
     from medseg.train import train
+    from medseg.train.loop import run_summary
 
     start = time.perf_counter()
-    first = train(dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=first_epochs)), run_dir,
-                  overwrite=True, stop_after=1)
-    spent = time.perf_counter() - start
-    epoch = next(h["seconds"] for h in first["history"] if h["epoch"] == 1)
-    more = int((budget - spent) // (epoch * 1.05 + 0.5))
-    result = first
-    if more >= 1:
-        result = train(dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=1 + more)),
-                       run_dir, resume=True)
-    best = max(result["history"], key=lambda h: -1 if h["val_dice"] is None else h["val_dice"])
-    return {"epochs": sum(1 for h in result["history"] if h["epoch"] > 0), "steps": len(result["steps"]),
-            "seconds": round(time.perf_counter() - start, 1), "best_val_dice": result["best_dice"],
-            "best_epoch": best["epoch"], "first_loss": result["steps"][0]["loss"] if result["steps"] else None,
-            "last_loss": result["steps"][-1]["loss"] if result["steps"] else None,
-            "checkpoint": run_dir / "best.safetensors"}
+    budgeted = dataclasses.replace(config.train, epochs=first_epochs, time_budget_s=budget)
+    result = train(dataclasses.replace(config, train=budgeted), run_dir, overwrite=True)
+    return run_summary(result, time.perf_counter() - start)

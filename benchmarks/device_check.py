@@ -21,7 +21,7 @@ import torch
 
 from medseg.demo import DEMO_CASES
 from medseg.infer import Predictor
-from medseg.infer.files import plane
+from medseg.data.cases import plane
 from medseg.io import read_image
 from medseg.models import build_model
 

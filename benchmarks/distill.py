@@ -37,19 +37,19 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DEFAULT_DATA, REPO, THREADS, require_data, set_threads, timed_train, write_json  # noqa: E402
+from _common import DEFAULT_DATA, EMBEDDING_CACHE, REPO, THREADS, require_data, set_threads, timed_train, write_json  # noqa: E402
 
 import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
-from medseg.eval.datasets import find_cases  # noqa: E402
+from medseg.data.datasets import dataset_cases, evenly_spaced  # noqa: E402
 from medseg.eval.evaluate import evaluate_case  # noqa: E402
 from medseg.eval.report import Report  # noqa: E402
 from medseg.infer import Predictor  # noqa: E402
 from medseg.models import build_model  # noqa: E402
 from medseg.models.build import DISTILLED, load_encoder_weights  # noqa: E402
 from medseg.train import load_config  # noqa: E402
-from medseg.train.embeddings import CachedPredictor, build_embeddings, default_cache_dir  # noqa: E402
+from medseg.train.embeddings import CachedPredictor, build_embeddings  # noqa: E402
 
 CONFIG = REPO / "configs" / "distill_hr_small.yaml"
 STUDENT, TEACHER = "hr-small", "litemedsam"
@@ -63,7 +63,7 @@ DEVICE_SETTINGS = {
     "cuda": ["train.batch_size=16", "train.amp=bf16", "data.augment=true", "data.num_workers=14"],
     "cpu": ["train.batch_size=4", "train.amp=off", "data.augment=false", "data.num_workers=0"],
 }
-COMMON = ["train.progress=false", "train.log_every=50", "distill.val_sources=[]"]
+COMMON = ["train.progress=false", "train.log_every=50", "distill.val_sources=[]", f"train.cache_dir={EMBEDDING_CACHE}"]
 
 
 def distil(args, out: Path, work: Path) -> dict:
@@ -109,9 +109,9 @@ def _load(path: Path) -> dict:
 
 
 def _count_images(config) -> int:
-    from medseg.train.distill import source_images
+    from medseg.data.datasets import source_cases
 
-    return sum(len(source_images(s, config.distill.limit)) for s in config.distill.sources)
+    return sum(len(source_cases(s, config.distill.limit)) for s in config.distill.sources)
 
 
 def student_model(encoder: Path, checkpoint: Path | None = None) -> torch.nn.Module:
@@ -130,21 +130,14 @@ def box_dice(predictor, cases, root: Path, class_id: int | None = None) -> float
     return Report(str(root), "test", "box", cases=rows).summary["dice"] if rows else None
 
 
-def _spaced(cases: list, n: int | None) -> list:
-    if n is None or len(cases) <= n:
-        return cases
-    step = (len(cases) - 1) / (n - 1)
-    return [cases[round(i * step)] for i in range(n)]
-
-
 def zero_shot(args, encoder: Path) -> dict:
     """Stage 2: teacher vs student box Dice on each test split."""
     teacher, student = build_model(TEACHER, pretrained=True), student_model(encoder)
     out = {}
     for name in ZERO_SHOT_SETS:
         root = args.data / name
-        cases = _spaced(find_cases(root, "test"), QUICK["test_cases"] if args.quick else None)
-        store = build_embeddings(teacher, cases, default_cache_dir(), label=f"{name}-test-all")
+        cases = evenly_spaced(dataset_cases(root, "test"), QUICK["test_cases"] if args.quick else None)
+        store = build_embeddings(teacher, cases, EMBEDDING_CACHE, label=f"{name}-test-all")
         start = time.perf_counter()
         t = box_dice(CachedPredictor(teacher, store), cases, root)
         s = box_dice(Predictor(student, device="cpu"), cases, root)
@@ -156,7 +149,7 @@ def zero_shot(args, encoder: Path) -> dict:
 
 def _finetune_config(kind: str, root: Path, encoder: Path, work: Path, quick: bool):
     common = [f"data.root={root}", "train.device=cpu", "train.amp=off", "train.progress=false", "data.num_workers=0",
-              "train.log_every=1000", "data.box_jitter=0.1", "optim.lr=1e-4", "optim.warmup_steps=5",
+              "train.log_every=1000", f"train.cache_dir={EMBEDDING_CACHE}", "data.box_jitter=0.1", "optim.lr=1e-4", "optim.warmup_steps=5",
               f"train.steps_per_epoch={STEPS_PER_EPOCH}", f"data.val_limit={VAL_CASES}"]
     if quick:
         common += ["data.limit=4", "train.batch_size=2"]
@@ -176,7 +169,7 @@ def finetune(args, encoder: Path, work: Path) -> dict:
     out = {}
     for name, class_id in ((n, FINE_SETS[n]) for n in args.fine_sets):
         root = args.data / name
-        cases = _spaced(find_cases(root, "test"), QUICK["test_cases"] if args.quick else None)
+        cases = evenly_spaced(dataset_cases(root, "test"), QUICK["test_cases"] if args.quick else None)
         row = {"class_id": class_id, "budget_s": budget}
         for kind in ("teacher", "student"):
             config = _finetune_config(kind, root, encoder, work, args.quick)
@@ -184,7 +177,7 @@ def finetune(args, encoder: Path, work: Path) -> dict:
             row[f"{kind}_training"] = {k: v for k, v in timed_train(config, run, budget).items() if k != "checkpoint"}
             model = build_model(config.model.name, checkpoint=run / "best.safetensors")
             if kind == "teacher":
-                store = build_embeddings(model, cases, default_cache_dir(), label=f"{name}-test-all")
+                store = build_embeddings(model, cases, EMBEDDING_CACHE, label=f"{name}-test-all")
                 predictor = CachedPredictor(model, store)
             else:
                 predictor = Predictor(model, device="cpu")

@@ -43,31 +43,30 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DEFAULT_DATA, REPO, THREADS, require_data, set_threads, timed_train, write_json  # noqa: E402
+from _common import DEFAULT_DATA, EMBEDDING_CACHE, REPO, THREADS, require_data, set_threads, timed_train, write_json  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from medseg.eval.datasets import find_cases  # noqa: E402
-from medseg.eval.evaluate import class_masks, evaluate_case  # noqa: E402
+from medseg.data.cases import load_case, plane  # noqa: E402
+from medseg.data.datasets import dataset_cases, write_subset  # noqa: E402
+from medseg.eval.automatic import score_label_maps  # noqa: E402
+from medseg.eval.evaluate import evaluate_case  # noqa: E402
 from medseg.eval.interactive import interact_case  # noqa: E402
-from medseg.eval.loader import io_loader, slice_hwc  # noqa: E402
-from medseg.eval.metrics import case_metrics  # noqa: E402
 from medseg.eval.report import Report  # noqa: E402
 from medseg.io import read_label  # noqa: E402
 from medseg.models import build_model  # noqa: E402
-from medseg.models.unet import predict_mask  # noqa: E402
-from medseg.train import load_config  # noqa: E402
+from medseg.models.unet import predict_label_map  # noqa: E402
+from medseg.train import ddp, load_config  # noqa: E402
 from medseg.train.cached import split_embeddings  # noqa: E402
-from medseg.train.embeddings import CACHE_ENV, CachedPredictor, build_embeddings, default_cache_dir  # noqa: E402
+from medseg.train.embeddings import CachedPredictor, build_embeddings  # noqa: E402
+from medseg.train.objectives import RunContext  # noqa: E402
 
 SETS = ["kvasir_seg", "ph2_derm", "busi"]
 BUDGET_S = 240          # wall-clock seconds per method (fine-tuning, U-Net) and dataset, full run
@@ -79,27 +78,6 @@ QUICK_SETTINGS = ["train.batch_size=4", "optim.warmup_steps=2"]  # a few objects
 FINETUNE_CONFIG = REPO / "configs" / "finetune_cached_kvasir.yaml"
 UNET_CONFIG = REPO / "configs" / "unet_kvasir.yaml"
 COMMON = ["data.num_workers=0", "train.progress=false", "train.device=cpu", "train.amp=off", "train.log_every=1000"]
-
-
-def _spaced(items: list, n: int | None) -> list:
-    if n is None or len(items) <= n:
-        return items
-    return [items[i] for i in np.linspace(0, len(items) - 1, n).round().astype(int)]
-
-
-def subset_folder(source: Path, target: Path, counts: dict[str, int]) -> Path:
-    """A dataset folder of symbolic links to ``counts[split]`` evenly spaced cases of each split."""
-    (target / "images").mkdir(parents=True)
-    (target / "masks").mkdir()
-    splits = {}
-    for split, n in counts.items():
-        cases = _spaced(find_cases(source, split), n)
-        for case in cases:
-            (target / "images" / case.image_path.name).symlink_to(case.image_path.resolve())
-            (target / "masks" / case.mask_path.name).symlink_to(case.mask_path.resolve())
-        splits[split] = [c.stem for c in cases]
-    (target / "splits.json").write_text(json.dumps(splits))
-    return target
 
 
 def box_dice(model, store, cases, root: Path) -> tuple[float | None, int]:
@@ -122,17 +100,11 @@ def click_dice(model, store, cases) -> list[float] | None:
 
 
 def unet_dice(model, cases, root: Path) -> float | None:
-    """Test-split Dice of the U-Net's automatic masks, one row per (case, foreground class)."""
-    rows = []
-    for case in cases:
-        image, label = io_loader(case.image_path, case.mask_path)
-        pred = predict_mask(model, slice_hwc(image))
-        mask = label.array[0]
-        classes = class_masks(mask) or [(1, np.zeros(mask.shape, dtype=bool))]
-        for class_id, gt in classes:
-            rows.append({"stem": case.stem, "class_id": class_id, "class_name": str(class_id), "n_prompts": 0,
-                         "empty_gt": not mask.any(), "seconds": 0.0, **case_metrics(pred, gt)})
-    return Report(str(root), "test", "none", cases=rows).summary["dice"]
+    """Test-split Dice of the U-Net's automatic masks as class 1 (any foreground), by the automatic
+    protocol (:func:`medseg.eval.automatic.score_label_maps`), one row per case."""
+    rows, _ = score_label_maps(lambda case: predict_label_map({1: model}, plane(load_case(case)[0])), cases, [1],
+                               progress=False)
+    return float(np.mean([r["dice"] for r in rows])) if rows else None
 
 
 def _fmt(value: float | None) -> str:
@@ -140,14 +112,15 @@ def _fmt(value: float | None) -> str:
 
 
 def run_set(name: str, root: Path, work: Path, budget: float, cache: Path, quick: bool) -> dict:
-    overrides = [f"data.root={root}", *COMMON, *(QUICK_SETTINGS if quick else [])]
+    overrides = [f"data.root={root}", f"train.cache_dir={cache}", *COMMON, *(QUICK_SETTINGS if quick else [])]
     ft_config = load_config(FINETUNE_CONFIG, overrides)
     model = build_model(ft_config.model.name, pretrained=True)
     resolved = dataclasses.replace(ft_config, data=dataclasses.replace(ft_config.data, image_size=model.image_size))
     start = time.perf_counter()
-    train_cases, _, train_store = split_embeddings(resolved, "train", model, cache_dir=cache)
-    val_cases, _, _ = split_embeddings(resolved, "val", model, cache_dir=cache)
-    test_cases = find_cases(root, "test")
+    run = RunContext(model, torch.device("cpu"), ddp.from_env(), cache)
+    train_cases, _, train_store = split_embeddings(resolved, "train", run)
+    val_cases, _, _ = split_embeddings(resolved, "val", run)
+    test_cases = dataset_cases(root, "test")
     with_fg = [c for c in test_cases if read_label(c.mask_path).array.any()]
     test_store = build_embeddings(model, with_fg, cache, label=f"{name}-test") if with_fg else None
     embed_s = time.perf_counter() - start
@@ -182,7 +155,7 @@ def run_set(name: str, root: Path, work: Path, budget: float, cache: Path, quick
     return {"zero_shot_dice": zero_shot, "finetuned_dice": finetuned, "unet_dice": u_dice, "budget_s": budget,
             "finetune": clean(finetune), "unet": clean(unet), "embed_seconds": round(embed_s, 1),
             "encoder_misses": misses + misses2, "clicks": with_clicks,
-            "images": {"train": len(find_cases(root, "train")), "val": len(find_cases(root, "val")),
+            "images": {"train": len(dataset_cases(root, "train")), "val": len(dataset_cases(root, "val")),
                        "test": len(test_cases), "test_empty_gt": len(test_cases) - len(with_fg),
                        "train_embedded": len(train_cases), "val_embedded": len(val_cases)}}
 
@@ -204,7 +177,7 @@ def run_whole_model(name: str, root: Path, work: Path, budget: float, device: st
 
     def dice(model) -> float:
         predictor = Predictor(model, device=device)
-        rows = [row for case in find_cases(root, "test") for row in evaluate_case(predictor, case)[0]]
+        rows = [row for case in dataset_cases(root, "test") for row in evaluate_case(predictor, case)[0]]
         return Report(str(root), "test", "box", cases=rows).summary["dice"]
 
     zero_shot = dice(base)
@@ -274,10 +247,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.manual_seed(0)
         return whole_model_main(args)
     require_data(args.data)
-    cache = (args.cache or default_cache_dir()).expanduser().resolve()
+    cache = (args.cache or EMBEDDING_CACHE).expanduser().resolve()
     if cache == args.data.resolve() or args.data.resolve() in cache.parents:
         sys.exit(f"--cache {cache} lies inside the data folder {args.data}; choose another folder")
-    os.environ[CACHE_ENV] = str(cache)  # the objective inside train() reads it
     set_threads()
     torch.manual_seed(0)
     budget = QUICK_BUDGET_S if args.quick else BUDGET_S
@@ -288,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.sets:
             root = args.data / name
             if args.quick:
-                root = subset_folder(root, work / "subsets" / name, QUICK_COUNTS)
+                root = write_subset(root, work / "subsets" / name, QUICK_COUNTS)
             datasets[name] = run_set(name, root, work / "runs", budget, cache, args.quick)
     result = {"datasets": datasets, "quick": args.quick, "counts": QUICK_COUNTS if args.quick else None,
               "budget_s": budget, "threads": THREADS, "device": "cpu", "seconds": round(time.time() - start, 1),

@@ -43,22 +43,22 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DEFAULT_DATA, REPO, THREADS, require_data, set_threads, timed_train, write_json  # noqa: E402
+from _common import DEFAULT_DATA, EMBEDDING_CACHE, REPO, THREADS, require_data, set_threads, timed_train, write_json  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from medseg.data.tasks import TaskSource, load_tasks  # noqa: E402
-from medseg.eval.datasets import find_cases  # noqa: E402
+from medseg.data.datasets import dataset_cases  # noqa: E402
 from medseg.eval.evaluate import evaluate_case  # noqa: E402
-from medseg.eval.loader import io_loader, slice_hwc  # noqa: E402
+from medseg.data.cases import load_case, plane  # noqa: E402
 from medseg.eval.report import Report  # noqa: E402
-from medseg.infer.automatic import AutoSegmenter, first_prompts  # noqa: E402
-from medseg.io import read_label  # noqa: E402
+from medseg.infer.automatic import AutoSegmenter  # noqa: E402
 from medseg.models import build_model  # noqa: E402
-from medseg.models.unet import predict_mask  # noqa: E402
+from medseg.eval.automatic import score_label_maps  # noqa: E402
+from medseg.models.unet import predict_label_map  # noqa: E402
 from medseg.train import load_config  # noqa: E402
-from medseg.train.embeddings import CachedPredictor, EmbeddingStore, build_embeddings, default_cache_dir  # noqa: E402
+from medseg.train.embeddings import CachedPredictor, EmbeddingStore, build_embeddings  # noqa: E402
 
 UNIVERSAL_CONFIG = REPO / "configs" / "universal_2d.yaml"
 UNET_CONFIG = REPO / "configs" / "unet_kvasir.yaml"
@@ -72,7 +72,8 @@ EXTEND = {"tokens": ["universal.train_shared=false", "optim.lr=1e-2", "optim.war
           "replay": ["universal.epoch_size=160"]}
 BUDGET_PER_TASK_S = 100
 STEPS_PER_EPOCH = 20          # short epochs: the time budget is met to within one epoch
-COMMON = ["train.steps_per_epoch=20", "train.log_every=5", "data.val_limit=8", "train.seed=0"]
+COMMON = ["train.steps_per_epoch=20", "train.log_every=5", "data.val_limit=8", "train.seed=0",
+          f"train.cache_dir={EMBEDDING_CACHE}"]
 QUICK = {"tasks": ["kvasir_seg", "drishti_gs1_odoc"], "budget": 12,
          "settings": ["data.limit=8", "data.val_limit=3", "train.steps_per_epoch=3", "train.batch_size=4"],
          "test_limit": 4}
@@ -91,34 +92,33 @@ def task_file(data: Path, work: Path, names: list[str]) -> Path:
 
 
 def test_store(model, task: TaskSource, limit: int | None) -> tuple[list, EmbeddingStore]:
-    cases = find_cases(task.root, "test")[:limit] if limit else find_cases(task.root, "test")
-    store = build_embeddings(model, cases, default_cache_dir(), label=f"{task.root.name}-test-all",
+    cases = dataset_cases(task.root, "test", limit)
+    store = build_embeddings(model, cases, EMBEDDING_CACHE, label=f"{task.root.name}-test-all",
                              modality=task.normalisation, progress=True)
     return cases, store
 
 
 def auto_dice(checkpoint: Path, task: TaskSource, cases, store: EmbeddingStore, refine: bool = False):
-    """Mean per-case, per-class test Dice of a universal checkpoint's automatic label maps; with
-    ``refine`` also (second value) of the masks the promptable path makes from the automatic first box
-    of each class (SqueezeSAM: an automatic first prompt, no ground truth used)."""
+    """Mean per-case, per-class test Dice of a universal checkpoint's automatic label maps
+    (:func:`medseg.eval.automatic.score_label_maps`); with ``refine`` also (second value) of the masks the
+    promptable path makes from the automatic first box of each class
+    (:meth:`medseg.infer.automatic.AutoSegmenter.refine_from_first_boxes`; no ground truth used)."""
     seg = AutoSegmenter(build_model("universal", checkpoint=checkpoint), device="cpu")
-    scores, refined = [], []
-    for case in cases:
+    refined: dict[str, dict[int, np.ndarray]] = {}
+
+    def segment(case):
         seg.set_embedding(store.embedding(case.stem)[None], store.original_hw(case.stem))
         labels = seg.segment_embedding(task.name).labels
-        truth = read_label(case.mask_path).array[0]
-        scores += [_dice(labels == c, truth == c) for c in task.classes]
         if refine:
-            prompts = first_prompts(labels)
-            for c in task.classes:
-                mask = seg.refine(box=prompts[c]["box"]) if c in prompts else np.zeros(truth.shape, bool)
-                refined.append(_dice(mask, truth == c))
-    return (float(np.mean(scores)), float(np.mean(refined))) if refine else float(np.mean(scores))
+            refined[case.stem] = seg.refine_from_first_boxes(labels, task.classes)
+        return labels
 
-
-def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    total = int(pred.sum()) + int(truth.sum())
-    return 1.0 if total == 0 else 2.0 * float((pred & truth).sum()) / total
+    rows, _ = score_label_maps(segment, cases, list(task.classes), progress=False)
+    dice = float(np.mean([r["dice"] for r in rows]))
+    if not refine:
+        return dice
+    rows, _ = score_label_maps(lambda case: refined[case.stem], cases, list(task.classes), progress=False)
+    return dice, float(np.mean([r["dice"] for r in rows]))
 
 
 def reference_dice(task: TaskSource, cases, store: EmbeddingStore) -> float:
@@ -129,17 +129,12 @@ def reference_dice(task: TaskSource, cases, store: EmbeddingStore) -> float:
 
 
 def unet_dice(checkpoints: dict[int, Path], task: TaskSource, cases) -> float:
-    """U-Net(s) -> label map (later classes win where they overlap, so the cup lies inside the disc)."""
+    """U-Net(s) -> label map (later classes win where they overlap, so the cup lies inside the disc),
+    scored by the automatic protocol (:func:`medseg.eval.automatic.score_label_maps`)."""
     models = {cid: build_model("unet", checkpoint=path) for cid, path in checkpoints.items()}
-    scores = []
-    for case in cases:
-        image, label = io_loader(case.image_path, case.mask_path)
-        plane, truth = slice_hwc(image), label.array[0]
-        labels = np.zeros(truth.shape, dtype=np.int64)
-        for cid, model in models.items():
-            labels[predict_mask(model, plane)] = cid
-        scores += [_dice(labels == c, truth == c) for c in task.classes]
-    return float(np.mean(scores))
+    rows, _ = score_label_maps(lambda case: predict_label_map(models, plane(load_case(case)[0])), cases, list(task.classes),
+                               progress=False)
+    return float(np.mean([r["dice"] for r in rows]))
 
 
 def universal_config(tasks: Path, overrides: list[str], device: str, quick: bool):

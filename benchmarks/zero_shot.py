@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from medseg.eval import find_cases  # noqa: E402
+from medseg.data.datasets import dataset_cases, evenly_spaced  # noqa: E402
 from medseg.eval.evaluate import evaluate_case  # noqa: E402
 from medseg.infer import Predictor  # noqa: E402
 from medseg.models import build_model  # noqa: E402
@@ -54,12 +54,6 @@ class EmbeddingCache:
         return self.predictor.predict(**kwargs)
 
 
-def _sample(cases: list, n: int | None) -> list:
-    if n is None or len(cases) <= n:
-        return cases
-    return [cases[i] for i in np.linspace(0, len(cases) - 1, n).round().astype(int)]
-
-
 def _mean(rows: list[dict], key: str) -> float | None:
     values = [r[key] for r in rows if r[key] is not None and np.isfinite(r[key])]
     return float(np.mean(values)) if values else None
@@ -67,7 +61,7 @@ def _mean(rows: list[dict], key: str) -> float | None:
 
 def evaluate_set(predictor, folder: Path, prompts: tuple[str, ...], limit: int | None) -> dict:
     split = "test" if (folder / "splits.json").is_file() else "all"
-    cases = _sample(find_cases(folder, split), limit)
+    cases = evenly_spaced(dataset_cases(folder, split), limit)
     rows = {p: [] for p in prompts}
     errors = []
     for case in tqdm(cases, desc=folder.name, unit="case", leave=False):

@@ -26,6 +26,19 @@ def _torch_threads(request):
 
 
 @pytest.fixture(scope="session")
+def real_weights() -> None:
+    """Skips (with the reason) when the published LiteMedSAM weights are not installed; a test that
+    builds a model with ``pretrained=True`` asks for this first."""
+    from medseg.errors import CheckpointError
+    from medseg.models.weights import litemedsam_weights_path
+
+    try:
+        litemedsam_weights_path()
+    except CheckpointError as exc:
+        pytest.skip(f"LiteMedSAM weights not installed: {exc}")
+
+
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The real datasets of ../shared/data (or $MEDSEG_DATA); skips the test when absent."""
     if not (SHARED_DATA / "INDEX.md").is_file():

@@ -21,9 +21,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent / "reference"))
 import litemedsam_reference as reference  # noqa: E402
 
-from medseg.eval import boxes_from_mask, find_cases  # noqa: E402
-from medseg.eval.evaluate import class_masks  # noqa: E402
-from medseg.eval.loader import io_loader, slice_hwc  # noqa: E402
+from medseg.data.cases import load_case, plane  # noqa: E402
+from medseg.data.datasets import dataset_cases, evenly_spaced  # noqa: E402
+from medseg.data.masks import class_masks, dice  # noqa: E402
+from medseg.data.prompts import boxes_from_mask  # noqa: E402
 from medseg.infer import Predictor  # noqa: E402
 from medseg.models import build_model  # noqa: E402
 
@@ -32,20 +33,8 @@ SETS_2D = ["kvasir_seg", "ph2_derm", "dsb2018_nuclei", "busi", "drishti_gs1_odoc
            "ct_organ_slices_demo", "ham10000_mini"]
 
 
-def _sample(cases: list, wanted: str) -> list:
-    if wanted == "all" or len(cases) <= int(wanted):
-        return cases
-    idx = np.linspace(0, len(cases) - 1, int(wanted)).round().astype(int)
-    return [cases[i] for i in idx]
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = a.sum() + b.sum()
-    return 1.0 if total == 0 else float(2 * (a & b).sum() / total)
-
-
 @pytest.fixture(scope="module")
-def predictor() -> Predictor:
+def predictor(real_weights) -> Predictor:
     return Predictor(build_model("litemedsam", pretrained=True), device="cpu")
 
 
@@ -54,11 +43,12 @@ def predictor() -> Predictor:
 def test_masks_agree_with_the_package_model(name, shared_data, predictor):
     folder = shared_data / name
     split = "test" if (folder / "splits.json").is_file() else "all"
-    cases = _sample(find_cases(folder, split), os.environ.get("MEDSEG_FAITHFULNESS_CASES", "4"))
+    wanted = os.environ.get("MEDSEG_FAITHFULNESS_CASES", "4")
+    cases = evenly_spaced(dataset_cases(folder, split), None if wanted == "all" else int(wanted))
     dices = []
     for case in cases:
-        image, label = io_loader(case.image_path, case.mask_path)
-        picture = slice_hwc(image)
+        image, label = load_case(case)
+        picture = plane(image)
         boxes = [boxes_from_mask(gt) for _, gt in class_masks(label.array[0])]
         boxes = np.concatenate(boxes) if boxes else np.zeros((0, 4))
         if len(boxes) == 0:
@@ -66,7 +56,7 @@ def test_masks_agree_with_the_package_model(name, shared_data, predictor):
         ref_masks, _ = reference.reference_predict(picture, boxes)
         predictor.set_image(picture)
         ours = predictor.predict(box=boxes).masks[:, 0]
-        dices.extend(_dice(a, b) for a, b in zip(ours, ref_masks))
+        dices.extend(dice(a, b) for a, b in zip(ours, ref_masks))
     assert dices, f"no boxes in the sampled cases of {name}"
     assert np.mean(dices) >= 0.99, f"{name}: mean Dice medseg vs reference {np.mean(dices):.4f} over {len(dices)} objects"
     assert np.min(dices) >= 0.9, f"{name}: worst object Dice {np.min(dices):.4f}"

@@ -1,8 +1,23 @@
 """medseg: universal, efficient medical image segmentation.
 
-Pipeline order of the sub-packages: ``io`` (read/write images and volumes) -> ``models``
-(encoders, prompt encoder, mask decoder, registry) -> ``infer`` (Predictor) -> ``eval``
-(metrics, prompt protocols, reports) -> ``cli``.
+Layers, bottom to top: errors -> formats -> io -> viz -> data -> models -> infer -> eval -> train -> demo -> cli
+
+A module imports only from its own layer or the layers below it (``tests/test_layers.py`` reads
+every import, lazy ones included, and fails on an upward import or a circle):
+
+* ``errors``: the one error type of user mistakes (:class:`~medseg.errors.InputError`) and its kin.
+* ``formats``: the file suffixes medseg reads and writes, in one list each.
+* ``io``: read and write images, volumes, DICOM and label maps (``(C, Z, Y, X)`` arrays with
+  geometry), the output policy (never overwrite without asking, never an input, atomic, umask).
+* ``viz``: pictures of an image with a mask and prompts.
+* ``data``: datasets and their one case type (:class:`~medseg.data.cases.Case`, 2D, 3D or a patch),
+  masks and prompts derived from them (components, boxes, deepest points, simulated clicks, Dice),
+  preprocessing and augmentation, dataset checks and conversion.
+* ``models``: encoders, prompt encoder, mask decoders, the registry and weights.
+* ``infer``: the Predictor (encode once, prompt many times), volumes, files, automatic mode.
+* ``eval``: metrics, prompt protocols over a dataset, reports and figures.
+* ``train``: the one loop, its objectives, checkpoints, embedding caches, torchrun.
+* ``demo``, ``cli``: the command line.
 """
 
 __version__ = "0.1.0"

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 
-from .errors import MedsegError
+from .errors import InputError, MedsegError
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -18,8 +18,6 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 def _device(name: str | None):
     import torch
-
-    from .errors import InputError
 
     if name is None:
         return None
@@ -41,7 +39,7 @@ def _predictor(args: argparse.Namespace):
     promptable = list_models("promptable") + list_models("universal")
     if args.model not in promptable:
         kind = "an automatic model that takes no prompt" if args.model in list_models() else "unknown"
-        raise KeyError(f"model {args.model!r} is {kind}; promptable models: {', '.join(promptable)}")
+        raise InputError(f"model {args.model!r} is {kind}; promptable models: {', '.join(promptable)}")
     pretrained = args.checkpoint is None and has_published_weights(args.model)
     if args.checkpoint is None and not pretrained:
         print(f"note: model {args.model!r} has no published weights and no --checkpoint: random weights",
@@ -56,7 +54,6 @@ def _predictor(args: argparse.Namespace):
 
 def _universal_default(args: argparse.Namespace) -> None:
     """With --task, the model defaults to "universal" and needs a trained --checkpoint."""
-    from .errors import InputError
 
     if args.model == "litemedsam":
         args.model = "universal"
@@ -71,24 +68,24 @@ def _default_mask_path(src: Path, volumetric: bool) -> Path:
 
 
 def _write_outputs(result, out: Path | None, overlay_path: Path | None, overwrite: bool) -> tuple[Path, Path | None]:
-    from .infer.files import plane
-    from .io import check_output_path, write_label
+    """Write the label map (with the input's geometry) and the overlay picture, both paths checked
+    first (:func:`medseg.io.outputs.plan_outputs`)."""
+    from .data.cases import plane
+    from .io import write_label
+    from .io.outputs import plan_outputs
     from .viz import overlay, save_png
 
     volumetric = result.labels.shape[0] > 1
     source = result.image.meta.source
     out = out or _default_mask_path(Path(source), volumetric)
-    for path in (out, overlay_path):  # check both before writing either
-        if path is not None:
-            check_output_path(path, source, overwrite)
-    like = result.image.meta if (volumetric or out.suffix == ".png") else None
-    written = write_label(result.labels if volumetric else result.labels[0], out, like=like, overwrite=overwrite)
+    planned = plan_outputs({"--out": out, "--overlay": overlay_path}, inputs=[source], overwrite=overwrite)
+    written = write_label(result.labels, planned["--out"], like=result.image.meta, overwrite=overwrite)
     if overlay_path is not None:
         z = result.key_slice
         rgb = overlay(plane(result.image, z), result.labels[z], boxes=result.boxes, points=result.points,
                       point_labels=result.point_labels)
-        save_png(rgb, overlay_path, overwrite=overwrite, source=source)
-    return written, overlay_path
+        save_png(rgb, planned["--overlay"], overwrite=overwrite, source=source)
+    return written, planned["--overlay"]
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -99,7 +96,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
         _universal_default(args)
         if args.box or args.point or args.negative_point:
-            raise KeyError("--task segments with no prompt; drop --box/--point, or drop --task to prompt")
+            raise InputError("--task segments with no prompt; drop --box/--point, or drop --task to prompt")
         return predict_auto(_predictor(args), args.input, args.task, args.out, args.overlay, args.overwrite)
     predictor = _predictor(args)
     result = segment_file(predictor, args.input, boxes=args.box, points=args.point,
@@ -115,44 +112,56 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .eval import Report, evaluate_dataset, find_cases
+def _evaluate_outputs(args: argparse.Namespace) -> dict[str, Path | None]:
+    """Every output of ``medseg evaluate``, checked before the model loads: never a dataset's own file."""
+    from .data.datasets import dataset_files
+    from .io.outputs import plan_outputs
 
-    find_cases(args.dataset, args.split)  # a wrong folder or split fails before the model loads
+    wanted = {"--json": args.json, "--csv": args.csv, "--figure": args.figure}
+    return plan_outputs(wanted, protected=dataset_files(args.dataset), overwrite=args.overwrite)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .data.datasets import dataset_cases
+
+    dataset_cases(args.dataset, args.split)  # a wrong folder or split fails before the model loads
+    outputs = _evaluate_outputs(args)
     if args.auto or args.task:
-        return _evaluate_auto(args)
-    figure = args.figure or Path.cwd() / f"{Path(args.dataset).resolve().name}_{args.split}_{args.prompt}.png"
-    probe = Report(dataset=str(args.dataset), split=args.split, prompt=args.prompt)
-    for path in (args.json, args.csv, figure):
-        if path is not None:
-            probe.check_output(path)
+        return _evaluate_auto(args, outputs)
     predictor = _predictor(args)
     if args.prompt == "clicks":
-        return _evaluate_clicks(args, predictor, figure)
+        return _evaluate_clicks(args, predictor, outputs)
+    from .eval import evaluate_dataset
+
     report = evaluate_dataset(predictor, args.dataset, split=args.split, prompt=args.prompt, limit=args.limit,
-                              progress=not args.no_progress)
+                              progress=not args.no_progress, overlays=outputs["--figure"] is not None)
     report.print_table()
-    for path, write in ((args.json, report.to_json), (args.csv, report.to_csv), (figure, report.save_figure)):
-        if path is not None:
-            print(f"wrote {write(path)}")
+    for name, write in (("--json", report.to_json), ("--csv", report.to_csv), ("--figure", report.save_figure)):
+        if outputs[name] is not None:
+            print(f"wrote {write(outputs[name], overwrite=args.overwrite)}")
+    return _failed(len(report.errors), report.summary["n_cases"] + len(report.errors))
+
+
+def _failed(n_errors: int, n_cases: int) -> int:
+    """Exit status of an evaluation: 1 (with a line on stderr) when any case failed, else 0."""
+    if n_errors:
+        print(f"medseg evaluate: {n_errors} of {n_cases} cases failed (listed above)", file=sys.stderr)
+        return 1
     return 0
 
 
-def _evaluate_auto(args: argparse.Namespace) -> int:
+def _evaluate_auto(args: argparse.Namespace, outputs: dict[str, Path | None]) -> int:
     from .eval.automatic import evaluate_auto, print_auto, write_auto_json
-    from .errors import InputError
 
     if not (args.auto and args.task):
         raise InputError("automatic evaluation needs both --auto and --task NAME")
-    if args.json is not None and args.json.exists():
-        raise InputError(f"{args.json} exists; choose another --json path or remove it")
     _universal_default(args)
     result = evaluate_auto(_predictor(args), args.dataset, args.task, args.split, args.limit,
                            progress=not args.no_progress)
     print_auto(result)
-    if args.json is not None:
-        print(f"wrote {write_auto_json(result, args.json)}")
-    return 0
+    if outputs["--json"] is not None:
+        print(f"wrote {write_auto_json(result, outputs['--json'], overwrite=args.overwrite)}")
+    return _failed(len(result["errors"]), len({r["stem"] for r in result["cases"]}) + len(result["errors"]))
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
@@ -169,28 +178,25 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate_clicks(args: argparse.Namespace, predictor, figure: Path) -> int:
-    import json
-
-    from .eval.interactive import evaluate_interactive, print_rounds, save_rounds_figure
+def _evaluate_clicks(args: argparse.Namespace, predictor, outputs: dict[str, Path | None]) -> int:
+    from .eval.interactive import evaluate_interactive, print_rounds, rounds_csv, save_rounds_figure
+    from .io.outputs import write_text
 
     if args.rounds < 1:
-        raise KeyError("--rounds must be 1 or more")
+        raise InputError("--rounds must be 1 or more")
     result = evaluate_interactive(predictor, args.dataset, split=args.split, rounds=args.rounds, limit=args.limit,
                                   progress=not args.no_progress, first=args.first)
     print_rounds(result)
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
-        print(f"wrote {args.json}")
-    if args.csv is not None:
-        rows = ["stem,class_id," + ",".join(f"dice_round_{k + 1}" for k in range(args.rounds))]
-        rows += [f"{c['stem']},{c['class_id']}," + ",".join("" if d is None else f"{d:.6f}" for d in c["dice_per_round"])
-                 for c in result["cases"]]
-        args.csv.write_text("\n".join(rows) + "\n")
-        print(f"wrote {args.csv}")
-    print(f"wrote {save_rounds_figure(result, figure)}")
-    return 0
+    if outputs["--json"] is not None:
+        import json
+
+        print(f"wrote {write_text(outputs['--json'], json.dumps(result, indent=2) + chr(10))}")
+    if outputs["--csv"] is not None:
+        print(f"wrote {write_text(outputs['--csv'], rounds_csv(result))}")
+    if outputs["--figure"] is not None:
+        print(f"wrote {save_rounds_figure(result, outputs['--figure'], overwrite=args.overwrite)}")
+    n_cases = len({c["stem"] for c in result["cases"]}) + len(result["skipped"]) + len(result["errors"])
+    return _failed(len(result["errors"]), n_cases)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -288,7 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="only the first N cases")
     p.add_argument("--json", type=Path, help="write the report as JSON")
     p.add_argument("--csv", type=Path, help="write one row per case and class as CSV")
-    p.add_argument("--figure", type=Path, help="PNG with Dice per case and overlays (default: ./<dataset>_<split>_<prompt>.png)")
+    p.add_argument("--figure", type=Path, help="PNG with Dice per case and overlays of the best, median and worst case")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files (never the dataset's own)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--auto", action="store_true", help="automatic mode: no prompt, every class of --task")
     p.add_argument("--task", help="with --auto: the task (of a universal --checkpoint) the dataset belongs to")
@@ -312,14 +319,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _warn(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line a person reads (``medseg: warning: ...``), not Python's file:line form."""
+    print(f"medseg: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; user mistakes and unwritable places end as one line on stderr, never a traceback.
+
+    Exit status: 0 done, 1 done but some inputs failed (listed), 2 refused (bad input, nothing or
+    only part written)."""
+    import warnings
+
     args = build_parser().parse_args(argv)
+    shown = warnings.showwarning
+    warnings.showwarning = _warn
     try:
         return args.func(args)
-    except (MedsegError, KeyError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"medseg {args.command}: error: {message}", file=sys.stderr)
+    except MedsegError as exc:
+        print(f"medseg {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a disk that is full or read-only, a folder without permission
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"medseg {args.command}: error: cannot read or write{where}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    finally:
+        warnings.showwarning = shown
 
 
 if __name__ == "__main__":

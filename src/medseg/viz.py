@@ -78,8 +78,7 @@ def save_png(rgb: np.ndarray, path: str | Path, overwrite: bool = True, source: 
     from PIL import Image as PILImage
 
     from .io import check_output_path
+    from .io.outputs import atomic_write
 
     path = check_output_path(path, source, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    PILImage.fromarray(rgb).save(path)
-    return path
+    return atomic_write(path, lambda tmp: PILImage.fromarray(rgb).save(tmp, format="PNG"))

@@ -122,13 +122,10 @@ def dataset(tmp_path) -> Path:
     return _write_dataset(tmp_path / "tiny_ds")
 
 
-@pytest.fixture(scope="session")
-def real_weights() -> None:
-    """Skips when the published LiteMedSAM weights are not installed."""
-    from medseg.errors import CheckpointError
-    from medseg.models.weights import litemedsam_weights_path
-
-    try:
-        litemedsam_weights_path()
-    except CheckpointError as exc:
-        pytest.skip(f"LiteMedSAM weights not installed: {exc}")
+@pytest.fixture
+def work(tmp_path, monkeypatch):
+    """A fresh, empty current folder, to see that a command writes files only where it was asked to."""
+    folder = tmp_path / "work"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    return folder

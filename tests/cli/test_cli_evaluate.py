@@ -5,20 +5,12 @@ from __future__ import annotations
 import csv
 import json
 
+import numpy as np
 import pytest
 from PIL import Image
 
 TINY = ["--model", "litemedsam-tiny", "--device", "cpu", "--no-progress"]
 COLUMNS = ["stem", "class_id", "class_name", "dice", "iou", "hd95", "nsd", "n_prompts", "empty_gt", "seconds"]
-
-
-@pytest.fixture
-def work(tmp_path, monkeypatch):
-    """A fresh current folder: evaluate writes its default figure there."""
-    folder = tmp_path / "work"
-    folder.mkdir()
-    monkeypatch.chdir(folder)
-    return folder
 
 
 def test_box_prompt_writes_json_csv_and_figure(cli, dataset, work):
@@ -44,13 +36,20 @@ def test_box_prompt_writes_json_csv_and_figure(cli, dataset, work):
     assert [row[0] for row in rows[1:]] == ["case2", "case3", "case4"]
     assert all(0.0 <= float(row[3]) <= 1.0 for row in rows[1:])
 
-    assert f.read_bytes().startswith(b"\x89PNG")
     with Image.open(f) as im:
-        im.verify()
+        picture = np.asarray(im.convert("RGB"))
+    assert picture.shape[1] == 960 and picture.shape[0] == 700  # bars above 3 overlays (3.2 in each, 100 dpi)
+    assert _has_colour(picture, (0x00, 0xE0, 0x00)), "no ground-truth outline (green) in the figure"
+    assert _has_colour(picture, (0x48, 0x78, 0xD0)), "no Dice bars (blue) in the figure"
     assert list(work.iterdir()) == [work / "r"]  # no default figure besides the one asked for
 
 
-def test_point_prompt_with_limit_and_default_figure(cli, dataset, work):
+def _has_colour(picture: np.ndarray, rgb: tuple[int, int, int], tolerance: int = 12) -> bool:
+    """Whether an (H, W, 3) picture has pixels of about that colour."""
+    return bool((np.abs(picture.astype(int) - np.array(rgb)).max(axis=-1) <= tolerance).any())
+
+
+def test_point_prompt_with_limit_writes_no_figure_unless_asked(cli, dataset, work):
     j = work / "p.json"
     r = cli("evaluate", dataset, "--prompt", "point", "--limit", 1, "--json", j, *TINY)
     assert r.rc == 0, r.err
@@ -59,16 +58,14 @@ def test_point_prompt_with_limit_and_default_figure(cli, dataset, work):
     assert [case["stem"] for case in report["cases"]] == ["case2"]
     assert report["summary"]["n_cases"] == 1
     assert 0.0 <= report["cases"][0]["dice"] <= 1.0
-    figure = work / "tiny_ds_test_point.png"  # ./<dataset>_<split>_<prompt>.png by default
-    assert figure.read_bytes().startswith(b"\x89PNG")
-    assert f"wrote {figure}" in r.out
+    assert list(work.iterdir()) == [j]  # files only where asked: no figure in the current folder
 
 
 def test_split_all_and_train(cli, dataset, work):
     j = work / "all.json"
     assert cli("evaluate", dataset, "--split", "all", "--json", j, *TINY).rc == 0
     assert [c["stem"] for c in json.loads(j.read_text())["cases"]] == ["case1", "case2", "case3", "case4"]
-    assert cli("evaluate", dataset, "--split", "train", "--json", j, *TINY).rc == 0
+    assert cli("evaluate", dataset, "--split", "train", "--json", j, "--overwrite", *TINY).rc == 0
     assert [c["stem"] for c in json.loads(j.read_text())["cases"]] == ["case1"]
 
 
@@ -76,7 +73,8 @@ def test_corrupt_image_is_reported_and_the_rest_scored(cli, dataset, work):
     (dataset / "images" / "case3.png").write_text("not a picture at all\n")
     j, c = work / "r.json", work / "r.csv"
     r = cli("evaluate", dataset, "--json", j, "--csv", c, *TINY)
-    assert r.rc == 0, r.err
+    assert r.rc == 1, r.err  # done, but a case failed
+    assert "1 of 3 cases failed" in r.err
     report = json.loads(j.read_text())
     assert [case["stem"] for case in report["cases"]] == ["case2", "case4"]
     assert [e["stem"] for e in report["errors"]] == ["case3"]
@@ -119,7 +117,7 @@ def test_bad_limit_exits_2(cli, dataset, work):
 def test_refuses_to_write_into_the_dataset(cli, dataset, work):
     target = dataset / "masks" / "report.json"
     r = cli("evaluate", dataset, "--json", target, *TINY)
-    assert r.rc == 2 and "refusing" in r.err
+    assert r.rc == 2 and "dataset's own files" in r.err
     assert not target.exists()
 
 
@@ -143,4 +141,7 @@ def test_evaluate_clicks_reports_dice_per_round(cli, dataset, tmp_path):
     result = json.loads(out_json.read_text())
     assert result["rounds"] == 2 and len(result["dice_per_round"]) == 2
     assert "box + 1 click" in r.out
-    assert fig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(fig) as im:
+        picture = np.asarray(im.convert("RGB"))
+    assert picture.shape[:2] == (480, 720)  # 6 x 4 inches at 120 dpi
+    assert _has_colour(picture, (0xD6, 0x27, 0x28)), "no mean-Dice line (red) in the rounds figure"

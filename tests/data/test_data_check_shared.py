@@ -17,7 +17,7 @@ def test_every_shared_folder_with_splits_opens(shared_data):
         stems = set()
         for split in ("train", "val", "test"):
             samples = spec.samples(split)
-            assert samples and all(s.label_path is not None for s in samples), (root, split)
+            assert samples and all(s.mask_path is not None for s in samples), (root, split)
             stems |= {s.stem for s in samples}
         assert stems == set(spec.scan().samples), root  # the splits cover every pair
         assert not spec.scan().unpaired_images and not spec.scan().unpaired_labels, root

@@ -24,7 +24,7 @@ def snapshot(spec):
     out = {}
     for s in spec.samples("all"):
         images = [read_image(p) for p in s.image_paths]
-        label = read_label(s.label_path).array if s.label_path else None
+        label = read_label(s.mask_path).array if s.mask_path else None
         out[s.stem] = (np.concatenate([i.array for i in images]), label, images[0].meta.affine)
     return out
 
@@ -64,7 +64,7 @@ def test_binary_255_masks_become_class_ids(tmp_path):
     assert nn.root == tmp_path / "Dataset007_Polyp" and not (nn.root / "splits_final.json").exists()
     assert nn.splits == {"train": ["c1", "c2", "c3", "c4", "c5", "c6"]}
     for sample in nn.samples():
-        assert set(np.unique(read_label(sample.label_path).array)) == {0, 1}
+        assert set(np.unique(read_label(sample.mask_path).array)) == {0, 1}
     back = convert(nn.root, tmp_path / "back", "paired")
     assert not (back.root / "splits.json").exists() and not back.has_split_file
 
@@ -80,7 +80,7 @@ def test_round_trip_3d_keeps_geometry(tmp_path):
     before, after = snapshot(src), snapshot(back)
     assert_same(before, after, geometry=True)
     np.testing.assert_allclose(after["c1"][2], AFFINE, atol=1e-5)
-    assert read_label(back.samples()[0].label_path).array.dtype.kind in "iu"
+    assert read_label(back.samples()[0].mask_path).array.dtype.kind in "iu"
 
 
 def test_multichannel_nnunet_through_paired_and_herseg(tmp_path):

@@ -7,7 +7,7 @@ import pytest
 from test_data_layouts_kit import (SPLITS, STEMS, make_herseg, make_nnunet, make_paired_2d, make_paired_3d,
                                    mask2d, picture, save_png, write_json)
 
-from medseg.data import DatasetSpec, detect_layout, open_dataset
+from medseg.data import detect_layout, open_dataset, spec_from_json
 from medseg.errors import InputError
 
 
@@ -20,7 +20,7 @@ def test_paired_2d(tmp_path):
     train = spec.samples("train")
     assert [s.stem for s in train] == ["c1", "c2", "c3"]
     assert train[0].image_paths == (root / "images" / "c1.png",)
-    assert train[0].label_path == root / "masks" / "c1.png"
+    assert train[0].mask_path == root / "masks" / "c1.png"
     assert [s.stem for s in spec.samples("all")] == STEMS
 
 
@@ -32,7 +32,7 @@ def test_paired_3d_imagesTr_labelsTr(tmp_path):
     assert spec.classes == {0: "background", 1: "atrium", 2: "scar"}
     [sample] = spec.samples("val")
     assert sample.image_paths == (root / "imagesTr" / "c4.nii.gz",)
-    assert sample.label_path == root / "labelsTr" / "c4.nii.gz"
+    assert sample.mask_path == root / "labelsTr" / "c4.nii.gz"
 
 
 def test_paired_without_split_file_is_all_train(tmp_path):
@@ -48,7 +48,7 @@ def test_herseg_split_names_with_and_without_suffix(tmp_path):
     assert spec.splits == SPLITS  # "valid" -> "val", "c1.png" -> "c1"
     [sample] = spec.samples("val")
     assert sample.image_path == root / "image_1024" / "c4.png"
-    assert sample.label_path == root / "mask_1024" / "c4.png"
+    assert sample.mask_path == root / "mask_1024" / "c4.png"
 
 
 def test_nnunet_multichannel_with_splits_final(tmp_path):
@@ -62,9 +62,9 @@ def test_nnunet_multichannel_with_splits_final(tmp_path):
     assert spec.splits == {"train": ["p1", "p2", "p3"], "val": ["p4"], "test": ["p5"]}  # fold 0
     p1 = spec.samples("train")[0]
     assert [p.name for p in p1.image_paths] == ["p1_0000.nii.gz", "p1_0001.nii.gz"]
-    assert p1.label_path == root / "labelsTr" / "p1.nii.gz"
+    assert p1.mask_path == root / "labelsTr" / "p1.nii.gz"
     [test] = spec.samples("test")  # imagesTs without labelsTs: no label
-    assert test.label_path is None and test.image_path == root / "imagesTs" / "p5_0000.nii.gz"
+    assert test.mask_path is None and test.image_path == root / "imagesTs" / "p5_0000.nii.gz"
     with pytest.raises(InputError, match="no image\\+mask cases in split 'test'"):
         spec.samples("test", labelled=True)
 
@@ -129,12 +129,12 @@ def test_class_files(tmp_path):
 
 def test_spec_json_round_trip(tmp_path):
     spec = open_dataset(make_nnunet(tmp_path / "Dataset003_P"))
-    again = DatasetSpec.from_json(spec.to_json(tmp_path / "spec_out.json"))
+    again = spec_from_json(spec.to_json(tmp_path / "spec_out.json"))
     assert again == spec and again.to_dict() == spec.to_dict()
-    assert DatasetSpec.from_json(tmp_path / "spec_out.json") == spec
+    assert spec_from_json(tmp_path / "spec_out.json") == spec
     assert [s.stem for s in again.samples("train")] == ["p1", "p2", "p3", "p4"]  # scanned lazily
     with pytest.raises(InputError, match="not a dataset spec"):
-        DatasetSpec.from_json('{"name": "x"}')
+        spec_from_json('{"name": "x"}')
 
 
 def test_detect_layout_names_the_expected_layouts(tmp_path):
@@ -157,10 +157,10 @@ def test_importing_the_package_is_light():
 
 
 def test_eval_find_cases_reads_every_layout(tmp_path):
-    from medseg.eval import class_names, find_cases
+    from medseg.data.datasets import class_names, dataset_cases
 
     root = make_nnunet(tmp_path / "Dataset004_P", test_labels=True)
-    cases = find_cases(root, "test")
+    cases = dataset_cases(root, "test")
     assert [(c.stem, c.image_path.name, c.mask_path.name) for c in cases] == [("p5", "p5_0000.nii.gz", "p5.nii.gz")]
     assert class_names(root) == {0: "background", 1: "zone", 2: "lesion"}
-    assert [c.stem for c in find_cases(make_herseg(tmp_path / "her"), "val")] == ["c4"]
+    assert [c.stem for c in dataset_cases(make_herseg(tmp_path / "her"), "val")] == ["c4"]

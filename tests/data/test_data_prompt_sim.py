@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from medseg.data.prompt_sim import clicks_from_errors, dice, jitter_box, sample_click, simulate_interaction
+from medseg.data.masks import dice
+from medseg.data.prompt_sim import clicks_from_errors, sample_click, simulate_interaction
+from medseg.data.prompts import jitter_box
 from medseg.errors import InputError
 
 
@@ -162,9 +164,30 @@ def test_interaction_with_the_real_predictor_runs_all_rounds():
 
     torch.manual_seed(0)
     predictor = Predictor(build_model("litemedsam-tiny"), device="cpu")
+    calls = []
+    real_predict = predictor.predict
+
+    def recording(**kwargs):
+        out = real_predict(**kwargs)
+        calls.append((kwargs, out))
+        return out
+
+    predictor.predict = recording
     image = np.random.default_rng(0).normal(0, 1, (40, 56)).astype(np.float32)
-    history = simulate_interaction(predictor, image, rectangle((40, 56), (8, 30), (10, 40)), rounds=3, first="point")
-    assert len(history) == 3 and all(p.shape == (40, 56) and 0 <= d <= 1 for p, d in history)
+    gt = rectangle((40, 56), (8, 30), (10, 40))
+    history = simulate_interaction(predictor, image, gt, rounds=3, first="point")
+    assert len(history) == 3 and all(p.shape == (40, 56) and d == dice(p, gt) for p, d in history)
+    (first, out0), *later = calls
+    assert first["points"].tolist() == [[[24.0, 18.0]]] and first["point_labels"].tolist() == [[1]]  # deepest pixel
+    assert "mask_input" not in first and "box" not in first
+    previous = out0
+    for k, (kwargs, out) in enumerate(later, start=2):  # each round: one more click, the last logits as mask
+        assert kwargs["points"].shape == (1, k, 2) and kwargs["point_labels"].shape == (1, k)
+        np.testing.assert_array_equal(kwargs["mask_input"], previous.logits[:, :1])
+        x, y = kwargs["points"][0, -1].astype(int)
+        wrong = history[k - 2][0] != gt  # the new click lies on an error of the round before
+        assert wrong[y, x] and kwargs["point_labels"][0, -1] == int(gt[y, x])
+        previous = out
 
 
 def test_clicks_from_errors_batches_one_click_per_item():

@@ -39,9 +39,7 @@ def border_band(mask: np.ndarray, width: int) -> np.ndarray:
 
 
 EXACT = [T.Flip(horizontal=True), T.Flip(vertical=True), T.Flip(True, True), T.Rot90(1), T.Rot90(2), T.Rot90(3)]
-RESAMPLED = [T.Affine(30.0, 1.0), T.Affine(-70.0, 1.1), T.Affine(0.0, 1.4), T.Affine(0.0, 0.7),
-             T.Elastic(alpha=4.0, sigma=6.0, seed=3), T.ResizeLongestSide(256), T.ResizeLongestSide(40),
-             T.PadToSquare(80)]
+RESAMPLED = [T.Affine(30.0, 1.0), T.Affine(-70.0, 1.1), T.Affine(0.0, 1.4), T.Affine(0.0, 0.7)]
 
 
 @pytest.mark.parametrize("transform", EXACT + RESAMPLED, ids=lambda t: type(t).__name__ + str(vars(t)))
@@ -52,8 +50,7 @@ def test_mask_stays_on_the_bright_region(transform):
     bright, labelled = out["image"][0] > 0.5, out["mask"] > 0
     assert labelled.any()
     wrong = bright != labelled
-    width = 2 if isinstance(transform, T.ResizeLongestSide) else 1
-    assert not (wrong & ~border_band(labelled, width)).any(), "misaligned beyond border pixels"
+    assert not (wrong & ~border_band(labelled, 1)).any(), "misaligned beyond border pixels"
     if transform in EXACT:
         assert not wrong.any()
     assert np.allclose(out["image"][0], out["image"][2])  # channels moved together
@@ -65,7 +62,7 @@ def test_labels_keep_their_value_set(transform):
     assert set(np.unique(out["mask"]).tolist()) <= LABELS
 
 
-@pytest.mark.parametrize("transform", EXACT + [T.ResizeLongestSide(40), T.PadToSquare(64)],
+@pytest.mark.parametrize("transform", EXACT,
                          ids=lambda t: type(t).__name__ + str(vars(t)))
 def test_boxes_and_points_follow_the_object(transform):
     out = transform(square_sample())
@@ -76,7 +73,7 @@ def test_boxes_and_points_follow_the_object(transform):
     assert (out["point_labels"] == 1).all()
 
 
-@pytest.mark.parametrize("transform", [T.Affine(30.0, 1.0), T.Affine(-45.0, 0.8), T.Elastic(4.0, 6.0, seed=1)],
+@pytest.mark.parametrize("transform", [T.Affine(30.0, 1.0), T.Affine(-45.0, 0.8)],
                          ids=lambda t: type(t).__name__ + str(vars(t)))
 def test_boxes_enclose_the_object_after_rotation_and_warps(transform):
     out = transform(square_sample())
@@ -118,20 +115,11 @@ def test_rot90_swaps_height_and_width_and_input_is_untouched():
         assert np.array_equal(sample[key], value)
 
 
-def test_resize_and_pad_match_the_inference_geometry():
-    out = T.PadToSquare(256)(T.ResizeLongestSide(256)(square_sample(48, 64)))
-    assert out["image"].shape == (3, 256, 256) and out["mask"].shape == (256, 256)
-    assert not out["mask"][192:].any() and not out["image"][:, 192:].any()  # 48 * 4 = 192 rows, padded below
-    assert np.allclose(out["boxes"][0], np.array([12, 8, 35, 23]) * 4.0)
-    with pytest.raises(InputError, match="ResizeLongestSide"):
-        T.PadToSquare(32)(square_sample())
-
-
 def test_intensity_transforms_leave_mask_and_prompts_untouched():
     sample = square_sample()
     sample["image"] = sample["image"] * 300.0 - 100.0  # -100 .. 200
-    for transform in (T.NormalizeIntensity("CT"), T.NormalizeIntensity(None),
-                      T.Intensity(shift=0.1, factor=1.2, gamma=0.8, std=0.05, seed=1, clip=(0, 1))):
+    for transform in (T.Intensity(shift=0.1, factor=1.2, gamma=0.8, std=0.05, seed=1, clip=(0, 1)),
+                      T.Intensity(factor=0.5)):
         out = transform(sample)
         for key in ("mask", "boxes", "points", "point_labels"):
             assert np.array_equal(out[key], sample[key])
@@ -141,18 +129,9 @@ def test_intensity_transforms_leave_mask_and_prompts_untouched():
     assert np.array_equal(out["mask"], sample["mask"])
 
 
-def test_normalize_intensity_windows_ct_and_scales_to_unit_range():
-    image = np.array([[[-1000.0, -160.0, 40.0, 240.0, 3000.0]]], dtype=np.float32)
-    out = T.NormalizeIntensity("CT")({"image": image, "mask": np.zeros((1, 5), np.uint8)})
-    assert np.allclose(out["image"], [[[0.0, 0.0, 0.5, 1.0, 1.0]]])
-    mr = T.NormalizeIntensity("MR")({"image": np.arange(1000, dtype=np.float32).reshape(1, 10, 100),
-                                      "mask": np.zeros((10, 100), np.uint8)})
-    assert mr["image"].min() == 0.0 and mr["image"].max() == 1.0
-
-
 def test_random_transform_is_draw_then_fixed():
     sample = square_sample()
-    for random in (A.RandomFlip(), A.RandomRot90(1.0), A.RandomAffine(p=1.0), A.RandomElastic(p=1.0),
+    for random in (A.RandomFlip(), A.RandomRot90(1.0), A.RandomAffine(p=1.0),
                    A.RandomIntensity(p=1.0)):
         params = random.draw(np.random.default_rng(11))
         direct = random(sample, np.random.default_rng(11))
@@ -167,9 +146,9 @@ def outputs(pipeline: A.Compose, sample: dict, n: int = 4) -> list[dict]:
 
 def test_same_seed_same_output_different_seed_differs():
     sample = square_sample()
-    a = outputs(A.default_train_augmentation(seed=5, elastic=True), sample)
-    b = outputs(A.default_train_augmentation(seed=5, elastic=True), sample)
-    c = outputs(A.default_train_augmentation(seed=6, elastic=True), sample)
+    a = outputs(A.Compose(A.train_augmentation().transforms, seed=5), sample)
+    b = outputs(A.Compose(A.train_augmentation().transforms, seed=5), sample)
+    c = outputs(A.Compose(A.train_augmentation().transforms, seed=6), sample)
     for x, y in zip(a, b):
         for key in ("image", "mask", "boxes", "points", "point_labels"):
             assert np.array_equal(x[key], y[key])
@@ -178,18 +157,18 @@ def test_same_seed_same_output_different_seed_differs():
 
 
 def test_compose_draw_and_fixed_replay_a_run():
-    pipeline = A.default_train_augmentation(seed=None, size=None)
+    pipeline = A.train_augmentation()
     params = pipeline.draw(np.random.default_rng(3))
     replay = pipeline.fixed(params)(square_sample())
     direct = pipeline(square_sample(), np.random.default_rng(3))
     assert np.array_equal(replay["image"], direct["image"]) and np.array_equal(replay["mask"], direct["mask"])
 
 
-def test_default_pipeline_gives_model_ready_samples():
-    pipeline = A.default_train_augmentation(seed=0, size=64, elastic=True)
-    for _ in range(5):
-        out = pipeline(square_sample(30, 50, channels=1))
-        assert out["image"].shape == (1, 64, 64) and out["mask"].shape == (64, 64)
+def test_the_training_pipeline_keeps_model_ready_samples_model_ready():
+    pipeline = A.train_augmentation()
+    for seed in range(5):
+        out = pipeline(square_sample(64, 64, channels=3), np.random.default_rng(seed))
+        assert out["image"].shape == (3, 64, 64) and out["mask"].shape == (64, 64)
         assert out["image"].min() >= 0.0 and out["image"].max() <= 1.0
         assert set(np.unique(out["mask"]).tolist()) <= LABELS
 

@@ -9,7 +9,7 @@ from evalkit import BoxFillPredictor, disc, rectangle, write_case, write_json
 
 from medseg.errors import InputError
 from medseg.eval import evaluate_dataset
-from medseg.eval.loader import io_loader
+from medseg.data.cases import load_case
 
 
 def rows_by_stem(report):
@@ -119,9 +119,9 @@ def test_custom_loader_and_latency(tmp_path, predictor):
     write_case(tmp_path, "rect", rectangle())
     seen = []
 
-    def loader(image_path, mask_path):
-        seen.append((image_path.name, mask_path.name))
-        return io_loader(image_path, mask_path)
+    def loader(case):
+        seen.append((case.image_path.name, case.mask_path.name))
+        return load_case(case)
 
     report = evaluate_dataset(predictor, tmp_path, split="all", progress=False, loader=loader, overlays=False)
     assert seen == [("rect.png", "rect.png")]

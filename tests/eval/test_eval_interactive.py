@@ -13,7 +13,7 @@ from evalkit import disc, rectangle, write_case, write_json
 from medseg.data.prompt_sim import simulate_interaction
 from medseg.errors import InputError
 from medseg.eval.interactive import evaluate_interactive, print_rounds, save_rounds_figure
-from medseg.eval.loader import io_loader
+from medseg.data.cases import Case, load_case
 from medseg.io import Image, Label
 from medseg.io.meta import Meta
 
@@ -85,7 +85,7 @@ def test_dice_per_round_improves_and_bad_cases_are_recorded(dataset):
 def test_each_component_is_simulated_alone_and_the_union_scored(dataset):
     result = evaluate_interactive(ClickPredictor(), dataset, split="all", rounds=3, progress=False)
     (row,) = [r for r in result["cases"] if (r["stem"], r["class_id"]) == ("multi", 1)]
-    _, label = io_loader(dataset / "images" / "multi.png", dataset / "masks" / "multi.png")
+    _, label = load_case(Case("case", dataset / "images" / "multi.png", dataset / "masks" / "multi.png"))
     gt = label.array[0] == 1
     top, bottom = gt.copy(), gt.copy()
     top[25:], bottom[:25] = False, False
@@ -110,7 +110,7 @@ def test_predictor_failure_and_volumes_become_errors(dataset):
     messages = {e["stem"]: e["message"] for e in result["errors"]}
     assert messages["multi"] == "RuntimeError: model exploded" and "circle" not in messages
 
-    def volume_loader(image_path, mask_path):
+    def volume_loader(case):
         return Image(np.zeros((1, 3, 16, 16)), Meta()), Label(np.ones((3, 16, 16), np.uint8), Meta())
 
     result = evaluate_interactive(ClickPredictor(), dataset, split="all", rounds=2, progress=False,
@@ -135,6 +135,14 @@ def test_table_and_figure(dataset, tmp_path_factory):
     assert "2 cases (3 class rows) scored, 1 errors, 1 without foreground skipped" in text
     assert "error broken" in text
     target = save_rounds_figure(result, tmp_path_factory.mktemp("out") / "sub" / "rounds.png")
-    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    with pytest.raises(InputError, match="inside the dataset"):
+    from PIL import Image
+
+    with Image.open(target) as im:
+        picture = np.asarray(im.convert("RGB")).astype(int)
+    assert picture.shape[:2] == (480, 720)  # 6 x 4 inches at 120 dpi
+    assert (np.abs(picture - (0xD6, 0x27, 0x28)).max(-1) <= 12).any()  # the mean line is drawn
+    with pytest.raises(InputError, match="dataset's own files"):
         save_rounds_figure(result, dataset / "images" / "rounds.png")
+    with pytest.raises(InputError, match="exists"):
+        save_rounds_figure(result, target)
+    assert save_rounds_figure(result, target, overwrite=True) == target

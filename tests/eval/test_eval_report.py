@@ -44,10 +44,13 @@ def test_json_shape_and_nan_as_null(report, tmp_path):
     assert "NaN" not in path.read_text()
 
 
-def test_outputs_may_be_overwritten(report, tmp_path):
+def test_outputs_are_replaced_only_with_overwrite(report, tmp_path):
     path = tmp_path / "r.json"
     path.write_text("old")
-    report.to_json(path)
+    with pytest.raises(InputError, match="--overwrite"):
+        report.to_json(path)
+    assert path.read_text() == "old"
+    report.to_json(path, overwrite=True)
     assert json.loads(path.read_text())["cases"]
 
 
@@ -81,9 +84,9 @@ def test_empty_report_figure_and_summary(tmp_path):
 
 def test_outputs_inside_the_dataset_images_or_masks_are_refused(report):
     data = report.dataset
-    for target in (f"{data}/images/report.json", f"{data}/masks/sub/x.csv", f"{data}/masks"):
-        with pytest.raises(InputError, match="inside the dataset folder"):
-            report.to_json(target)
+    for target in (f"{data}/images/report.json", f"{data}/masks/sub/x.csv", f"{data}/masks", f"{data}/splits.json"):
+        with pytest.raises(InputError, match="dataset's own files"):
+            report.to_json(target, overwrite=True)
     with pytest.raises(InputError):
         report.to_csv(f"{data}/masks/cases.csv")
     with pytest.raises(InputError):

@@ -35,10 +35,22 @@ def test_segment_returns_every_class_at_the_image_resolution(segmenter):
 
 
 def test_refine_uses_the_promptable_path_on_the_same_image(segmenter):
-    image = np.random.default_rng(1).integers(0, 255, (40, 52)).astype(np.uint8)
+    """refine() after segment() is the promptable model's answer on that image: the same mask as a
+    plain Predictor over the same model given the same image and box; another image gives another."""
+    from medseg.infer import Predictor
+
+    rng = np.random.default_rng(1)
+    image, other = (rng.integers(0, 255, (40, 52)).astype(np.uint8) for _ in range(2))
+    box = np.array([5, 5, 30, 30])
     segmenter.segment(image, "fundus")
-    mask = segmenter.refine(box=np.array([5, 5, 30, 30]))
+    mask = segmenter.refine(box=box)
+    plain = Predictor(segmenter.model, device="cpu")
+    plain.set_image(image, segmenter.modality_for("fundus"))
+    expected = plain.predict(box=box)
     assert mask.shape == (40, 52) and mask.dtype == bool
+    np.testing.assert_array_equal(mask, expected.masks[0, 0])
+    plain.set_image(other, segmenter.modality_for("fundus"))
+    assert not np.allclose(plain.predict(box=box).logits, expected.logits)  # the image matters
 
 
 def test_unknown_task_and_non_universal_model_are_clear_errors(segmenter):
@@ -46,6 +58,19 @@ def test_unknown_task_and_non_universal_model_are_clear_errors(segmenter):
         segmenter.segment(np.zeros((8, 8)), "liver")
     with pytest.raises(InputError, match="needs a universal model"):
         AutoSegmenter(build_model("litemedsam-tiny"))
+
+
+def test_refine_from_first_boxes_prompts_each_class_with_its_automatic_box(segmenter):
+    """The "automatic first box, then refine" protocol: each class's mask comes from the box around
+    its largest automatic component; a class the automatic map lacks gets an empty mask."""
+    image = np.random.default_rng(2).integers(0, 255, (40, 52)).astype(np.uint8)
+    segmenter.segment(image, "fundus")
+    labels = np.zeros((40, 52), dtype=np.uint8)
+    labels[3:6, 3:6] = 2
+    labels[10:30, 12:40] = 2  # the largest component of class 2; no class 1
+    masks = segmenter.refine_from_first_boxes(labels, [1, 2])
+    assert set(masks) == {1, 2} and not masks[1].any()
+    np.testing.assert_array_equal(masks[2], segmenter.refine(box=np.array([12, 10, 39, 29])))
 
 
 def test_first_prompts_box_the_largest_component_and_click_its_interior():
@@ -63,11 +88,11 @@ def test_first_prompts_box_the_largest_component_and_click_its_interior():
 
 
 @pytest.mark.data
-def test_every_2d_task_of_the_shared_data_resolves_and_ct_slices_give_24_organs(shared_data, tmp_path):
+def test_every_2d_task_of_the_shared_data_resolves_and_ct_slices_give_24_organs(shared_data, tmp_path, real_weights):
     import yaml
 
     from medseg.data.tasks import load_tasks
-    from medseg.eval.loader import slice_hwc
+    from medseg.data.cases import plane
     from medseg.io import read_image
 
     repo = Path(__file__).resolve().parents[2]
@@ -83,7 +108,7 @@ def test_every_2d_task_of_the_shared_data_resolves_and_ct_slices_give_24_organs(
     torch.manual_seed(0)
     model = build_model("universal", pretrained=True)
     model.automatic.add_task(ct.name, ct.modality, ct.classes, ct.window)
-    image = slice_hwc(read_image(sorted((ct.root / "images").iterdir())[0]))
+    image = plane(read_image(sorted((ct.root / "images").iterdir())[0]))
     result = AutoSegmenter(model, device="cpu").segment(image, ct.name)
     assert result.labels.shape == image.shape[:2] and result.probabilities.shape == (24, *image.shape[:2])
     assert set(np.unique(result.labels)) <= {0, *ct.classes}

@@ -27,7 +27,7 @@ def disk_image() -> tuple[np.ndarray, np.ndarray]:
     return image, disk
 
 
-def test_pretrained_litemedsam_segments_a_disk(disk_image, tiny_model):
+def test_pretrained_litemedsam_segments_a_disk(disk_image, tiny_model, real_weights):
     image, disk = disk_image
     box = [CX - R - 5, CY - R - 5, CX + R + 5, CY + R + 5]
 

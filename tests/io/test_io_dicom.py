@@ -8,10 +8,11 @@ import pydicom
 import pydicom.data
 import pytest
 import SimpleITK as sitk
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from medseg.errors import InputError
+from dicomkit import minimal_dicom, save_dicom
+from pydicom.uid import generate_uid
+
 from medseg.io import read_image, read_label, write_label
 
 CT_SMALL = Path(pydicom.data.__file__).parent / "test_files" / "CT_small.dcm"  # ships with pydicom
@@ -19,25 +20,7 @@ CT_SMALL = Path(pydicom.data.__file__).parent / "test_files" / "CT_small.dcm"  #
 
 def make_dicom(path, pixels, slope=2.0, intercept=5.0, modality="MR"):
     """A minimal uncompressed single-frame DICOM with geometry and rescale tags."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MRImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.Modality = modality
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
-    ds.ImagePositionPatient = [10.0, -20.0, 30.0]
-    ds.ImageOrientationPatient = [0.0, 1.0, 0.0, 0.0, 0.0, -1.0]  # sagittal
-    ds.PixelSpacing = [0.8, 0.6]  # row spacing (Y), column spacing (X)
-    ds.SliceThickness = 3.0
-    ds.PixelData = pixels.astype(np.int16).tobytes()
-    ds.save_as(str(path), enforce_file_format=True)
-    return path
+    return save_dicom(minimal_dicom(pixels, slope=slope, intercept=intercept, modality=modality), path)
 
 
 def test_ct_small_modality_and_rescale():

@@ -99,7 +99,7 @@ def test_fusion_head_starts_as_a_no_op_and_then_learns():
         model.decode(embedding, boxes=boxes)
 
 
-def test_the_published_student_is_the_distilled_encoder_with_the_teachers_decoder(tmp_path):
+def test_the_published_student_is_the_distilled_encoder_with_the_teachers_decoder(tmp_path, real_weights):
     from safetensors.torch import load_file
 
     from medseg.models.build import DISTILLED

@@ -49,8 +49,10 @@ def test_list_models_is_sorted_registry():
     assert {"litemedsam", "litemedsam-tiny"} <= set(names)
 
 
-def test_unknown_model_name_is_a_key_error_listing_models():
-    with pytest.raises(KeyError, match="litemedsam-tiny"):
+def test_unknown_model_name_is_an_input_error_listing_models():
+    from medseg.errors import InputError
+
+    with pytest.raises(InputError, match="litemedsam-tiny"):
         build_model("no-such-model")
 
 

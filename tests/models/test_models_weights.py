@@ -45,12 +45,12 @@ def tiny_safetensors(tmp_path_factory, tiny_model) -> Path:
 # ---------------------------------------------------------------- published LiteMedSAM weights
 
 
-def test_litemedsam_weights_path_points_at_the_packaged_file():
+def test_litemedsam_weights_path_points_at_the_packaged_file(real_weights):
     path = litemedsam_weights_path()
     assert path.is_file() and path.name == "lite_medsam.pth"
 
 
-def test_litemedsam_pretrained_loads_strictly():
+def test_litemedsam_pretrained_loads_strictly(real_weights):
     """Every tensor of the published file lands in the model, and the model has no tensor it lacks."""
     model = build_model("litemedsam", pretrained=True)
     assert not model.training

@@ -14,13 +14,14 @@ from PIL import Image
 
 import medseg.train.cached  # noqa: F401 - registers "supervised_cached"
 from medseg.errors import InputError
-from medseg.eval.datasets import find_cases
+from medseg.data.datasets import dataset_cases
 from medseg.eval.evaluate import evaluate_case
 from medseg.infer import Predictor
-from medseg.infer.preprocess import prepare_image
+from medseg.data.preprocess import prepare_image
 from medseg.models import build_model
 from medseg.train import load_config, train
-from medseg.train.embeddings import CACHE_ENV, CachedPredictor, build_embeddings, load_plane
+from medseg.train import embeddings
+from medseg.train.embeddings import CachedPredictor, build_embeddings, load_plane
 
 TINY = "litemedsam-tiny"
 
@@ -54,7 +55,7 @@ def squares(tmp_path) -> Path:
 def _cache_dir(tmp_path, monkeypatch) -> Path:
     """Embedding caches of these tests go to tmp_path, never to ~/.cache."""
     folder = tmp_path / "embedding_cache"
-    monkeypatch.setenv(CACHE_ENV, str(folder))
+    monkeypatch.setattr(embeddings, "DEFAULT_CACHE_DIR", Path(str(folder)))
     return folder
 
 
@@ -86,7 +87,7 @@ def config(root: Path, **extra):
 def test_an_image_embedded_for_another_split_or_subset_is_copied_not_encoded(squares, _cache_dir):
     model = tiny_model()
     counter = Counter(model)
-    cases = find_cases(squares, "train")
+    cases = dataset_cases(squares, "train")
     first = build_embeddings(model, cases[:5], label="squares-some", shard_size=3, progress=False)
     assert counter.images == 5
     more = build_embeddings(model, cases, label="squares-all", shard_size=4, progress=False)
@@ -103,7 +104,7 @@ def test_an_image_embedded_for_another_split_or_subset_is_copied_not_encoded(squ
 def test_cache_is_built_once_reused_and_invalidated_by_a_changed_image(squares, _cache_dir):
     model = tiny_model()
     counter = Counter(model)
-    cases = find_cases(squares, "train")
+    cases = dataset_cases(squares, "train")
     store = build_embeddings(model, cases, label="squares-train", shard_size=3, progress=False)
     assert counter.images == len(cases) and (store.computed, store.reused) == (len(cases), 0)
     again = build_embeddings(model, cases, label="squares-train", shard_size=3, progress=False)
@@ -136,7 +137,7 @@ def test_cache_is_built_once_reused_and_invalidated_by_a_changed_image(squares, 
 
 def test_cached_embeddings_equal_the_encoder_on_the_prepared_image(squares):
     model = tiny_model()
-    cases = find_cases(squares, "val")
+    cases = dataset_cases(squares, "val")
     store = build_embeddings(model, cases, label="squares-val", progress=False)
     for case in cases:
         x, record = prepare_image(load_plane(case.image_path), model.image_size)

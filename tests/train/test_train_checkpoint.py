@@ -37,15 +37,17 @@ def _trained_state(model):
 
 
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
+    from medseg.io.outputs import write_bytes
+
     path = tmp_path / "latest.json"
-    ckpt.atomic_write_bytes(path, b"old")
+    write_bytes(path, b"old")
 
     def broken_fsync(fd):
         raise OSError("disk gone")
 
     monkeypatch.setattr(os, "fsync", broken_fsync)
     with pytest.raises(OSError):
-        ckpt.atomic_write_bytes(path, b"new and longer")
+        write_bytes(path, b"new and longer")
     assert path.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.json"]  # no temporary file left
 

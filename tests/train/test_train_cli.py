@@ -64,7 +64,7 @@ def test_train_then_resume_from_the_command_line(dataset, tmp_path, capsys):
     config_path.write_text(yaml.safe_dump(sections))
     run = tmp_path / "run"
     assert main([str(config_path), "--run-dir", str(run)]) == 0
-    assert "done: 1 epochs" in capsys.readouterr().out
+    assert "done: 1 epoch," in capsys.readouterr().out
     assert main([str(config_path), "--run-dir", str(run)]) == 2  # the folder is in use
     assert "not empty" in capsys.readouterr().err
     assert main(["--resume", str(run), "--set", "train.epochs=2"]) == 0
@@ -72,3 +72,34 @@ def test_train_then_resume_from_the_command_line(dataset, tmp_path, capsys):
     assert load_config(run / "config.yaml").train.epochs == 2
     assert main([str(config_path), "--set", "optim.nope=1", "--run-dir", str(tmp_path / "x")]) == 2
     assert "'optim.nope'" in capsys.readouterr().err
+
+
+def test_done_counts_trained_epochs_not_the_starting_weights_row(dataset, tmp_path, capsys):
+    """With validation, history holds an epoch-0 row (the starting weights); 2 epochs are 2, not 3."""
+    overrides = tiny_overrides(dataset, train__epochs=2)
+    args = [f"--set={item}" for item in overrides]
+    assert main(args + ["--run-dir", str(tmp_path / "run")]) == 2  # no config file: a clear error
+    config_path = tmp_path / "tiny.yaml"
+    config_path.write_text("{}\n")
+    assert main([str(config_path), *args, "--run-dir", str(tmp_path / "run")]) == 0
+    assert "done: 2 epochs, best val Dice" in capsys.readouterr().out
+
+
+def test_the_embedding_cache_folder_comes_from_the_environment_at_the_command_line(tmp_path, monkeypatch):
+    """$MEDSEG_EMBEDDING_CACHE is read by `medseg train` into train.cache_dir; a value in the config wins."""
+    from argparse import Namespace
+
+    from medseg.train.cli import resolve
+
+    config_path = tmp_path / "c.yaml"
+    config_path.write_text("{}\n")
+    monkeypatch.setenv("MEDSEG_EMBEDDING_CACHE", str(tmp_path / "env_cache"))
+
+    def resolved(*overrides: str):
+        args = Namespace(config=config_path, resume=None, run_dir=None, overwrite=False, overrides=list(overrides))
+        return resolve(args)[0].train.cache_dir
+
+    assert resolved() == str(tmp_path / "env_cache")
+    assert resolved(f"train.cache_dir={tmp_path / 'mine'}") == str(tmp_path / "mine")
+    monkeypatch.delenv("MEDSEG_EMBEDDING_CACHE")
+    assert resolved() is None

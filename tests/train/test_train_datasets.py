@@ -10,21 +10,23 @@ import torch
 from PIL import Image
 
 from medseg.errors import InputError
-from medseg.eval.prompts import components
-from medseg.infer.preprocess import prepare_image
-from medseg.train.datasets import EpochSampler, PromptedObjects, label_frame, paired_cases
+from medseg.data.masks import components
+from medseg.data.preprocess import prepare_image
+from medseg.data.datasets import dataset_cases
+from medseg.data.preprocess import label_frame
+from medseg.train.datasets import EpochSampler, PromptedObjects
 
 SIZE = 64
 
 
 @pytest.fixture(scope="module")
 def objects(dataset):
-    return PromptedObjects(paired_cases(dataset, "train"), SIZE, min_pixels=4)
+    return PromptedObjects(dataset_cases(dataset, "train"), SIZE, min_pixels=4)
 
 
 def test_one_item_per_connected_component(objects, dataset):
     expected = 0
-    for case in paired_cases(dataset, "train"):
+    for case in dataset_cases(dataset, "train"):
         frame = label_frame(np.asarray(Image.open(case.mask_path)), SIZE)
         expected += len(components(frame > 0, 4)[1])
     assert len(objects) == expected > len(objects.cases)  # some pictures hold two blobs
@@ -55,7 +57,7 @@ def test_label_is_resized_with_nearest_neighbour():
 
 
 def test_box_jitter_depends_on_seed_epoch_and_index_only(dataset):
-    cases = paired_cases(dataset, "train")
+    cases = dataset_cases(dataset, "train")
     a = PromptedObjects(cases, SIZE, 4, box_jitter=0.2, seed=1)
     b = PromptedObjects(cases, SIZE, 4, box_jitter=0.2, seed=1, cache=False)
     boxes = [a[i]["box"] for i in range(len(a))]
@@ -86,12 +88,12 @@ def test_epoch_sampler_gives_the_same_global_batches_to_any_number_of_processes(
 
 def test_wrong_layout_and_empty_split_and_no_objects_are_input_errors(tmp_path, dataset):
     with pytest.raises(InputError, match="data.root"):
-        paired_cases(None, "train")
+        dataset_cases(None, "train")
     (tmp_path / "pictures").mkdir()
     with pytest.raises(InputError, match=str(tmp_path)):
-        paired_cases(tmp_path, "train")
+        dataset_cases(tmp_path, "train")
     with pytest.raises(InputError, match="nosuch"):
-        paired_cases(dataset, "nosuch")
+        dataset_cases(dataset, "nosuch")
     empty = tmp_path / "empty"
     (empty / "images").mkdir(parents=True)
     (empty / "masks").mkdir()
@@ -99,13 +101,13 @@ def test_wrong_layout_and_empty_split_and_no_objects_are_input_errors(tmp_path, 
     Image.fromarray(np.zeros((20, 20), np.uint8)).save(empty / "masks" / "a.png")
     (empty / "splits.json").write_text(json.dumps({"train": ["a"], "val": []}))
     with pytest.raises(InputError, match="val"):
-        paired_cases(empty, "val")
+        dataset_cases(empty, "val")
     with pytest.raises(InputError, match="none of its 1 cases has an object"):
-        PromptedObjects(paired_cases(empty, "train"), SIZE, 4)
+        PromptedObjects(dataset_cases(empty, "train"), SIZE, 4)
 
 
 def test_augmented_items_keep_image_mask_and_box_together_and_repeat_by_seed(dataset):
-    cases = paired_cases(dataset, "train")
+    cases = dataset_cases(dataset, "train")
     plain = PromptedObjects(cases, 64, min_pixels=4)
     aug = PromptedObjects(cases, 64, min_pixels=4, augment=True, seed=3)
     again = PromptedObjects(cases, 64, min_pixels=4, augment=True, seed=3)

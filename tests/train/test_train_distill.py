@@ -5,6 +5,8 @@ towards the teacher's; `medseg distill`; bad settings fail before the first step
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -14,13 +16,14 @@ from safetensors.torch import save_file
 from medseg.errors import InputError
 from medseg.models import build_model
 from medseg.train import load_config, train
-from medseg.train.distill import distillation_loss, source_images
-from medseg.train.embeddings import CACHE_ENV
+from medseg.data.datasets import source_cases
+from medseg.train.distill import distillation_loss
+from medseg.train import embeddings
 
 
 @pytest.fixture(autouse=True)
 def _cache_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "embedding_cache"))
+    monkeypatch.setattr(embeddings, "DEFAULT_CACHE_DIR", Path(str(tmp_path / "embedding_cache")))
 
 
 @pytest.fixture
@@ -55,17 +58,17 @@ def distill_config(dataset, plain, teacher, **extra):
 
 
 def test_sources_are_a_datasets_train_split_or_every_image_of_a_folder(dataset, plain_folder):
-    cases = source_images(dataset)
+    cases = source_cases(dataset)
     assert len(cases) == 6 and all(c.mask_path is not None for c in cases)  # trainkit: 6 train, 2 val
-    plain = source_images(plain_folder)
+    plain = source_cases(plain_folder)
     assert [c.stem for c in plain] == ["part0/img0", "part0/img2", "part1/img1"]
     assert all(c.mask_path is None for c in plain)
-    assert len(source_images(plain_folder, limit=2)) == 2
+    assert len(source_cases(plain_folder, limit=2)) == 2
     (plain_folder.parent / "empty").mkdir()
     with pytest.raises(InputError, match="no images"):
-        source_images(plain_folder.parent / "empty")
+        source_cases(plain_folder.parent / "empty")
     with pytest.raises(InputError, match="not a folder"):
-        source_images(plain_folder.parent / "missing")
+        source_cases(plain_folder.parent / "missing")
 
 
 def test_distillation_loss_is_mse_plus_cosine():

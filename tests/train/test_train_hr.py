@@ -3,6 +3,8 @@ stride-4/8 fusion head train, the encoder stays as distilled, click rounds work 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from safetensors.torch import load_file
 
@@ -24,7 +26,8 @@ def test_cached_fine_tuning_refuses_a_model_with_a_fusion_head(tiny_config, tmp_
     import pytest
 
     from medseg.errors import InputError
+    from medseg.train import embeddings
 
-    monkeypatch.setenv("MEDSEG_EMBEDDING_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(embeddings, "DEFAULT_CACHE_DIR", Path(str(tmp_path / "cache")))
     with pytest.raises(InputError, match="high-resolution mask head"):
         train(tiny_config(model__name="hr-test", train__objective="supervised_cached"), tmp_path / "run")

@@ -3,9 +3,13 @@ train() on both promptable objectives, validation per round, exact resume with r
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+
+from medseg.train import embeddings
 
 from medseg.errors import InputError
 from medseg.train import load_config, train
@@ -79,18 +83,21 @@ def test_chain_dice_scores_every_round_and_mixed_training_draws_box_or_point():
 
 @pytest.mark.parametrize("objective", ["supervised", "supervised_cached"])
 def test_click_rounds_train_through_the_loop_and_validate_per_round(tiny_config, objective, tmp_path, monkeypatch):
-    monkeypatch.setenv("MEDSEG_EMBEDDING_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(embeddings, "DEFAULT_CACHE_DIR", Path(str(tmp_path / "cache")))
     config = tiny_config(train__objective=objective, train__click_rounds=2, train__first_prompt="mixed")
     result = train(config, tmp_path / "run")
     losses = [s["loss"] for s in result["steps"]]
     assert losses and all(np.isfinite(losses))
-    obj = SupervisedObjective(config) if objective == "supervised" else None
-    if obj is not None:  # the per-round figures validation reports
+    if objective == "supervised":  # the per-round figures validation reports
         from medseg.models import build_model
+        from medseg.train import ddp
         from medseg.train.loop import _build
+        from medseg.train.objectives import RunContext
 
         model, resolved = _build(config)
-        _, val = obj.make_datasets(resolved)
+        obj = SupervisedObjective(resolved)
+        run = RunContext(model, torch.device("cpu"), ddp.from_env(), tmp_path / "cache", progress=False)
+        _, val = obj.make_datasets(run)
         model = build_model("litemedsam-tiny", checkpoint=tmp_path / "run" / "best.safetensors").eval()
         scores = obj.validate(model, torch.utils.data.DataLoader(val, batch_size=2))
         keys = {f"{k}_round{r}_dice" for k in ("box", "point") for r in range(3)}

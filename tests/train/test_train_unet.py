@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from medseg.errors import InputError
-from medseg.eval.datasets import find_cases
+from medseg.data.datasets import dataset_cases
 from medseg.models import build_model
 from medseg.models.unet import UNetSegmenter, predict_mask
 from medseg.train import load_config, train
@@ -81,7 +81,7 @@ def test_predict_mask_returns_masks_at_the_input_resolution(squares):
 
 
 def test_case_frames_flip_content_only_and_keep_empty_cases(squares, unet_module):
-    cases = find_cases(squares, "train") + find_cases(squares, "val")
+    cases = dataset_cases(squares, "train") + dataset_cases(squares, "val")
     plain, flipped = unet_module.CaseFrames(cases, 64), unet_module.CaseFrames(cases, 64, flip=True, seed=3)
     assert len(plain) == 10 and plain[9]["target"].sum() == 0  # the case without foreground is an item
     seen_flip = False

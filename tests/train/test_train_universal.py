@@ -17,13 +17,13 @@ from medseg.data.tasks import load_tasks
 from medseg.errors import InputError
 from medseg.models import build_model
 from medseg.train import load_config, train
-from medseg.train.embeddings import CACHE_ENV
+from medseg.train import embeddings
 from medseg.train.universal import MixedTasks, per_class_dice, query_targets, summarise
 
 
 @pytest.fixture
 def tasks_file(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(embeddings, "DEFAULT_CACHE_DIR", Path(str(tmp_path / "cache")))
     write_dataset(tmp_path / "blobs")
     write_two_class_dataset(tmp_path / "eyes")
     path = tmp_path / "tasks.yaml"

@@ -2,7 +2,7 @@
 
     from medseg.data import open_dataset, check_dataset, convert_dataset
     spec = open_dataset("data/kvasir_seg")          # paired, HER-Seg or nnU-Net raw folder
-    samples = spec.samples("train")                  # [Sample(stem, image_paths, label_path)]
+    samples = spec.samples("train")                  # [Case(stem, image_paths, mask_path)]
     check_dataset("data/kvasir_seg", max_cases=10).print()
     convert_dataset("data/kvasir_seg", "out/Dataset001_Kvasir", to="nnunet")
 
@@ -14,8 +14,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from medseg.data.layouts import LAYOUTS, Sample, Scan, detect_layout, open_dataset
-from medseg.data.spec import DatasetSpec
+from medseg.data.cases import Case, load_case, plane
+from medseg.data.datasets import class_names, dataset_cases, source_cases
+from medseg.data.layouts import LAYOUTS, detect_layout, open_dataset, spec_from_json
+from medseg.data.spec import DatasetSpec, Scan
 
 _LAZY = {
     "CheckReport": "medseg.data.check",
@@ -23,8 +25,9 @@ _LAZY = {
     "convert_dataset": "medseg.data.convert",
 }
 
-__all__ = ["LAYOUTS", "CheckReport", "DatasetSpec", "Sample", "Scan", "check_dataset",
-           "convert_dataset", "detect_layout", "open_dataset"]
+__all__ = ["LAYOUTS", "Case", "CheckReport", "DatasetSpec", "Scan", "check_dataset", "class_names",
+           "convert_dataset", "dataset_cases", "detect_layout", "load_case", "open_dataset", "plane",
+           "source_cases", "spec_from_json"]
 
 
 def __getattr__(name: str) -> Any:

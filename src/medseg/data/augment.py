@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from medseg.data.transforms import (Affine, Elastic, Flip, Intensity, NormalizeIntensity, PadToSquare, ResizeLongestSide, Rot90, Transform, SampleDict)
+from medseg.data.transforms import Affine, Flip, Intensity, Rot90, SampleDict, Transform
 
 
 class RandomTransform:
@@ -65,20 +65,6 @@ class RandomAffine(RandomTransform):
         return {"angle": float(angle), "scale": float(scale)} if apply else {"angle": 0.0, "scale": 1.0}
 
 
-class RandomElastic(RandomTransform):
-    """With probability ``p`` an ``Elastic`` warp of largest displacement uniform in ``alpha`` pixels."""
-
-    fixed_class = Elastic
-
-    def __init__(self, alpha=(2.0, 8.0), sigma: float = 8.0, p: float = 0.3) -> None:
-        super().__init__(p)
-        self.alpha, self.sigma = tuple(map(float, alpha)), float(sigma)
-
-    def draw(self, rng):
-        apply, alpha, seed = rng.random() < self.p, rng.uniform(*self.alpha), int(rng.integers(2**31))
-        return {"alpha": float(alpha) if apply else 0.0, "sigma": self.sigma, "seed": seed}
-
-
 class RandomIntensity(RandomTransform):
     """``Intensity`` whose brightness ``shift``, contrast ``factor``, ``gamma`` and noise ``std``
     (each a (low, high) range, uniform) are each switched on with probability ``p``."""
@@ -120,13 +106,9 @@ class Compose:
         return sample
 
 
-def default_train_augmentation(seed: int | None = 0, size: int | None = 256, modality: str | None = None,
-                               elastic: bool = False) -> Compose:
-    """Normalise to [0, 1], resize (longest side ``size``; None keeps the size), flips, quarter
-    turns, rotation +-15 deg + zoom 0.85-1.15, optional elastic warp, brightness / contrast / gamma,
-    noise, clip to [0, 1], then pad to ``size`` x ``size``. Reproducible from ``seed``."""
-    steps = [NormalizeIntensity(modality)] + ([ResizeLongestSide(size)] if size else [])
-    steps += [RandomFlip(), RandomRot90(0.5), RandomAffine((-15, 15), (0.85, 1.15), 0.5)]
-    steps += [RandomElastic()] if elastic else []
-    steps += [RandomIntensity(p=0.5, clip=(0.0, 1.0))]
-    return Compose(steps + ([PadToSquare(size)] if size else []), seed=seed)
+def train_augmentation() -> Compose:
+    """The augmentation of training (``data.augment: true``), for images already prepared in [0, 1]
+    (``medseg.data.preprocess.prepare_image``) and their masks: flips, quarter turns, rotation and
+    zoom, brightness / contrast / gamma / noise, clipped to [0, 1]. Call it with a generator seeded
+    per item (seed, epoch, index), so a resumed run sees the same items."""
+    return Compose([RandomFlip(), RandomRot90(0.5), RandomAffine(p=0.5), RandomIntensity(p=0.5, clip=(0.0, 1.0))])

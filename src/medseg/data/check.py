@@ -19,7 +19,8 @@ from typing import TextIO
 import numpy as np
 from tqdm import tqdm
 
-from medseg.data.layouts import Sample, open_dataset
+from medseg.data.cases import Case
+from medseg.data.layouts import open_dataset
 from medseg.data.spec import DatasetSpec, listed
 from medseg.errors import InputError
 from medseg.io import check_pair, read_image, read_label
@@ -66,12 +67,14 @@ class CheckReport:
                 "empty_masks": self.empty_masks,
                 "label_values": {str(k): v for k, v in sorted(self.label_values.items())}}
 
-    def to_json(self, path: str | Path) -> Path:
-        """Write the report as JSON; returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=1) + "\n", encoding="utf-8")
-        return path
+    def to_json(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Write the report as JSON, atomically, by the output policy (never over the dataset's own
+        files; an existing file only with ``overwrite``); returns the path."""
+        from medseg.data.datasets import dataset_files
+        from medseg.io.outputs import plan_outputs, write_text
+
+        target = plan_outputs({"--json": path}, protected=dataset_files(self.root), overwrite=overwrite)["--json"]
+        return write_text(target, json.dumps(self.to_dict(), indent=1) + "\n")
 
     def format(self) -> str:
         """The human-readable report :meth:`print` prints."""
@@ -135,7 +138,7 @@ def _folder_problems(spec: DatasetSpec, split: str, report: CheckReport) -> None
             seen[stem] = name
 
 
-def _read_images(sample: Sample, report: CheckReport):
+def _read_images(sample: Case, report: CheckReport):
     """The channel images of a sample, or None after recording why they cannot be used."""
     images = []
     for path in sample.image_paths:
@@ -154,13 +157,13 @@ def _read_images(sample: Sample, report: CheckReport):
     return images
 
 
-def _check_values(sample: Sample, label: np.ndarray, spec: DatasetSpec, report: CheckReport) -> None:
+def _check_values(sample: Case, label: np.ndarray, spec: DatasetSpec, report: CheckReport) -> None:
     values = [int(v) for v in np.unique(label)]
     for v in values:
         report.label_values[v] = report.label_values.get(v, 0) + 1
     if not any(values):
         report.empty_masks.append(sample.stem)
-        report.warnings.append((sample.stem, f"empty mask {sample.label_path} (background only); "
+        report.warnings.append((sample.stem, f"empty mask {sample.mask_path} (background only); "
                                 f"fine for negatives, but it gives no prompt and no foreground"))
     allowed = set(spec.classes)
     if 255 not in allowed and 1 in allowed and set(values) <= {0, 255}:
@@ -173,17 +176,17 @@ def _check_values(sample: Sample, label: np.ndarray, spec: DatasetSpec, report: 
             report._beyond_inferred.setdefault(v, []).append(sample.stem)
         return
     known = ", ".join(str(k) for k in sorted(spec.classes))
-    report.errors.append((sample.stem, f"label {sample.label_path} has values {listed(unexpected)} that "
+    report.errors.append((sample.stem, f"label {sample.mask_path} has values {listed(unexpected)} that "
                           f"are not classes of the dataset ({known}; from {spec.sources.get('classes')}); "
                           f"fix the label or add the class to the class file"))
 
 
-def _check_sample(sample: Sample, spec: DatasetSpec, report: CheckReport) -> None:
+def _check_sample(sample: Case, spec: DatasetSpec, report: CheckReport) -> None:
     images = _read_images(sample, report)
-    if sample.label_path is None:
+    if sample.mask_path is None:
         return
     try:
-        label = read_label(sample.label_path)
+        label = read_label(sample.mask_path)
     except InputError as exc:
         report.errors.append((sample.stem, str(exc)))
         return

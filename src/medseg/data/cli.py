@@ -18,16 +18,20 @@ TARGETS = ("paired", "nnunet", "herseg")
 def cmd_check(args: argparse.Namespace) -> int:
     """Check a dataset folder, print the report (and write --json); 1 when errors were found."""
     from medseg.data.check import check_dataset
+    from medseg.data.datasets import dataset_files
+    from medseg.io.outputs import plan_outputs
 
     try:
+        overwrite = getattr(args, "overwrite", False)
+        plan_outputs({"--json": args.json}, protected=dataset_files(args.dir), overwrite=overwrite)
         report = check_dataset(args.dir, split=args.split, max_cases=args.limit,
                                progress=not getattr(args, "no_progress", False))
+        report.print()
+        if args.json is not None:
+            print(f"wrote {report.to_json(args.json, overwrite=overwrite)}")
     except InputError as exc:
         print(f"medseg data check: error: {exc}", file=sys.stderr)
         return 2
-    report.print()
-    if args.json is not None:
-        print(f"wrote {report.to_json(args.json)}")
     return 0 if report.ok else 1
 
 
@@ -62,6 +66,7 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     p.add_argument("--split", default="all", help="split to read (train, val, test ...; default: all)")
     p.add_argument("--limit", type=int, help="read only the first N samples of the split")
     p.add_argument("--json", type=Path, help="also write the report as JSON")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_check)
 

@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from medseg.data.layouts import LAYOUTS, PICTURE_SUFFIXES, VOLUME_SUFFIXES, Sample, detect_layout
+from medseg.data.cases import Case
+from medseg.data.layouts import LAYOUTS, PICTURE_SUFFIXES, VOLUME_SUFFIXES, detect_layout
 from medseg.data.layouts import open_dataset, split_suffix
 from medseg.data.spec import DatasetSpec
 from medseg.errors import InputError
@@ -100,7 +101,7 @@ def _put(src: Path, out: Path) -> None:
         write_image(read_image(src), out)
 
 
-def _put_image(sample: Sample, folder: Path, *, per_channel: bool, ending: str | None,
+def _put_image(sample: Case, folder: Path, *, per_channel: bool, ending: str | None,
                nnunet: bool) -> tuple[int, Path]:
     """Write a sample's image into ``folder``; returns (number of channels, first file written).
 
@@ -166,7 +167,7 @@ def _nnunet_json(spec: DatasetSpec, n_channels: int, picture: bool, n_train: int
             "channel_names": channels, "labels": labels, "numTraining": n_train, "file_ending": ending}
 
 
-def _write_all(spec: DatasetSpec, samples: list[Sample], out: Path, to: str, progress: bool) -> None:
+def _write_all(spec: DatasetSpec, samples: list[Case], out: Path, to: str, progress: bool) -> None:
     volumetric = any(_suffix(s.image_path) in VOLUME_SUFFIXES for s in samples)
     test = set(spec.splits.get("test", [])) if to == "nnunet" else set()
     if to == "nnunet":
@@ -185,9 +186,9 @@ def _write_all(spec: DatasetSpec, samples: list[Sample], out: Path, to: str, pro
         image_dir, label_dir = (out / d for d in dirs[sample.stem in test])
         n, first = _put_image(sample, image_dir, per_channel=per_channel, ending=ending, nnunet=to == "nnunet")
         n_channels, names[sample.stem] = max(n_channels, n), first.name
-        if sample.label_path is not None:
-            lab_suffix = ending or (_suffix(sample.label_path) if volumetric else ".png")
-            _put_label(sample.label_path, label_dir / f"{sample.stem}{lab_suffix}", spec.classes)
+        if sample.mask_path is not None:
+            lab_suffix = ending or (_suffix(sample.mask_path) if volumetric else ".png")
+            _put_label(sample.mask_path, label_dir / f"{sample.stem}{lab_suffix}", spec.classes)
     if spec.sources.get("classes") != "inferred" and to != "nnunet":
         _write_json(out / "classes.json", {str(k): v for k, v in spec.classes.items()})
     if spec.modality is not None and to != "nnunet":
@@ -232,11 +233,11 @@ def convert_dataset(src: str | Path, dst: str | Path, to: str = "paired", overwr
         raise InputError(f"unknown target layout {to!r}; use one of {', '.join(LAYOUTS)}")
     spec = open_dataset(src)
     samples = spec.samples("all")
-    unlabelled = [s.stem for s in samples if s.label_path is None]
+    unlabelled = [s.stem for s in samples if s.mask_path is None]
     if unlabelled and to != "nnunet":  # only nnU-Net's imagesTs holds images without labels
         warnings.warn(f"{src}: {len(unlabelled)} images without labels are not converted (a {to} "
                       f"dataset pairs every image with a mask): {', '.join(unlabelled[:20])}", stacklevel=2)
-        samples = [s for s in samples if s.label_path is not None]
+        samples = [s for s in samples if s.mask_path is not None]
         spec.splits = {k: [s for s in v if s not in set(unlabelled)] for k, v in spec.splits.items()}
     final = _target(spec, Path(dst), to, dataset_id)
     _check_target(Path(src), final, overwrite)

@@ -1,4 +1,4 @@
-"""Read the three dataset layouts medseg understands into one list of :class:`Sample` per split.
+"""Read the three dataset layouts medseg understands into one list of :class:`~medseg.data.cases.Case` per split.
 
 * ``"paired"``: ``images/<stem>.<ext>`` + ``masks/<stem>.<ext>`` (stems matched; ``<ext>`` one of
   png, jpg, jpeg, bmp, tif, tiff, nii, nii.gz, mha, nrrd), or ``imagesTr/<case>.nii.gz`` +
@@ -13,23 +13,24 @@
   ``splits.json``, else every training case is ``train``; ``imagesTs`` cases are ``test``.
 
 Only names are read here, never pixels. A case of several channel files lists them in channel
-order in ``Sample.image_paths``; each file holds an image ``(C, Z, Y, X)`` as read by
+order in ``Case.image_paths``; each file holds an image ``(C, Z, Y, X)`` as read by
 :func:`medseg.io.read_image` (2D pictures have Z == 1).
 """
 
 from __future__ import annotations
 
+import json
 import re
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from medseg.data.spec import INFERRED_CLASSES, DatasetSpec, listed, read_classes, read_json, read_modality
+from medseg.data.cases import Case
+from medseg.formats import PICTURE_SUFFIXES, VOLUME_SUFFIXES
+from medseg.data.spec import (INFERRED_CLASSES, DatasetSpec, Scan, listed, read_classes, read_json,
+                               read_modality)
 from medseg.errors import InputError
 
-PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd")
-SUFFIXES = PICTURE_SUFFIXES + VOLUME_SUFFIXES
+SUFFIXES = PICTURE_SUFFIXES + VOLUME_SUFFIXES  # the files a dataset layout pairs
 LAYOUTS = ("paired", "herseg", "nnunet")
 EXPECTED = (
     "expected images/ + masks/ (same stems; png, jpg, bmp, tif, nii.gz, mha or nrrd), "
@@ -38,37 +39,6 @@ EXPECTED = (
 )
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 _HERSEG = re.compile(r"^image_(\d+)$")
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One case: its image file(s), one per channel in channel order, and its label file (or None)."""
-
-    stem: str
-    image_paths: tuple[Path, ...]
-    label_path: Path | None
-
-    @property
-    def image_path(self) -> Path:
-        """The first (channel 0) image file."""
-        return self.image_paths[0]
-
-
-@dataclass
-class Scan:
-    """What scanning a dataset's folders found, from file names alone.
-
-    ``samples`` maps stem -> :class:`Sample` in natural stem order (case2 before case10);
-    ``unpaired_images`` / ``unpaired_labels`` are files without a partner; ``duplicates`` are the
-    files of a stem that has several (e.g. a.png and a.jpg), which are left out of ``samples``;
-    ``missing_channels`` maps a stem to the channel indices its ``_NNNN`` files lack.
-    """
-
-    samples: dict[str, Sample] = field(default_factory=dict)
-    unpaired_images: list[Path] = field(default_factory=list)
-    unpaired_labels: list[Path] = field(default_factory=list)
-    duplicates: list[tuple[Path, ...]] = field(default_factory=list)
-    missing_channels: dict[str, list[int]] = field(default_factory=dict)
 
 
 def split_suffix(name: str, suffixes: tuple[str, ...] = SUFFIXES) -> tuple[str, str] | None:
@@ -108,7 +78,7 @@ def pair_folders(image_dir: Path, label_dir: Path | None, *, channels: bool, n_c
     With ``channels``, ``<case>_NNNN`` images are channel NNNN of ``<case>`` (unless a label named
     ``<case>_NNNN`` exists, then it is a case of its own); every case should have channels
     ``0 .. max(n_channels, most channels seen) - 1``. Without ``labels_required`` (nnU-Net
-    ``imagesTs``) an image without label is a sample with ``label_path=None``.
+    ``imagesTs``) an image without label is a sample with ``mask_path=None``.
     """
     scan = Scan()
     labels = _files(label_dir) if label_dir is not None else {}
@@ -135,7 +105,7 @@ def pair_folders(image_dir: Path, label_dir: Path | None, *, channels: bool, n_c
         if stem not in labels and labels_required:
             scan.unpaired_images.extend(image_paths)
             continue
-        scan.samples[stem] = Sample(stem, image_paths, labels[stem][0] if stem in labels else None)
+        scan.samples[stem] = Case(stem, image_paths, labels[stem][0] if stem in labels else None)
         missing = [i for i in range(expected) if i not in chans] if channels else []
         if missing:
             scan.missing_channels[stem] = missing
@@ -291,6 +261,54 @@ def open_dataset(root: str | Path, modality: str | None = None, warn: bool = Tru
         spec.modality, spec.sources["modality"] = found
     if warn:
         _warn_scan(root, scan)
+    return spec
+
+
+def missing_cases(spec: DatasetSpec, split: str = "all") -> dict[str, str]:
+    """Cases a split names (or, for "all", images found) that cannot be scored, stem -> what is missing:
+    a stem of the split file with no image and/or no mask file, or an image without its mask."""
+    scan, found = spec.scan(), spec.scan().samples
+    channels = spec.layout == "nnunet" or (spec.root / "imagesTr").is_dir()
+    images = {(_CHANNEL.sub(r"\g<case>", stem_of(p.name)) if channels else stem_of(p.name)): p
+              for p in scan.unpaired_images}
+    labels = {stem_of(p.name): p for p in scan.unpaired_labels}
+
+    def what(stem: str) -> str:
+        if stem in images:
+            return f"no mask file for {images[stem].relative_to(spec.root)}"
+        if stem in labels:
+            return f"no image file for {labels[stem].relative_to(spec.root)}"
+        return "neither image nor mask file found"
+
+    if split == "all" or not spec.has_split_file:
+        return {stem: what(stem) for stem in images}
+    return {stem: what(stem) for stem in dict.fromkeys(spec.splits.get(split, [])) if stem not in found}
+
+
+def spec_from_json(source: str | Path) -> DatasetSpec:
+    """A spec from JSON text (a str starting with ``{``) or a file written by ``DatasetSpec.to_json``,
+    its folder scanned again (file names only) so that its splits list cases."""
+    text = str(source)
+    if isinstance(source, Path) or not text.lstrip().startswith("{"):
+        data = read_json(Path(source))
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"not a dataset spec: invalid JSON ({exc})") from exc
+    try:
+        spec = DatasetSpec(
+            name=str(data["name"]), root=Path(data["root"]), layout=str(data["layout"]),
+            classes={int(k): str(v) for k, v in data.get("classes", {}).items()},
+            splits={str(k): [str(s) for s in v] for k, v in data.get("splits", {}).items()},
+            modality=data.get("modality"), sources=dict(data.get("sources", {})),
+            channels={int(k): str(v) for k, v in data.get("channels", {}).items()},
+            file_ending=data.get("file_ending"),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise InputError(f"{source if len(text) < 300 else 'JSON text'}: not a dataset spec "
+                         f"({type(exc).__name__}: {exc}); write it with DatasetSpec.to_json") from exc
+    spec._scan = scan_layout(spec.root, spec.layout, spec)
     return spec
 
 

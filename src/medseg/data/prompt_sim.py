@@ -1,4 +1,4 @@
-"""Simulated user prompts: jittered boxes, corrective clicks from errors, multi-round interaction.
+"""Simulated user prompts: corrective clicks from errors, multi-round interaction.
 
 Conventions (shared with :class:`medseg.infer.Predictor`):
     box   = (x0, y0, x1, y1), inclusive pixel coordinates of the image the masks live in;
@@ -20,7 +20,8 @@ import torch
 from scipy import ndimage
 
 from medseg.errors import InputError
-from medseg.eval.prompts import deepest_point
+from medseg.data.masks import dice, largest_component
+from medseg.data.prompts import deepest_point, mask_box
 
 FIRST_PROMPTS = ("box", "point")
 PADDING_LABEL = -1
@@ -29,65 +30,6 @@ PADDING_LABEL = -1
 
 def _generator(rng) -> np.random.Generator | None:
     return None if rng is None else np.random.default_rng(rng)
-
-
-def dice(pred: np.ndarray, gt: np.ndarray) -> float:
-    """Dice of two binary (H, W) masks (non-zero = foreground) in [0, 1]; 1.0 when both are empty."""
-    pred, gt = np.asarray(pred) != 0, np.asarray(gt) != 0
-    total = int(pred.sum() + gt.sum())
-    return 1.0 if total == 0 else 2.0 * int((pred & gt).sum()) / total
-
-
-def mask_box(mask: np.ndarray) -> np.ndarray:
-    """Tight box (4,) float32 (x0, y0, x1, y1), inclusive, of all foreground of a (H, W) mask."""
-    ys, xs = np.nonzero(np.asarray(mask))
-    if not len(ys):
-        raise InputError("the mask has no foreground: there is no box to draw around it")
-    return np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=np.float32)
-
-
-def jitter_box(box: np.ndarray, rng: np.random.Generator | int | None, max_shift: float = 0.1, *,
-               max_pixels: float | None = 20.0, shape: tuple[int, int] | None = None,
-               expand_only: bool = False) -> np.ndarray:
-    """Randomly perturb ground-truth boxes the way SAM / MedSAM train on them.
-
-    Args:
-        box: (4,) or (N, 4) (x0, y0, x1, y1), inclusive pixels.
-        rng: a ``np.random.Generator`` (or a seed).
-        max_shift: each coordinate moves by a uniform amount in [-s, s] with
-            s = ``max_shift`` * the box's side along that axis (width x1 - x0 + 1 for x, height for y),
-        max_pixels: ... capped at this many pixels (MedSAM: 20; None = no cap).
-        shape: (H, W) of the image; the result is clipped to [0, W - 1] x [0, H - 1].
-        expand_only: move every edge outwards only (MedSAM), so the box still holds the object.
-
-    Returns:
-        float32 boxes of the input's shape, with x0 <= x1 and y0 <= y1.
-    """
-    rng = np.random.default_rng(rng)
-    b = np.asarray(box, dtype=np.float64)
-    boxes = b.reshape(-1, 4)
-    width, height = boxes[:, 2] - boxes[:, 0] + 1, boxes[:, 3] - boxes[:, 1] + 1
-    limit = max_shift * np.stack([width, height, width, height], axis=1)
-    if max_pixels is not None:
-        limit = np.minimum(limit, max_pixels)
-    shift = rng.uniform(-1.0, 1.0, boxes.shape) * limit
-    if expand_only:
-        shift = np.abs(shift) * np.array([-1, -1, 1, 1])
-    out = boxes + shift
-    out = np.concatenate([np.minimum(out[:, :2], out[:, 2:]), np.maximum(out[:, :2], out[:, 2:])], axis=1)
-    if shape is not None:
-        out = np.clip(out, 0, [shape[1] - 1, shape[0] - 1] * 2)
-    return out.reshape(b.shape).astype(np.float32)
-
-
-def _largest_component(region: np.ndarray) -> tuple[int, np.ndarray | None]:
-    """(size, bool mask) of the largest 8-connected component of ``region``; (0, None) if empty."""
-    labels, count = ndimage.label(region, structure=np.ones((3, 3), dtype=bool))
-    if count == 0:
-        return 0, None
-    sizes = np.bincount(labels.ravel())[1:]
-    best = int(np.argmax(sizes))
-    return int(sizes[best]), labels == best + 1
 
 
 def _click_in(component: np.ndarray, rng: np.random.Generator | None) -> tuple[int, int]:
@@ -130,8 +72,8 @@ def sample_click(gt: np.ndarray, pred: np.ndarray | None,
     pred = np.asarray(pred) != 0
     if pred.shape != gt.shape:
         raise InputError(f"prediction shape {pred.shape} differs from ground-truth shape {gt.shape}")
-    fn_size, fn = _largest_component(gt & ~pred)
-    fp_size, fp = _largest_component(pred & ~gt)
+    fn, fp = largest_component(gt & ~pred), largest_component(pred & ~gt)
+    fn_size, fp_size = (0 if c is None else int(c.sum()) for c in (fn, fp))
     if fn_size == 0 and fp_size == 0:
         return None
     component, label = (fn, 1) if fn_size >= fp_size else (fp, 0)

@@ -1,7 +1,8 @@
 """``DatasetSpec``: what a dataset folder holds (name, modality, classes, splits), as JSON.
 
-A spec is built by :func:`medseg.data.layouts.open_dataset`; :meth:`DatasetSpec.samples` lists the
-files of a split (scanned lazily, so a spec read back with :meth:`DatasetSpec.from_json` works too).
+A spec is built by :func:`medseg.data.layouts.open_dataset` (or read back from its JSON with
+:func:`medseg.data.layouts.spec_from_json`), which scans the folder's file names into a
+:class:`Scan`; :meth:`DatasetSpec.samples` lists the cases of a split.
 
 Where the fields come from (the first that exists wins):
 
@@ -23,12 +24,10 @@ import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from medseg.data.cases import Case
 from medseg.errors import InputError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from medseg.data.layouts import Sample, Scan
 
 INFERRED_CLASSES = {0: "background", 1: "foreground"}
 CLASS_FILES = ("classes.json", "labels.json", "dataset.json", "spec.json")
@@ -127,6 +126,23 @@ def read_modality(root: Path) -> tuple[str, str] | None:
 
 
 @dataclass
+class Scan:
+    """What scanning a dataset's folders found, from file names alone.
+
+    ``samples`` maps stem -> :class:`~medseg.data.cases.Case` in natural stem order (case2 before
+    case10); ``unpaired_images`` / ``unpaired_labels`` are files without a partner; ``duplicates``
+    are the files of a stem that has several (e.g. a.png and a.jpg), which are left out of
+    ``samples``; ``missing_channels`` maps a stem to the channel indices its ``_NNNN`` files lack.
+    """
+
+    samples: dict[str, Case] = field(default_factory=dict)
+    unpaired_images: list[Path] = field(default_factory=list)
+    unpaired_labels: list[Path] = field(default_factory=list)
+    duplicates: list[tuple[Path, ...]] = field(default_factory=list)
+    missing_channels: dict[str, list[int]] = field(default_factory=dict)
+
+
+@dataclass
 class DatasetSpec:
     """Everything known about a dataset folder (no pixels read).
 
@@ -159,14 +175,13 @@ class DatasetSpec:
         return self.sources.get("splits", "default") != "default"
 
     def scan(self) -> Scan:
-        """The files of the folder (scanned on first use; see :class:`medseg.data.layouts.Scan`)."""
+        """The files of the folder (see :class:`Scan`), as found when the spec was opened."""
         if self._scan is None:
-            from medseg.data.layouts import scan_layout
-
-            self._scan = scan_layout(self.root, self.layout, self)
+            raise InputError(f"{self.root}: this dataset spec was not scanned; open the folder with "
+                             f"medseg.data.open_dataset")
         return self._scan
 
-    def samples(self, split: str = "all", labelled: bool = False) -> list[Sample]:
+    def samples(self, split: str = "all", labelled: bool = False) -> list[Case]:
         """The samples of ``split`` (a key of ``splits``, or ``"all"``), in split-file order.
 
         ``"all"`` is every sample found, in natural stem order (with nnU-Net ``imagesTs`` images
@@ -190,7 +205,7 @@ class DatasetSpec:
                               f"image+mask pair: {listed(missing)}", stacklevel=2)
             chosen = [found[s] for s in wanted if s in found]
         if labelled:
-            chosen = [s for s in chosen if s.label_path is not None]
+            chosen = [s for s in chosen if s.mask_path is not None]
         if not chosen:
             which = "" if split == "all" else f" in split {split!r}"
             raise InputError(f"{self.root} ({self.layout} layout) has no image+mask cases{which}; "
@@ -218,27 +233,3 @@ class DatasetSpec:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             Path(path).write_text(text + "\n", encoding="utf-8")
         return text
-
-    @classmethod
-    def from_json(cls, source: str | Path) -> DatasetSpec:
-        """A spec from JSON text (a str starting with ``{``) or a file written by :meth:`to_json`."""
-        text = str(source)
-        if isinstance(source, Path) or not text.lstrip().startswith("{"):
-            data = read_json(Path(source))
-        else:
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"not a dataset spec: invalid JSON ({exc})") from exc
-        try:
-            return cls(
-                name=str(data["name"]), root=Path(data["root"]), layout=str(data["layout"]),
-                classes={int(k): str(v) for k, v in data.get("classes", {}).items()},
-                splits={str(k): [str(s) for s in v] for k, v in data.get("splits", {}).items()},
-                modality=data.get("modality"), sources=dict(data.get("sources", {})),
-                channels={int(k): str(v) for k, v in data.get("channels", {}).items()},
-                file_ending=data.get("file_ending"),
-            )
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise InputError(f"{source if len(text) < 300 else 'JSON text'}: not a dataset spec "
-                             f"({type(exc).__name__}: {exc}); write it with DatasetSpec.to_json") from exc

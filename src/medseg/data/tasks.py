@@ -13,7 +13,7 @@ A task file is YAML (or JSON), one entry per task::
 to the dataset's class file (``classes.json``, ``labels.json``, ``dataset.json``), else to the label
 values found in its masks (``class_<id>``). ``modality`` defaults to the dataset's own (nnU-Net
 ``channel_names``), else ``"unknown"``. Modality-aware normalisation (``window``): a CT or MR task's
-images get the predictor's intensity window (:data:`medseg.infer.preprocess.MODALITY_WINDOWS`: CT
+images get the predictor's intensity window (:data:`medseg.data.preprocess.MODALITY_WINDOWS`: CT
 Hounsfield window, MR percentiles) before min-max scaling; other modalities are min-max scaled only.
 ``window: none`` turns the window off (CT slices already windowed to 8-bit PNG); ``window: CT`` or
 ``MR`` sets it for any modality name. The model stores each task's window, so inference normalises
@@ -49,13 +49,13 @@ class TaskSource:
 
 def default_window(modality: str) -> str | None:
     """"CT" / "MR" for those modalities (their intensity windows), else None."""
-    from medseg.infer.preprocess import MODALITY_WINDOWS
+    from medseg.data.preprocess import MODALITY_WINDOWS
 
     return modality.upper() if modality.upper() in MODALITY_WINDOWS else None
 
 
 def _window(entry: dict, modality: str, where: str) -> str | None:
-    from medseg.infer.preprocess import MODALITY_WINDOWS
+    from medseg.data.preprocess import MODALITY_WINDOWS
 
     if "window" not in entry:
         return default_window(modality)
@@ -69,11 +69,11 @@ def _window(entry: dict, modality: str, where: str) -> str | None:
 
 def scan_label_values(root: Path, limit: int = 400) -> dict[int, str]:
     """Foreground label values found in up to ``limit`` masks of a dataset: {id: "class_<id>"}."""
-    from medseg.eval.datasets import find_cases
+    from medseg.data.datasets import dataset_cases
     from medseg.io import read_label
 
     values: set[int] = set()
-    for case in find_cases(root, "all")[:limit]:
+    for case in dataset_cases(root, "all")[:limit]:
         values |= {int(v) for v in np.unique(read_label(case.mask_path).array) if v > 0}
     return {v: f"class_{v}" for v in sorted(values)}
 

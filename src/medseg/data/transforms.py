@@ -1,20 +1,19 @@
 """Training transforms of a sample dict, geometry applied alike to image, mask, boxes and points.
 
 A *sample* is a dict with
-    ``image``  float32 (C, H, W), any intensity range (``NormalizeIntensity`` maps it to [0, 1]);
+    ``image``  float32 (C, H, W), any intensity range (training images come in [0, 1]);
     ``mask``   integer (H, W) label ids, 0 = background; only ever resampled by nearest neighbour;
     ``boxes``  optional float (N, 4) rows of (x0, y0, x1, y1), inclusive pixel coordinates;
     ``points`` optional float (N, K, 2) rows of (x, y) pixel coordinates;
     ``point_labels`` optional int (N, K): 1 positive, 0 negative, -1 padding.
 Other keys pass through untouched. Pixel (row y, column x) has its centre at coordinate (x, y).
 
-Geometry: a box becomes the enclosing box of its transformed corners (its outline for the elastic
-warp), clipped to the image; a box whose object left the image collapses onto the border (rows are
+Geometry: a box becomes the enclosing box of its transformed corners, clipped to the image; a box whose object left the image collapses onto the border (rows are
 never removed, so N stays aligned). A point that leaves the image is clipped onto the border and,
 when the sample has ``point_labels``, *dropped* by setting its label to -1 (the prompt encoder's
 padding label). Regions brought in from outside are filled with each channel's minimum (image)
 and 0 (mask). For exact boxes after a rotation, recompute them from the mask
-(``medseg.eval.prompts.boxes_from_mask``).
+(``medseg.data.prompts.boxes_from_mask``).
 
 These are the fixed transforms; their random counterparts, which draw the parameters and then
 apply one of these, and ``Compose`` live in :mod:`medseg.data.augment`.
@@ -23,12 +22,9 @@ apply one of these, and ``Compose`` live in :mod:`medseg.data.augment`.
 from __future__ import annotations
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from scipy import ndimage
 
 from medseg.errors import InputError
-from medseg.infer.preprocess import apply_intensity_window, longest_side_shape
 
 SampleDict = dict  # the sample dict of the module docstring
 
@@ -144,77 +140,6 @@ class Affine(MatrixTransform):
         return super().warp(image, mask)
 
 
-class Elastic(GeometricTransform):
-    """Smooth random warp: output pixel p samples the input at p + d(p), where d is Gaussian noise
-    (from ``seed``) smoothed with ``sigma`` pixels and scaled so its largest component is ``alpha``
-    pixels. Points move by the approximate inverse (fixed-point iteration of q = p + d(p))."""
-
-    outline = 17
-
-    def __init__(self, alpha: float = 0.0, sigma: float = 8.0, seed: int = 0) -> None:
-        self.alpha, self.sigma, self.seed = float(alpha), float(sigma), int(seed)
-
-    def field(self, hw: tuple[int, int]) -> np.ndarray:
-        """(2, H, W) displacement (dy, dx) in pixels."""
-        noise = np.random.default_rng(self.seed).standard_normal((2, *hw))
-        smooth = np.stack([ndimage.gaussian_filter(n, self.sigma) for n in noise])
-        return smooth * (self.alpha / max(np.abs(smooth).max(), 1e-12))
-
-    def warp(self, image, mask):
-        if self.alpha == 0:
-            return image, mask
-        d = self.field(mask.shape)
-        coords = np.mgrid[: mask.shape[0], : mask.shape[1]].astype(np.float64) + d
-        image = np.stack([ndimage.map_coordinates(c, coords, order=1, cval=float(c.min())) for c in image])
-        return image.astype(np.float32), ndimage.map_coordinates(mask, coords, order=0, cval=0)
-
-    def map_xy(self, xy, hw):
-        if self.alpha == 0:
-            return xy, hw
-        d, p = self.field(hw), xy.copy()
-        for _ in range(10):
-            at = [p[..., 1].ravel(), p[..., 0].ravel()]
-            dy, dx = (ndimage.map_coordinates(c, at, order=1, mode="nearest").reshape(p.shape[:-1]) for c in d)
-            p = xy - np.stack([dx, dy], -1)
-        return p, hw
-
-
-class ResizeLongestSide(GeometricTransform):
-    """Resize so the longest side is ``size``, as ``medseg.infer.preprocess``: image bilinear
-    (anti-aliased when shrinking), mask nearest; coordinates scale by ``size / max(H, W)``."""
-
-    def __init__(self, size: int = 256) -> None:
-        self.size = int(size)
-
-    def map_xy(self, xy, hw):
-        return xy * (self.size / max(hw)), longest_side_shape(hw, self.size)
-
-    def warp(self, image, mask):
-        (h, w), (nh, nw) = mask.shape, longest_side_shape(mask.shape, self.size)
-        x = F.interpolate(torch.from_numpy(np.ascontiguousarray(image))[None], size=(nh, nw), mode="bilinear",
-                          align_corners=False, antialias=max(h, w) > self.size)[0].numpy()
-        rows = np.minimum(((np.arange(nh) + 0.5) * h / nh).astype(int), h - 1)
-        cols = np.minimum(((np.arange(nw) + 0.5) * w / nw).astype(int), w - 1)
-        return x, mask[rows][:, cols]
-
-
-class PadToSquare(GeometricTransform):
-    """Pad bottom and right to ``size`` x ``size`` (image with ``value``, mask with 0)."""
-
-    def __init__(self, size: int = 256, value: float = 0.0) -> None:
-        self.size, self.value = int(size), float(value)
-
-    def map_xy(self, xy, hw):
-        return xy, (self.size, self.size)
-
-    def warp(self, image, mask):
-        h, w = mask.shape
-        if h > self.size or w > self.size:
-            raise InputError(f"cannot pad a {h}x{w} sample to {self.size}: apply ResizeLongestSide({self.size}) first")
-        pad = ((0, self.size - h), (0, self.size - w))
-        return np.pad(image, ((0, 0), *pad), constant_values=self.value), np.pad(mask, pad)
-
-
 class IntensityTransform(Transform):
     """Changes image values only; ``change(image, low, span)`` gets the image's min and max - min."""
 
@@ -223,20 +148,6 @@ class IntensityTransform(Transform):
         low, span = float(image.min()), float(image.max() - image.min()) or 1.0
         sample["image"] = self.change(image, low, span).astype(np.float32)
         return sample
-
-
-class NormalizeIntensity(IntensityTransform):
-    """Window CT / percentile-clip MR (``apply_intensity_window``), then min-max to [0, 1]."""
-
-    def __init__(self, modality: str | None = None) -> None:
-        self.modality = modality
-
-    def apply(self, sample):
-        sample["image"] = apply_intensity_window(sample["image"], self.modality)
-        return super().apply(sample)
-
-    def change(self, image, low, span):
-        return (image - low) / span
 
 
 class Intensity(IntensityTransform):

@@ -1,7 +1,7 @@
 """Evaluate a promptable predictor on a dataset folder with prompts derived from the ground truth.
 
 Per case and per foreground class of its mask:
-    * one prompt (box or click, see :mod:`medseg.eval.prompts`) per connected component of at
+    * one prompt (box or click, see :mod:`medseg.data.prompts`) per connected component of at
       least ``min_size`` pixels, all of them predicted in ONE batched ``predictor.predict`` call;
     * the union of the predicted masks is scored against the class's whole mask
       (:func:`medseg.eval.metrics.case_metrics`);
@@ -28,26 +28,16 @@ from tqdm import tqdm
 from medseg.errors import InputError, MedsegError
 from medseg.infer.volume import segment_volume
 from medseg.io import Image, Label
-from medseg.eval.datasets import Case, class_names, find_cases
-from medseg.eval.loader import io_loader, slice_hwc
+from medseg.data.cases import Case, load_case, plane
+from medseg.data.datasets import class_names, evaluation_cases
+from medseg.data.masks import MIN_SIZE, class_masks
+from medseg.data.prompts import boxes3d_from_mask, boxes_from_mask, points_from_mask
 from medseg.eval.metrics import NSD_TOLERANCE, case_metrics
-from medseg.eval.prompts import MIN_SIZE, boxes3d_from_mask, boxes_from_mask, points_from_mask
 from medseg.eval.report import Overlay, Report
 
-Loader = Callable[[Path, Path], tuple[Image, Label]]
+Loader = Callable[[Case], tuple[Image, Label]]
 PROMPTS = ("box", "point")
 EMPTY_NAME = "(no foreground)"
-
-
-def class_masks(mask: np.ndarray) -> list[tuple[int, np.ndarray]]:
-    """(class id, bool (H, W) mask) for each foreground value of a (H, W) mask, in id order.
-
-    A mask whose only non-zero value is 255 is binary: it becomes class 1.
-    """
-    values = [int(v) for v in np.unique(mask) if v != 0]
-    if values == [255]:
-        return [(1, mask == 255)]
-    return [(v, mask == v) for v in values]
 
 
 def _empty_class(names: dict[int, str]) -> int | None:
@@ -136,7 +126,7 @@ def _middle_slice(gt: np.ndarray) -> int:
 def evaluate_case(
     predictor: object,
     case: Case,
-    loader: Loader = io_loader,
+    loader: Loader = load_case,
     prompt: str = "box",
     names: dict[int, str] | None = None,
     min_size: int = MIN_SIZE,
@@ -149,15 +139,15 @@ def evaluate_case(
     only); its HD95 and NSD are in mm. Exceptions propagate; :func:`evaluate_dataset` records them.
     """
     names = names or {}
-    image, label = loader(case.image_path, case.mask_path)
+    image, label = loader(case)
     volumetric = image.array.shape[1] > 1
     if volumetric and prompt != "box":
         raise InputError(f"{case.image_path}: 3D cases are evaluated with --prompt box only")
     mask = label.array if volumetric else label.array[0]
     segment = (_VolumeSegmenter(predictor, image, min_size) if volumetric
-               else _SliceSegmenter(predictor, slice_hwc(image), prompt, min_size))
+               else _SliceSegmenter(predictor, plane(image), prompt, min_size))
     spacing = image.meta.spacing if volumetric else None
-    classes = class_masks(mask)
+    classes = class_masks(mask, case.mask_path, names)
     empty_gt = not classes
     if empty_gt:
         classes = [(_empty_class(names), np.zeros(mask.shape, dtype=bool))]
@@ -218,7 +208,7 @@ def evaluate_dataset(
     prompt: str = "box",
     limit: int | None = None,
     progress: bool = True,
-    loader: Loader = io_loader,
+    loader: Loader = load_case,
     *,
     min_size: int = MIN_SIZE,
     tolerance: float = NSD_TOLERANCE,
@@ -228,13 +218,13 @@ def evaluate_dataset(
 
     Args:
         predictor: see the module docstring.
-        dataset_dir: a dataset folder (see :mod:`medseg.eval.datasets`).
+        dataset_dir: a dataset folder (see :mod:`medseg.data.datasets`).
         split: a split of ``splits.json`` or ``"all"``.
         prompt: ``"box"`` (tight box per component) or ``"point"`` (one positive click per
             component at its deepest interior pixel).
         limit: evaluate only the first ``limit`` cases.
         progress: show a tqdm progress bar.
-        loader: ``loader(image_path, mask_path) -> (Image, Label)``; default :func:`io_loader`.
+        loader: ``loader(case) -> (Image, Label)``; default :func:`medseg.data.cases.load_case`.
         min_size: components smaller than this (pixels) get no prompt.
         tolerance: NSD tolerance in pixels.
         overlays: keep the best, median and worst case (re-predicted at the end) for figures.
@@ -247,10 +237,11 @@ def evaluate_dataset(
         raise InputError(f"prompt must be one of {', '.join(PROMPTS)}, got {prompt!r}")
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise InputError(f"limit must be a positive integer or None, got {limit!r}")
-    cases = find_cases(dataset_dir, split)[:limit]
+    cases, missing = evaluation_cases(dataset_dir, split, limit)
     options = {"loader": loader, "prompt": prompt, "names": class_names(dataset_dir),
                "min_size": min_size, "tolerance": tolerance}
     report = Report(dataset=str(Path(dataset_dir)), split=split, prompt=prompt)
+    report.errors += [{"stem": stem, "message": what} for stem, what in missing.items()]
     for case in tqdm(cases, desc=f"evaluate {split}", unit="case", disable=not progress):
         try:
             rows, _ = evaluate_case(predictor, case, **options)
@@ -262,7 +253,7 @@ def evaluate_dataset(
     if overlays:
         _keep_overlays(report, predictor, {c.stem: c for c in cases}, **options)
     if report.errors:
-        print(f"{len(report.errors)} of {len(cases)} cases could not be evaluated:", file=sys.stderr)
+        print(f"{len(report.errors)} of {len(cases) + len(missing)} cases could not be evaluated:", file=sys.stderr)
         for error in report.errors:
             print(f"  {error['stem']}: {error['message']}", file=sys.stderr)
     return report

@@ -1,20 +1,19 @@
 """Evaluation figure: sorted Dice bar chart plus overlays, drawn with matplotlib's Agg canvas.
 
 The figure is built on ``matplotlib.figure.Figure`` with ``FigureCanvasAgg`` directly, so it
-never touches pyplot's global backend or open windows.
+never touches pyplot's global backend or open windows. It reads a report and its overlays by
+their fields (``cases``, ``summary``, ``dataset``, ``split``, ``prompt``; ``title``, ``dice``,
+``image``, ``gt``, ``pred``) and imports nothing of medseg, so :mod:`medseg.eval.report` can load
+it (and matplotlib) only when a figure is asked for.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
-
+from typing import Any
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-
-if TYPE_CHECKING:
-    from medseg.eval.report import Overlay, Report
 
 GT_COLOUR = "#00e000"
 PRED_COLOUR = "#ff3030"
@@ -34,7 +33,7 @@ def _display_image(image: np.ndarray) -> tuple[np.ndarray, str | None]:
     return image[..., :3], None
 
 
-def _draw_bars(ax, report: Report) -> None:
+def _draw_bars(ax, report: Any) -> None:
     """Dice of every row, sorted ascending; rows of empty ground truth drawn hatched."""
     rows = sorted(report.cases, key=lambda r: r["dice"])
     dice = [r["dice"] for r in rows]
@@ -70,7 +69,7 @@ def _outline(ax, mask: np.ndarray, colour: str, width: float) -> None:
     ax.contour(xs, ys, padded, levels=[0.5], colors=[colour], linewidths=width)
 
 
-def _draw_overlay(ax, overlay: Overlay) -> None:
+def _draw_overlay(ax, overlay: Any) -> None:
     """Image with the ground-truth contour (green) and the prediction tinted and outlined (red)."""
     image, cmap = _display_image(overlay.image)
     ax.imshow(image, cmap=cmap, interpolation="nearest")
@@ -85,7 +84,7 @@ def _draw_overlay(ax, overlay: Overlay) -> None:
     ax.set_axis_off()
 
 
-def draw_report(report: Report, path: Path, overlays: list[Overlay]) -> None:
+def draw_report(report: Any, path: Path, overlays: list[Any]) -> None:
     """Write the figure of ``report`` to ``path`` as PNG (bar chart on top, overlays below)."""
     n_over = len(overlays)
     fig = Figure(figsize=(max(8.0, 3.2 * n_over), 3.6 + (3.4 if n_over else 0.0)), dpi=100)

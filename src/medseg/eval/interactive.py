@@ -1,7 +1,7 @@
 """Interactive evaluation: Dice after each round of simulated corrective clicks.
 
-Per 2D case and per foreground class (``medseg.eval.evaluate.class_masks``): every connected
-component of at least ``min_size`` pixels (``medseg.eval.prompts.components``) is one object,
+Per 2D case and per foreground class (``medseg.data.masks.class_masks``): every connected
+component of at least ``min_size`` pixels (``medseg.data.masks.components``) is one object,
 segmented on its own by :func:`medseg.data.prompt_sim.simulate_interaction` (round 1: a box or a
 click; each later round: one more click into the largest error, with the previous logits as
 ``mask_input``). After each round the union of the objects' masks is scored against the class's
@@ -20,27 +20,28 @@ from typing import TextIO
 import numpy as np
 from tqdm import tqdm
 
-from medseg.data.prompt_sim import FIRST_PROMPTS, dice, simulate_interaction
+from medseg.data.masks import dice
+from medseg.data.prompt_sim import FIRST_PROMPTS, simulate_interaction
 from medseg.errors import InputError, MedsegError
-from medseg.eval.datasets import Case, class_names, find_cases
-from medseg.eval.evaluate import Loader, class_name, class_masks
-from medseg.eval.loader import io_loader, slice_hwc
-from medseg.eval.prompts import MIN_SIZE, components
+from medseg.data.cases import Case, load_case, plane
+from medseg.data.datasets import class_names, evaluation_cases
+from medseg.data.masks import MIN_SIZE, class_masks, components
+from medseg.eval.evaluate import Loader, class_name
 
 
-def interact_case(predictor: object, case: Case, rounds: int, first: str = "point", loader: Loader = io_loader,
+def interact_case(predictor: object, case: Case, rounds: int, first: str = "point", loader: Loader = load_case,
                   names: dict[int, str] | None = None, min_size: int = MIN_SIZE) -> list[dict]:
     """Rows ``{"stem", "class_id", "class_name", "n_objects", "dice_per_round"}`` of one 2D case,
     one per foreground class ([] when the mask is empty). Exceptions propagate."""
-    image, label = loader(case.image_path, case.mask_path)
+    image, label = loader(case)
     if image.array.shape[1] != 1:
         raise InputError(f"{case.image_path}: interactive evaluation takes 2D cases, got {image.array.shape[1]} slices")
-    plane, mask, encoded, rows = slice_hwc(image), label.array[0], False, []
-    for class_id, gt in class_masks(mask):
+    picture, mask, encoded, rows = plane(image), label.array[0], False, []
+    for class_id, gt in class_masks(mask, case.mask_path, names or {}):
         labels, kept = components(gt, min_size)
         union = [np.zeros(gt.shape, dtype=bool) for _ in range(rounds)]
         for component in kept:
-            history = simulate_interaction(predictor, None if encoded else plane, labels == component, rounds, first)
+            history = simulate_interaction(predictor, None if encoded else picture, labels == component, rounds, first)
             encoded = True
             for r, (pred, _) in enumerate(history):
                 union[r] |= pred
@@ -51,19 +52,19 @@ def interact_case(predictor: object, case: Case, rounds: int, first: str = "poin
 
 def evaluate_interactive(predictor: object, dataset_dir: str | Path, split: str = "test", rounds: int = 5,
                          limit: int | None = None, progress: bool = True, *, first: str = "point",
-                         loader: Loader = io_loader, min_size: int = MIN_SIZE) -> dict:
+                         loader: Loader = load_case, min_size: int = MIN_SIZE) -> dict:
     """Simulate ``rounds`` rounds of interaction on every 2D case of ``split``.
 
     Args:
         predictor: ``set_image`` / ``predict(box, points, point_labels, mask_input, multimask)``
             as :class:`medseg.infer.Predictor`.
-        dataset_dir: a dataset folder (see :mod:`medseg.eval.datasets`).
+        dataset_dir: a dataset folder (see :mod:`medseg.data.datasets`).
         split: a split of ``splits.json`` or ``"all"``.
         rounds: predictions per object (round 1 = the first prompt, then one click each).
         limit: evaluate only the first ``limit`` cases.
         progress: show a tqdm progress bar.
         first: first prompt, ``"point"`` (one click) or ``"box"`` (kept in every round).
-        loader: ``loader(image_path, mask_path) -> (Image, Label)``.
+        loader: ``loader(case) -> (Image, Label)``.
         min_size: components smaller than this (pixels) get no prompt.
 
     Returns:
@@ -78,10 +79,11 @@ def evaluate_interactive(predictor: object, dataset_dir: str | Path, split: str 
         raise InputError(f"rounds must be a positive integer, got {rounds!r}")
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise InputError(f"limit must be a positive integer or None, got {limit!r}")
-    cases = find_cases(dataset_dir, split)[:limit]
+    cases, missing = evaluation_cases(dataset_dir, split, limit)
     names = class_names(dataset_dir)
     result = {"dataset": str(Path(dataset_dir)), "split": split, "first": first, "rounds": rounds,
-              "dice_per_round": [], "cases": [], "errors": [], "skipped": []}
+              "dice_per_round": [], "cases": [], "errors": [{"stem": k, "message": v} for k, v in missing.items()],
+              "skipped": []}
     for case in tqdm(cases, desc=f"interactive {split}", unit="case", disable=not progress):
         try:
             rows = interact_case(predictor, case, rounds, first, loader, names, min_size)
@@ -95,7 +97,7 @@ def evaluate_interactive(predictor: object, dataset_dir: str | Path, split: str 
     per_round = np.array([row["dice_per_round"] for row in result["cases"]], dtype=float).reshape(-1, rounds)
     result["dice_per_round"] = [float(v) for v in per_round.mean(axis=0)] if len(per_round) else [None] * rounds
     if result["errors"]:
-        print(f"{len(result['errors'])} of {len(cases)} cases could not be evaluated:", file=sys.stderr)
+        print(f"{len(result['errors'])} of {len(cases) + len(missing)} cases could not be evaluated:", file=sys.stderr)
         for error in result["errors"]:
             print(f"  {error['stem']}: {error['message']}", file=sys.stderr)
     return result
@@ -124,21 +126,27 @@ def print_rounds(result: dict, file: TextIO | None = None) -> None:
         print(f"  error {error['stem']}: {error['message']}", file=out)
 
 
-def save_rounds_figure(result: dict, path: str | Path) -> Path:
+def rounds_csv(result: dict) -> str:
+    """An :func:`evaluate_interactive` result as CSV text: stem, class_id, Dice after each round."""
+    rows = ["stem,class_id," + ",".join(f"dice_round_{k + 1}" for k in range(result["rounds"]))]
+    rows += [f"{c['stem']},{c['class_id']}," + ",".join("" if d is None else f"{d:.6f}" for d in c["dice_per_round"])
+             for c in result["cases"]]
+    return "\n".join(rows) + "\n"
+
+
+def save_rounds_figure(result: dict, path: str | Path, overwrite: bool = False) -> Path:
     """Write a PNG of Dice against round: one thin line per row (up to 200), the mean in bold.
 
-    The output may not lie inside the dataset's image/mask folders (as ``Report.check_output``).
+    By the output policy: never into the dataset's own files, an existing file only with ``overwrite``.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # matplotlib only when a figure is wanted
     from matplotlib.figure import Figure
 
-    from medseg.eval.report import Report
+    from medseg.data.datasets import dataset_files
+    from medseg.io.outputs import atomic_write, plan_outputs
 
-    if result.get("dataset"):
-        target = Report(dataset=result["dataset"], split="", prompt="").check_output(path)
-    else:
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
+    protected = dataset_files(result["dataset"]) if result.get("dataset") else []
+    target = plan_outputs({"figure": path}, protected=protected, overwrite=overwrite)["figure"]
     x = np.arange(1, result["rounds"] + 1)
     figure = Figure(figsize=(6, 4), dpi=120)
     FigureCanvasAgg(figure)
@@ -152,5 +160,4 @@ def save_rounds_figure(result: dict, path: str | Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     figure.tight_layout()
-    figure.savefig(target)
-    return target
+    return atomic_write(target, lambda tmp: figure.savefig(tmp, format="png"))

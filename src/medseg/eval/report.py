@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import sys
@@ -12,15 +13,12 @@ from typing import TextIO
 
 import numpy as np
 
-from medseg.errors import InputError
+from medseg.data.datasets import dataset_files
+from medseg.io.outputs import atomic_write, plan_outputs, write_text
 from medseg.eval.metrics import METRIC_NAMES
 
 COLUMNS = ("stem", "class_id", "class_name", "dice", "iou", "hd95", "nsd", "n_prompts", "empty_gt", "seconds")
 """Keys of every row of ``Report.cases``, in CSV column order."""
-
-DATA_FOLDERS = ("images", "masks", "imagesTr", "labelsTr", "imagesTs", "labelsTs")
-"""Folders of a dataset that outputs may never be written into."""
-
 
 @dataclass
 class Overlay:
@@ -121,38 +119,30 @@ class Report:
             "errors": [dict(e) for e in self.errors],
         }
 
-    def check_output(self, path: str | Path) -> Path:
-        """Resolve an output path; InputError if it lies in the dataset's image/mask folders.
+    def protected(self) -> list[Path]:
+        """What outputs may never be written into: the dataset's image/mask folders and every file at
+        the top of the dataset folder (its split, class and spec files)."""
+        return dataset_files(self.dataset)
 
-        Existing output files may be overwritten; a missing parent folder is created.
-        """
-        target = Path(path).expanduser().resolve()
-        root = Path(self.dataset).expanduser().resolve()
-        for name in DATA_FOLDERS:
-            folder = root / name
-            if target == folder or folder in target.parents:
-                raise InputError(f"refusing to write {target}: it is inside the dataset folder {folder}")
-        if target.is_dir():
-            raise InputError(f"output {target} is a folder; give a file name")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        return target
+    def check_output(self, path: str | Path, overwrite: bool = False) -> Path:
+        """The output path, checked by the output policy (:func:`medseg.io.outputs.plan_outputs`)."""
+        return plan_outputs({"output": path}, protected=self.protected(), overwrite=overwrite)["output"]
 
-    def to_json(self, path: str | Path) -> Path:
-        """Write :meth:`to_dict` as JSON (NaN -> null); returns the path written."""
-        target = self.check_output(path)
-        text = json.dumps(_json_safe(self.to_dict()), indent=2, allow_nan=False)
-        target.write_text(text + "\n", encoding="utf-8")
-        return target
+    def to_json(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Write :meth:`to_dict` as JSON (NaN -> null), atomically; returns the path written.
+        An existing file is replaced only with ``overwrite``."""
+        target = self.check_output(path, overwrite)
+        return write_text(target, json.dumps(_json_safe(self.to_dict()), indent=2, allow_nan=False) + "\n")
 
-    def to_csv(self, path: str | Path) -> Path:
-        """Write one CSV row per case row, columns :data:`COLUMNS`; NaN/None as empty cells."""
-        target = self.check_output(path)
-        with target.open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(COLUMNS)
-            for row in self.cases:
-                writer.writerow(["" if _clean(row[k]) is None else _clean(row[k]) for k in COLUMNS])
-        return target
+    def to_csv(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Write one CSV row per case row, columns :data:`COLUMNS`; NaN/None as empty cells (atomically)."""
+        target = self.check_output(path, overwrite)
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(COLUMNS)
+        for row in self.cases:
+            writer.writerow(["" if _clean(row[k]) is None else _clean(row[k]) for k in COLUMNS])
+        return write_text(target, out.getvalue())
 
     def print_table(self, file: TextIO | None = None, cases: bool = False) -> None:
         """Print per-class and overall means (and, with ``cases``, every row) as a text table."""
@@ -179,7 +169,7 @@ class Report:
         for error in self.errors:
             print(f"  error {error['stem']}: {error['message']}", file=out)
 
-    def save_figure(self, path: str | Path, overlays: list[Overlay] | None = None) -> Path:
+    def save_figure(self, path: str | Path, overlays: list[Overlay] | None = None, overwrite: bool = False) -> Path:
         """Write a PNG: Dice per row as a sorted bar chart, above overlays of a few cases.
 
         ``overlays`` defaults to :attr:`overlays` (best, median and worst case kept by
@@ -187,9 +177,8 @@ class Report:
         """
         from medseg.eval.figure import draw_report  # matplotlib only when a figure is wanted
 
-        target = self.check_output(path)
-        draw_report(self, target, self.overlays if overlays is None else overlays)
-        return target
+        target = self.check_output(path, overwrite)
+        return atomic_write(target, lambda tmp: draw_report(self, tmp, self.overlays if overlays is None else overlays))
 
 
 def _json_safe(value: object) -> object:

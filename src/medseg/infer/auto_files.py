@@ -16,13 +16,13 @@ from pathlib import Path
 from tqdm import tqdm
 
 from medseg.errors import InputError
+from medseg.formats import READ_SUFFIXES as SUPPORTED_SUFFIXES
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".nii", ".nii.gz", ".mha", ".nrrd")
 
 
 def _suffix_ok(path: Path) -> bool:
     name = path.name.lower()
-    return path.is_file() and not name.startswith(".") and name.endswith(IMAGE_SUFFIXES)
+    return path.is_file() and not name.startswith(".") and name.endswith(SUPPORTED_SUFFIXES)
 
 
 def _stem(path: Path) -> str:
@@ -32,8 +32,9 @@ def _stem(path: Path) -> str:
 def predict_auto(segmenter, source: str | Path, task: str, out: Path | None = None, overlay: Path | None = None,
                  overwrite: bool = False, progress: bool = True) -> int:
     """Segment ``source`` (file or folder) as ``task``; returns the exit status (0 ok, 1 some failed)."""
-    from medseg.eval.loader import slice_hwc
-    from medseg.io import check_output_path, read_image, write_label
+    from medseg.data.cases import plane as plane_of
+    from medseg.io import read_image, write_label
+    from medseg.io.outputs import plan_outputs
     from medseg.viz import overlay as draw, save_png
 
     source = Path(source)
@@ -41,7 +42,7 @@ def predict_auto(segmenter, source: str | Path, task: str, out: Path | None = No
     if source.is_dir():
         inputs = sorted(p for p in source.iterdir() if _suffix_ok(p))
         if not inputs:
-            raise InputError(f"{source}: no image files ({', '.join(IMAGE_SUFFIXES)})")
+            raise InputError(f"{source}: no image files ({', '.join(SUPPORTED_SUFFIXES)})")
         out_dir = out or Path.cwd() / f"{source.name}_{task}"
         targets = [(p, out_dir / f"{_stem(p)}.png", overlay / f"{_stem(p)}_overlay.png" if overlay else None)
                    for p in inputs]
@@ -49,12 +50,9 @@ def predict_auto(segmenter, source: str | Path, task: str, out: Path | None = No
         targets = [(source, out or Path.cwd() / f"{_stem(source)}_{task}.png", overlay)]
     else:
         raise InputError(f"{source}: no such file or folder")
-    for src, mask_path, picture in targets:  # all checks before the first write
-        for path in (mask_path, picture):
-            if path is not None:
-                check_output_path(path, src, overwrite)
-    for path in {t[1].parent for t in targets} | ({t[2].parent for t in targets if t[2] is not None}):
-        path.mkdir(parents=True, exist_ok=True)
+    outputs = {f"{kind} of {src.name}": path for src, mask, picture in targets
+               for kind, path in (("label map", mask), ("overlay", picture))}
+    plan_outputs(outputs, inputs=[t[0] for t in targets], overwrite=overwrite)  # all checks before the first write
     failed = []
     names = ", ".join(f"{k} {v}" for k, v in info.classes.items())
     print(f"automatic segmentation, task {task!r} ({info.modality}; classes {names}): {len(targets)} image(s)")
@@ -63,7 +61,7 @@ def predict_auto(segmenter, source: str | Path, task: str, out: Path | None = No
             image = read_image(src)
             if image.array.shape[1] != 1:
                 raise InputError(f"{src}: a volume of {image.array.shape[1]} slices; automatic mode takes 2D images")
-            plane = slice_hwc(image)
+            plane = plane_of(image)
             result = segmenter.segment(plane, task)
         except InputError as exc:
             failed.append(str(exc))

@@ -19,7 +19,7 @@ import torch
 
 from medseg.errors import InputError
 from medseg.infer.predictor import Predictor
-from medseg.infer.preprocess import logits_to_input_size
+from medseg.data.preprocess import logits_to_input_size
 
 
 @dataclass
@@ -76,6 +76,15 @@ class AutoSegmenter(Predictor):
         """Promptable segmentation of the current image from an (automatic) box and/or clicks -> bool (H, W)."""
         return self.predict(box=box, points=points, point_labels=point_labels).masks[0, 0]
 
+    def refine_from_first_boxes(self, labels: np.ndarray, classes) -> dict[int, np.ndarray]:
+        """The "automatic first box, then refine" protocol (SqueezeSAM): for each class id of
+        ``classes``, the promptable mask (bool (H, W)) from the box around the largest component of
+        that class in the automatic label map ``labels`` (H, W) of the current image; an empty mask
+        where the automatic map has no such class. No ground truth is used."""
+        prompts = first_prompts(labels)
+        return {int(c): self.refine(box=prompts[c]["box"]) if c in prompts else np.zeros(labels.shape, dtype=bool)
+                for c in classes}
+
 
 def first_prompts(labels: np.ndarray) -> dict[int, dict[str, np.ndarray]]:
     """Automatic first prompts from an automatic label map (SqueezeSAM's automatic first click).
@@ -84,16 +93,12 @@ def first_prompts(labels: np.ndarray) -> dict[int, dict[str, np.ndarray]]:
     and ``"point"`` (2,) x, y at that component's most interior pixel (largest distance to its edge).
     Coordinates in the label map's pixels.
     """
-    from scipy import ndimage
+    from medseg.data.masks import largest_component
+    from medseg.data.prompts import deepest_point, mask_box
 
     out = {}
     for cid in [int(v) for v in np.unique(labels) if v > 0]:
-        comps, n = ndimage.label(labels == cid)
-        sizes = np.bincount(comps.ravel())[1:]
-        largest = comps == (int(np.argmax(sizes)) + 1)
-        ys, xs = np.nonzero(largest)
-        depth = ndimage.distance_transform_edt(np.pad(largest, 1))[1:-1, 1:-1]
-        y, x = np.unravel_index(int(np.argmax(depth)), depth.shape)
-        out[cid] = {"box": np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=np.float64),
-                    "point": np.array([x, y], dtype=np.float64)}
+        largest = largest_component(labels == cid)
+        y, x = deepest_point(largest)
+        out[cid] = {"box": mask_box(largest).astype(np.float64), "point": np.array([x, y], dtype=np.float64)}
     return out

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.cases import plane
 from ..errors import InputError
 from ..io import Image, read_image
 from .predictor import Predictor
@@ -25,12 +26,6 @@ class FileResult:
     boxes: np.ndarray | None = None
     points: np.ndarray | None = None
     point_labels: np.ndarray | None = None
-
-
-def plane(image: Image, z: int = 0) -> np.ndarray:
-    """Slice ``z`` of an (C, Z, Y, X) image as (H, W) or (H, W, C)."""
-    p = image.array[:, z]
-    return p[0] if p.shape[0] == 1 else np.moveaxis(p, 0, -1)
 
 
 def segment_file(predictor: Predictor, path: str | Path, boxes: list[list[float]] | None = None,

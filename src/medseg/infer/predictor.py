@@ -12,7 +12,7 @@ import torch
 
 from ..errors import InputError
 from ..models import PromptableSegmenter
-from .preprocess import Resized, logits_to_input_size, prepare_image
+from ..data.preprocess import Resized, logits_to_input_size, prepare_image
 
 
 @dataclass
@@ -50,7 +50,7 @@ class Predictor:
 
     def set_embedding(self, embedding: torch.Tensor, original_hw: tuple[int, int]) -> None:
         """Reuse a cached embedding (1, 256, E, E) of an image of size (H, W)."""
-        from .preprocess import longest_side_shape
+        from ..data.preprocess import longest_side_shape
 
         if self.model.uses_features:
             raise InputError("this model's mask head needs the encoder's feature maps, which a cached embedding "

@@ -18,7 +18,8 @@ from tqdm.auto import tqdm
 
 from ..errors import InputError
 from .predictor import Predictor
-from .preprocess import apply_intensity_window
+from ..data.preprocess import apply_intensity_window
+from ..data.prompts import mask_box
 
 
 def check_box3d(box3d, shape_zyx: tuple[int, int, int]) -> tuple[int, int, int, int, int, int]:
@@ -41,13 +42,6 @@ def window_volume(volume: np.ndarray, modality: str | None) -> np.ndarray:
     v = apply_intensity_window(volume, modality)
     low, high = float(v.min()), float(v.max())
     return (v - low) / max(high - low, 1e-8) * 255.0
-
-
-def _mask_box(mask: np.ndarray) -> np.ndarray | None:
-    ys, xs = np.nonzero(mask)
-    if len(xs) == 0:
-        return None
-    return np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=np.float64)
 
 
 def segment_volume(predictor: Predictor, volume: np.ndarray, box3d, modality: str | None = None,
@@ -76,7 +70,7 @@ def segment_volume(predictor: Predictor, volume: np.ndarray, box3d, modality: st
         for step in (-1, 1):
             prev, z = key_mask, key + step
             while z0 <= z <= z1:
-                box = _mask_box(prev)
+                box = mask_box(prev).astype(np.float64) if prev.any() else None
                 if box is None:
                     break
                 prev = run(z, box)

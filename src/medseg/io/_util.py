@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +33,9 @@ def check_voxels(path: Path, shape, max_voxels: int | None, what: str = "image")
     if max_voxels is not None and n > max_voxels:
         raise InputError(
             f"{path}: the {what} header declares shape {tuple(int(s) for s in shape)} = {n} "
-            f"elements, over the limit max_voxels={max_voxels} (a guard against decompression "
-            f"bombs and memory exhaustion). If you trust the file, pass a larger max_voxels."
+            f"elements (voxels x channels), above the limit of {max_voxels} (a guard against "
+            f"decompression bombs and memory exhaustion); downsample or crop it first. A file "
+            f"you trust can be read with a higher limit (in Python: the max_voxels argument)."
         )
 
 
@@ -75,9 +77,28 @@ def check_finite(path, arr: np.ndarray) -> None:
         bad = arr.size - int(np.count_nonzero(np.isfinite(arr)))
         if bad:
             raise InputError(
-                f"{path}: {bad} of {arr.size} voxels are NaN or Inf; clean the image first "
-                f"(e.g. numpy.nan_to_num, or mask them and fill with the background value)."
+                f"{path}: {bad} of {arr.size} voxels are NaN or Inf; clean the image first: "
+                f"replace them with a finite value (e.g. the background intensity) and save it "
+                f"again."
             )
+
+
+def check_numeric(path, arr: np.ndarray) -> None:
+    """InputError naming ``path`` unless ``arr`` (``(C, Z, Y, X)``) holds at least one voxel and
+    is a plain bool/integer/float array (not complex, not a record array, not objects), the
+    dtypes the rest of medseg can use."""
+    if arr.size == 0:
+        raise InputError(f"{path}: the file holds no voxels (C, Z, Y, X) {tuple(arr.shape)}: "
+                         f"its header declares a size of 0; re-export or re-download it.")
+    dtype = arr.dtype
+    if dtype.kind == "c":
+        raise InputError(
+            f"{path}: the voxels are complex numbers ({dtype_name(dtype)}, e.g. MR phase or "
+            f"k-space data); save a real-valued image first, e.g. its magnitude."
+        )
+    if dtype.names is not None or dtype.kind not in "biuf":
+        raise InputError(f"{path}: voxels of type {dtype} are not plain numbers; convert the file "
+                         f"to a grey or RGB image of integers or floats first.")
 
 
 def smallest_int(arr: np.ndarray, what: str, path=None) -> np.ndarray:
@@ -130,8 +151,8 @@ def output_path(path, like_source, overwrite: bool) -> Path:
     if p.is_dir():
         raise InputError(f"{p}: is a folder; give a file name with a suffix such as .nii.gz.")
     if p.exists() and not overwrite:
-        raise InputError(f"{p}: already exists; replace it with overwrite=True (--overwrite on the "
-                         f"command line), or choose another path.")
+        raise InputError(f"{p}: already exists; choose another path, or replace it with "
+                         f"--overwrite on the command line (overwrite=True in Python).")
     return p
 
 
@@ -145,15 +166,44 @@ def full_suffix(path: Path) -> str:
 
 def atomic_write(path: Path, write) -> Path:
     """Call ``write(tmp_path)`` on a temporary file beside ``path``, then move it into place, so a
-    failed write never leaves a half-written output. Parent folders are created."""
+    failed (or interrupted) write never leaves a half-written output, nor a temporary file, and
+    never touches an existing ``path``. Parent folders are created (with the umask's mode).
+
+    The file gets the permissions a plain ``open(path, "w")`` would give it: those of the file
+    it replaces, else ``0o666`` less the process umask (not the private 0o600 of ``mkstemp``).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = full_suffix(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(fd)
+    tmp = _new_temp_file(path)
     try:
-        write(Path(tmp))
+        mode = _mode_for(path, tmp)
+        write(tmp)
+        os.chmod(tmp, mode)  # in case ``write`` replaced the file rather than writing into it
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
     return path
+
+
+def _new_temp_file(path: Path) -> Path:
+    """Create an empty, unique ``.<name>.<random>.tmp<suffix>`` beside ``path``, with mode
+    ``0o666 & ~umask`` (the kernel applies the umask, as for any new file)."""
+    suffix = full_suffix(path)  # kept last, so the writers pick the format (.nii.gz compressed)
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp{suffix}"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise InputError(f"{path}: cannot create a temporary file beside it (100 names taken); "
+                     f"remove the stale .{path.name}.*.tmp* files in {path.parent}.")
+
+
+def _mode_for(path: Path, tmp: Path) -> int:
+    """Permission bits ``open(path, "w")`` would leave: an existing file's, else the new
+    ``tmp``'s (``0o666 & ~umask``)."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode) & 0o777
+    except FileNotFoundError:
+        return stat.S_IMODE(os.stat(tmp).st_mode)

@@ -15,15 +15,15 @@ import numpy as np
 import pydicom
 
 from medseg.errors import InputError
+from medseg.formats import DICOM_SUFFIXES
 from medseg.io._util import check_voxels, native, reading
-from medseg.io.meta import Meta, decompose_affine, itk_to_affine
+from medseg.io.meta import Meta, check_affine, decompose_affine, itk_to_affine
 
 try:  # pydicom >= 3
     from pydicom.pixels import apply_modality_lut
 except ImportError:  # pragma: no cover - pydicom 2.x
     from pydicom.pixel_data_handlers.util import apply_modality_lut
 
-DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 
 
 def is_dicom_file(path: Path) -> bool:
@@ -66,6 +66,21 @@ def _geometry(ds) -> dict:
             "direction": tuple(float(v) for v in direction.ravel())}
 
 
+def _geometry_source(ds) -> str:
+    """'its geometry (ImageOrientationPatient [...], PixelSpacing [...], slice spacing ...)': the
+    tags :func:`_geometry` builds the affine from, with their values, for error messages."""
+    def values(keyword):
+        value = _find(ds, keyword)
+        if value is None:
+            return "absent"
+        items = [value] if isinstance(value, (int, float, str, bytes)) else list(value)
+        return "[" + ", ".join(f"{float(v):g}" for v in items) + "]"
+
+    dz = _find(ds, "SpacingBetweenSlices") or _find(ds, "SliceThickness") or 1.0
+    return (f"its geometry (ImageOrientationPatient {values('ImageOrientationPatient')}, "
+            f"PixelSpacing {values('PixelSpacing')}, slice spacing {float(dz):g} mm)")
+
+
 def read_dicom_file(path: Path, max_voxels: int | None) -> tuple[np.ndarray, Meta]:
     """Read one DICOM file (single- or multi-frame) into ``(C, Z, Y, X)``."""
     with reading(path, "DICOM"):
@@ -95,15 +110,17 @@ def read_dicom_file(path: Path, max_voxels: int | None) -> tuple[np.ndarray, Met
             if arr.dtype.kind == "f":
                 arr = arr.astype(np.float32)
         itk = _geometry(ds)
+        where = _geometry_source(ds)
+        modality = str(ds.get("Modality", "")).strip() or None
+    affine = itk_to_affine(**itk)
+    check_affine(path, affine, where)
     if samples > 1:  # ([F,] Y, X, S)
         arr = np.moveaxis(arr, -1, 0)
         arr = arr[:, None] if frames == 1 else arr
     else:
         arr = arr[None, None] if frames == 1 else arr[None]
     arr = np.ascontiguousarray(arr)
-    affine = itk_to_affine(**itk)
     spacing, origin, direction = decompose_affine(affine)
-    modality = str(ds.get("Modality", "")).strip() or None
     meta = Meta(spacing=spacing, origin=origin, direction=direction, affine=affine,
                 modality=modality, source=path, format="dicom", dtype=stored,
                 shape=tuple(arr.shape[1:]), _itk=itk)
@@ -142,6 +159,7 @@ def read_dicom_series(folder: Path, max_voxels: int | None) -> tuple[np.ndarray,
         check_voxels(folder, (samples, len(names), int(first.Rows), int(first.Columns)),
                      max_voxels, "DICOM series")
         stored = f"{'int' if first.get('PixelRepresentation', 0) else 'uint'}{first.BitsAllocated}"
+        modality = str(first.get("Modality", "")).strip() or None
         reader = sitk.ImageSeriesReader()
         reader.SetFileNames(names)
         img = reader.Execute()
@@ -153,8 +171,9 @@ def read_dicom_series(folder: Path, max_voxels: int | None) -> tuple[np.ndarray,
         arr = arr[:, None]
     arr = np.ascontiguousarray(arr)
     affine = itk_to_affine(**itk)
+    check_affine(folder, affine, "the series geometry (ImageOrientationPatient, PixelSpacing "
+                                 "and the slice positions)")
     spacing, origin, direction = decompose_affine(affine)
-    modality = str(first.get("Modality", "")).strip() or None
     meta = Meta(spacing=spacing, origin=origin, direction=direction, affine=affine,
                 modality=modality, source=folder, format="dicom-series",
                 dtype=stored, shape=tuple(arr.shape[1:]), _itk=itk)

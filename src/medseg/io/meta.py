@@ -122,6 +122,52 @@ def decompose_affine(affine: np.ndarray) -> tuple[tuple, tuple, np.ndarray]:
     return spacing, tuple(float(o) for o in aff[:3, 3]), direction
 
 
+GEOMETRY_FIX = "fix the header (e.g. with nibabel or SimpleITK) before using it"
+"""What :func:`check_affine` tells a person to do with a degenerate geometry."""
+
+_AXES = "XYZ"
+
+
+def affine_problem(affine) -> str | None:
+    """What makes a 4x4 RAS+ affine unusable as voxel geometry, or None if it is regular.
+
+    Regular: finite, every voxel axis (column X, Y, Z of ``affine[:3, :3]``) of non-zero length,
+    and the axes not parallel or coplanar. Singularity is judged on the unit axis directions
+    (``|det(direction)| > 1e-6``), so tiny but regular voxels (1 um) pass.
+    """
+    aff = np.asarray(affine, float)
+    if aff.shape != (4, 4):
+        return f"has shape {aff.shape}, not 4x4"
+    if not np.all(np.isfinite(aff)):
+        return "is not finite (it holds NaN or Inf)"
+    m = aff[:3, :3]
+    norms = np.linalg.norm(m, axis=0)
+    zero = [_AXES[i] for i in np.flatnonzero(norms == 0)]
+    if zero:
+        which = {1: "axis {} has", 2: "axes {} and {} have", 3: "axes {}, {} and {} have"}
+        return (f"is singular (determinant 0): voxel {which[len(zero)].format(*zero)} zero "
+                f"length (zero spacing)")
+    unit = m / norms
+    if abs(np.linalg.det(unit)) > 1e-6:
+        return None
+    det = np.linalg.det(m)
+    det_text = "0" if abs(det) < 1e-12 else f"{det:.3g}, nearly 0"
+    for i, j in ((0, 1), (0, 2), (1, 2)):
+        if abs(float(unit[:, i] @ unit[:, j])) > 1 - 1e-9:
+            return (f"is singular (determinant {det_text}): voxel axes {_AXES[i]} and "
+                    f"{_AXES[j]} point along the same line")
+    return f"is singular (determinant {det_text}): its voxel axes X, Y, Z lie in one plane"
+
+
+def check_affine(path, affine, where: str = "its affine") -> None:
+    """InputError naming ``path`` unless ``affine`` (4x4 RAS+) is regular (see
+    :func:`affine_problem`); ``where`` names the header fields it came from. Readers call this
+    so a zero or singular geometry is never copied silently into :class:`Meta`."""
+    problem = affine_problem(affine)
+    if problem is not None:
+        raise InputError(f"{path}: {where} {problem}; {GEOMETRY_FIX}.")
+
+
 def itk_to_affine(origin, spacing, direction) -> np.ndarray:
     """RAS+ 4x4 affine from ITK (LPS) geometry of any dimension; extra axes are ignored."""
     dim = len(spacing)
@@ -148,22 +194,55 @@ def check_pair(image: Image, label: Label, *, geometry: bool = True, atol: float
     """Raise :class:`InputError` naming both files unless image and label match voxel for voxel.
 
     Spatial shapes ``image.array.shape[1:]`` and ``label.array.shape`` (both ``(Z, Y, X)``) must be
-    equal. With ``geometry=True`` and both affines known, the affines must agree within ``atol`` mm.
+    equal. With ``geometry=True`` and both affines known, the affines must agree within ``atol`` mm;
+    the message then states what differs: both spacings ``(z, y, x)`` in mm and their ratio,
+    both origins ``(x, y, z)`` in mm, and the angle between the axis directions.
     """
     a, b = image.meta.source, label.meta.source
     if tuple(image.array.shape[1:]) != tuple(label.array.shape):
         raise InputError(
-            f"image {a} has spatial shape (Z, Y, X) {tuple(image.array.shape[1:])} but label {b} "
-            f"has {tuple(label.array.shape)}: they are not a pair; check the file names, or "
-            f"resample the label onto the image grid with medseg.io.resize_label (nearest)."
+            f"image {a} has spatial shape (Z, Y, X) {tuple(image.array.shape[1:])} but mask {b} "
+            f"has {tuple(label.array.shape)}: they are not a pair. Check the file names, or "
+            f"resample the mask onto the image's grid with nearest neighbour (never linear) "
+            f"interpolation (in Python: medseg.io.resize_label)."
         )
     ia, la = image.meta.affine, label.meta.affine
     if geometry and ia is not None and la is not None and not np.allclose(ia, la, atol=atol):
         raise InputError(
-            f"image {a} and label {b} have the same shape but different world geometry "
-            f"(affines differ by up to {np.abs(np.asarray(ia) - np.asarray(la)).max():.4g} mm): "
-            f"re-export the label on the image grid, or pass geometry=False if you trust them."
+            f"image {a} and mask {b} have the same shape (Z, Y, X) {tuple(label.array.shape)} "
+            f"but different world geometry: {geometry_difference(ia, la, atol)}. The mask does "
+            f"not lie on the image's voxels: resample the mask onto the image's grid (nearest "
+            f"neighbour), or re-export it from the image it was drawn on."
         )
+
+
+def _mm(values) -> str:
+    """'(0.625, 0.625, 1.25)': a tuple printed with 4 significant digits."""
+    return "(" + ", ".join(f"{float(v):.4g}" for v in values) + ")"
+
+
+def geometry_difference(image_affine, mask_affine, atol: float = 1e-3) -> str:
+    """What differs between two 4x4 RAS+ affines, for a person: both spacings ``(z, y, x)`` mm
+    with the per-axis mask / image ratio, both origins ``(x, y, z)`` mm, and the largest angle
+    between corresponding axis directions. Only the parts that differ (beyond ``atol``) are
+    listed."""
+    si, oi, di = decompose_affine(image_affine)
+    sm, om, dm = decompose_affine(mask_affine)
+    parts = []
+    if not np.allclose(si, sm, atol=atol):
+        ratio = np.asarray(sm) / np.asarray(si)
+        parts.append(f"image spacing (z, y, x) {_mm(si)} mm, mask spacing (z, y, x) {_mm(sm)} mm "
+                     f"(mask / image ratio {_mm(ratio)})")
+    if not np.allclose(oi, om, atol=atol):
+        parts.append(f"image origin (x, y, z) {_mm(oi)} mm, mask origin (x, y, z) {_mm(om)} mm")
+    cosines = np.clip(np.sum(np.asarray(di) * np.asarray(dm), axis=0), -1.0, 1.0)
+    angle = float(np.degrees(np.arccos(cosines)).max())
+    if angle > 1e-3:
+        parts.append(f"axis directions differ by up to {angle:.3g} degrees")
+    if not parts:  # differences below atol in each part, over it in the affine as a whole
+        diff = float(np.abs(np.asarray(image_affine) - np.asarray(mask_affine)).max())
+        parts.append(f"affines differ by up to {diff:.4g}")
+    return "; ".join(parts)
 
 
 def resize_label(label_array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

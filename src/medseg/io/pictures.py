@@ -6,6 +6,7 @@ have ``Z == 1``; TIFF pages (and any other non-channel TIFF axes) are stacked al
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from medseg.errors import InputError
 from medseg.io._util import check_voxels, dtype_name, native, reading
 from medseg.io.meta import Meta
 
+_SUFFIX_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP"}
 _PIL_FORMATS = {"PNG": "png", "JPEG": "jpeg", "MPO": "jpeg", "BMP": "bmp", "DIB": "bmp"}
 _MODE_DTYPE = {"1": "bool", "I": "int32", "F": "float32", "I;16": "uint16", "I;16B": "uint16",
                "I;16L": "uint16", "I;16N": "uint16"}
@@ -29,25 +31,12 @@ def read_pil(path: Path, max_voxels: int | None, as_label: bool) -> tuple[np.nda
     (P) picture gives RGB for an image but its palette *indices* for a label (class ids). Pillow's
     ``PIL.Image.MAX_IMAGE_PIXELS`` bomb guard is turned into an error (its warning is made an
     error with ``warnings.catch_warnings`` around ``open``), and ``max_voxels`` is checked on the
-    header before decoding.
+    header before decoding. Any other failure to open or decode (truncated or corrupt file) is an
+    InputError naming the file.
     Limitation: Pillow reduces 16-bit RGB PNGs to 8 bits per channel (16-bit grey is kept).
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
-        try:
-            im = PIL.Image.open(path)
-        except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning) as exc:
-            raise InputError(
-                f"{path}: refused as a possible decompression bomb ({exc}); if you trust the "
-                f"file, raise PIL.Image.MAX_IMAGE_PIXELS and max_voxels."
-            ) from exc
-        except PIL.UnidentifiedImageError as exc:
-            raise InputError(
-                f"{path}: not a picture Pillow can read (the content is not PNG/JPEG/BMP, e.g. a "
-                f"text or HTML file saved under an image name); check what the file really is."
-            ) from exc
-        except OSError as exc:
-            raise InputError(f"{path}: cannot open it ({exc}); check the file.") from exc
+    with reading(path, _SUFFIX_FORMATS.get(path.suffix.lower(), "picture")):
+        im = _open_pil(path)
     with im, reading(path, im.format or "picture"):
         bands = len(im.getbands())
         check_voxels(path, (bands, im.size[1], im.size[0]), max_voxels, "picture")
@@ -62,6 +51,29 @@ def read_pil(path: Path, max_voxels: int | None, as_label: bool) -> tuple[np.nda
         arr = np.moveaxis(arr, -1, 0)[:, None]
     meta = Meta(source=path, format=fmt, dtype=stored, shape=tuple(arr.shape[1:]))
     return np.ascontiguousarray(arr), meta
+
+
+def _open_pil(path: Path) -> PIL.Image.Image:
+    """``PIL.Image.open(path)`` (header only), with Pillow's pixel limit
+    ``PIL.Image.MAX_IMAGE_PIXELS`` as an error (its warning is made one) and a non-picture as an
+    InputError; other failures (truncated or corrupt header) are left to :func:`reading`."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
+        try:
+            return PIL.Image.open(path)
+        except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning) as exc:
+            found = re.search(r"\((\d+) pixels\)", str(exc))
+            size = f"has {found.group(1)} pixels" if found else "is very large"
+            raise InputError(
+                f"{path}: the picture {size}, above the limit of {PIL.Image.MAX_IMAGE_PIXELS} "
+                f"pixels (a guard against decompression bombs); downsample it first, and check "
+                f"that the file is what you expect."
+            ) from exc
+        except PIL.UnidentifiedImageError as exc:
+            raise InputError(
+                f"{path}: not a picture Pillow can read (the content is not PNG/JPEG/BMP, e.g. a "
+                f"text or HTML file saved under an image name); check what the file really is."
+            ) from exc
 
 
 def _pil_array(im: PIL.Image.Image, as_label: bool) -> np.ndarray:
@@ -97,6 +109,7 @@ def read_tiff(path: Path, max_voxels: int | None, as_label: bool) -> tuple[np.nd
     """
     with reading(path, "TIFF"):
         with tifffile.TiffFile(path) as tif:
+            _check_page_chain(path, tif)
             if not tif.series:
                 raise InputError(f"{path}: the TIFF holds no image series; check the file.")
             series = tif.series[0]
@@ -122,6 +135,19 @@ def read_tiff(path: Path, max_voxels: int | None, as_label: bool) -> tuple[np.nd
         arr = _tiff_czyx(data, axes)
     meta = Meta(source=path, format="tiff", dtype=stored, shape=tuple(arr.shape[1:]))
     return arr, meta
+
+
+def _check_page_chain(path: Path, tif: tifffile.TiffFile) -> None:
+    """InputError if the chain of pages (IFDs) of an open TIFF comes back to a page already
+    seen: a corrupt file on which tifffile's series detection would loop forever."""
+    seen = set()
+    for index, page in enumerate(tif.pages):
+        if page.offset in seen:
+            raise InputError(
+                f"{path}: the TIFF is corrupt: its page {index} points back to an earlier page "
+                f"(at byte {page.offset}), so its list of pages never ends; re-export the file."
+            )
+        seen.add(page.offset)
 
 
 def _tiff_czyx(data: np.ndarray, axes: str) -> np.ndarray:

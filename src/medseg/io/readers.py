@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from medseg.errors import InputError
-from medseg.io._util import DEFAULT_MAX_VOXELS, check_finite, existing_path, full_suffix
-from medseg.io._util import smallest_int
+from medseg.io._util import DEFAULT_MAX_VOXELS, check_finite, check_numeric, existing_path
+from medseg.io._util import full_suffix, smallest_int
+from medseg.formats import DICOM_SUFFIXES, READ_SUFFIXES
 from medseg.io.dicom import is_dicom_file, read_dicom_file, read_dicom_series
 from medseg.io.meta import Image, Label, Meta
 from medseg.io.pictures import read_pil, read_tiff
@@ -23,9 +24,10 @@ _KINDS = {
     ".tif": "tiff", ".tiff": "tiff",
     ".nii": "nifti", ".nii.gz": "nifti",
     ".mha": "mha", ".mhd": "mha", ".nrrd": "nrrd", ".nhdr": "nrrd",
-    ".dcm": "dicom", ".dicom": "dicom", ".ima": "dicom",
+    **{suffix: "dicom" for suffix in DICOM_SUFFIXES},
 }
-SUPPORTED_SUFFIXES: tuple[str, ...] = tuple(_KINDS)
+SUPPORTED_SUFFIXES: tuple[str, ...] = READ_SUFFIXES
+assert set(_KINDS) == set(READ_SUFFIXES), "a suffix of medseg.formats without a reader"
 """Suffixes :func:`read_image` / :func:`read_label` accept; also a folder (DICOM series) and a
 suffix-less DICOM file."""
 
@@ -47,9 +49,15 @@ def _kind(path: Path) -> str:
 
 
 def _load(path, max_voxels: int | None, as_label: bool) -> tuple[np.ndarray, Meta]:
-    """``(array (C, Z, Y, X), meta)`` of any supported file or DICOM folder."""
+    """``(array (C, Z, Y, X), meta)`` of any supported file or DICOM folder; the array is plain
+    numbers (bool, integer or float), else InputError."""
     p = existing_path(path)
-    kind = _kind(p)
+    arr, meta = _read(p, _kind(p), max_voxels, as_label)
+    check_numeric(meta.source, arr)
+    return arr, meta
+
+
+def _read(p: Path, kind: str, max_voxels: int | None, as_label: bool) -> tuple[np.ndarray, Meta]:
     if kind == "pil":
         return read_pil(p, max_voxels, as_label)
     if kind == "tiff":

@@ -14,7 +14,8 @@ import numpy as np
 
 from medseg.errors import InputError
 from medseg.io._util import check_voxels, dtype_name, native, reading
-from medseg.io.meta import Meta, affine_to_itk, decompose_affine, itk_to_affine
+from medseg.io.meta import (GEOMETRY_FIX, Meta, affine_problem, affine_to_itk, check_affine,
+                            decompose_affine, itk_to_affine)
 
 # Raw header fields that define NIfTI geometry; copied verbatim when writing with a NIfTI `like`.
 _NIFTI_GEOMETRY = ("qform_code", "sform_code", "quatern_b", "quatern_c", "quatern_d",
@@ -25,18 +26,25 @@ def read_nifti(path: Path, max_voxels: int | None) -> tuple[np.ndarray, Meta]:
     """Read ``.nii``/``.nii.gz`` into ``(C, Z, Y, X)``; the header shape is checked first.
 
     scl_slope/scl_inter are applied (giving float32). ``meta.affine`` is nibabel's best affine
-    (sform if its code > 0, else qform), which is RAS+ by the NIfTI standard.
+    (sform if its code > 0, else qform), which is RAS+ by the NIfTI standard; a zero, singular
+    or non-finite one is an InputError. An RGB24 / RGBA32 file (one record of colour fields per
+    voxel) gives C = 3 channels, alpha dropped as for pictures.
     """
     with reading(path, "NIfTI"):
         img = nib.load(str(path), mmap=False)
         if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
             raise InputError(f"{path}: not a NIfTI-1/2 image ({type(img).__name__}); "
                              f"convert it to .nii.gz.")
-        check_voxels(path, img.shape, max_voxels, "NIfTI")
         header = img.header.copy()
         stored = header.get_data_dtype()
+        fields = len(stored.names) if stored.names else 1
+        check_voxels(path, tuple(img.shape) + (fields,), max_voxels, "NIfTI")
         data = native(np.asanyarray(img.dataobj))
         affine = np.array(img.affine, dtype=float)
+    check_affine(path, affine, _nifti_affine_source(header))
+    if data.dtype.names:
+        data = _colour_channels(path, data)  # (X, Y, Z, 3)
+        stored = data.dtype
     if data.dtype == np.float64 and stored != np.float64:  # scaled integers
         data = data.astype(np.float32)
     if data.ndim < 2:
@@ -50,6 +58,44 @@ def read_nifti(path: Path, max_voxels: int | None) -> tuple[np.ndarray, Meta]:
                 format="nifti", dtype=dtype_name(stored), shape=tuple(arr.shape[1:]),
                 _nifti_header=header)
     return arr, meta
+
+
+def _nifti_affine_source(header) -> str:
+    """'its affine (the sform, sform_code 2)' ...: which header fields nibabel's affine is from;
+    for a degenerate sform, whether the qform would do instead."""
+    scode, qcode = int(header["sform_code"]), int(header["qform_code"])
+    if scode > 0:
+        where = f"its affine (the sform, sform_code {scode})"
+        if qcode > 0 and _regular_qform(header):
+            where = (f"{where} (its qform, qform_code {qcode}, is regular: setting sform_code "
+                     f"to 0 makes readers use it)")
+        return where
+    if qcode > 0:
+        return f"its affine (the qform, qform_code {qcode}, with pixdim)"
+    return "its affine (from pixdim; qform_code and sform_code are 0)"
+
+
+def _regular_qform(header) -> bool:
+    """True if the header's qform can be computed and is a regular affine."""
+    try:
+        return affine_problem(header.get_qform()) is None
+    except Exception:  # noqa: BLE001 - a bent quaternion makes nibabel raise various errors
+        return False
+
+
+def _colour_channels(path: Path, data: np.ndarray) -> np.ndarray:
+    """``(X, Y[, Z], 3)`` plain array of an RGB24/RGBA32 record array ``(X, Y[, Z])`` (alpha,
+    a field named 'A', is dropped)."""
+    names = [n for n in data.dtype.names if n.upper() != "A"]
+    kinds = {data.dtype.fields[n][0].kind for n in names}
+    if data.ndim > 3 or not kinds <= set("iuf") or len(names) not in (1, 3):
+        raise InputError(
+            f"{path}: a {data.ndim}D NIfTI of colour records {data.dtype} is not supported (only "
+            f"2D/3D RGB or RGBA); convert it to a plain 3D RGB or grey volume first, e.g. one "
+            f"file per time point."
+        )
+    out = np.stack([data[n] for n in names], axis=-1)
+    return out if data.ndim == 3 else out[:, :, None]
 
 
 def write_nifti(path: Path, arr: np.ndarray, like: Meta | None) -> None:
@@ -101,7 +147,7 @@ def read_itk(path: Path, max_voxels: int | None, fmt: str) -> tuple[np.ndarray, 
     with reading(path, fmt.upper()):
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(path))
-        reader.ReadImageInformation()
+        _itk_call(path, reader.ReadImageInformation)
         size, ncomp = reader.GetSize(), reader.GetNumberOfComponents()
         check_voxels(path, tuple(size) + (ncomp,), max_voxels, fmt.upper())
         if len(size) not in (2, 3, 4):
@@ -109,7 +155,7 @@ def read_itk(path: Path, max_voxels: int | None, fmt: str) -> tuple[np.ndarray, 
         itk = {"origin": reader.GetOrigin(), "spacing": reader.GetSpacing(),
                "direction": reader.GetDirection()}
         modality = _itk_modality(reader)
-        arr = native(sitk.GetArrayFromImage(reader.Execute()))
+        arr = native(sitk.GetArrayFromImage(_itk_call(path, reader.Execute)))
     stored = dtype_name(arr.dtype)
     arr = np.moveaxis(arr, -1, 0) if ncomp > 1 else arr[None]  # (C, [T,] [Z,] Y, X)
     if len(size) == 2:
@@ -118,11 +164,30 @@ def read_itk(path: Path, max_voxels: int | None, fmt: str) -> tuple[np.ndarray, 
         arr = arr.reshape((-1,) + arr.shape[2:])
     arr = np.ascontiguousarray(arr)
     affine = itk_to_affine(**itk)
+    check_affine(path, affine, "its geometry (spacing and direction)")
     spacing, origin, direction = decompose_affine(affine)
     meta = Meta(spacing=spacing, origin=origin, direction=direction, affine=affine,
                 modality=modality, source=path, format=fmt, dtype=stored,
                 shape=tuple(arr.shape[1:]), _itk=itk)
     return arr, meta
+
+
+_ITK_GEOMETRY_ERRORS = {
+    "Bad direction, determinant is 0": "its direction matrix is singular (determinant 0)",
+    "Zero-valued spacing": "its spacing is zero or not a number, which makes the geometry singular",
+}
+
+
+def _itk_call(path: Path, step):
+    """``step()`` (a reader's ReadImageInformation or Execute); ITK's refusal of a degenerate
+    direction or spacing becomes an InputError that says so (rather than "corrupt file")."""
+    try:
+        return step()
+    except RuntimeError as exc:
+        for key, problem in _ITK_GEOMETRY_ERRORS.items():
+            if key in str(exc):
+                raise InputError(f"{path}: {problem}; {GEOMETRY_FIX}.") from exc
+        raise
 
 
 def _itk_modality(reader) -> str | None:

@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 
 from medseg.errors import InputError
+from medseg.formats import WRITE_SUFFIXES
 from medseg.io._util import atomic_write, check_finite, full_suffix, output_path, smallest_int
 from medseg.io.meta import Image, Label, Meta
 from medseg.io.pictures import write_png
 from medseg.io.volumes import write_itk, write_nifti
 
-WRITE_SUFFIXES: tuple[str, ...] = (".png", ".nii", ".nii.gz", ".mha", ".nrrd")
 """Suffixes :func:`write_label` / :func:`write_image` can write."""
 
 

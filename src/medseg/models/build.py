@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, InputError
 from .hrencoder import HREncoder
 from .mask_decoder import FeatureFusion, MaskDecoder
 from .prompt_encoder import PromptEncoder
@@ -158,7 +158,7 @@ def list_models(kind: str | None = None) -> list[str]:
     or ``"universal"`` (both: a promptable base plus prompt-free task decoding)."""
     table = {None: MODELS, "promptable": PROMPTABLE, "automatic": AUTOMATIC, "universal": UNIVERSAL}
     if kind not in table:
-        raise KeyError(f"unknown model kind {kind!r}; use promptable, automatic or universal")
+        raise InputError(f"unknown model kind {kind!r}; use promptable, automatic or universal")
     return sorted(table[kind])
 
 
@@ -170,7 +170,7 @@ def build_model(name: str = "litemedsam", pretrained: bool = False,
     The model is returned in eval mode.
     """
     if name not in MODELS:
-        raise KeyError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+        raise InputError(f"unknown model {name!r}; available: {', '.join(list_models())}")
     if name in UNIVERSAL:
         return _build_universal(name, pretrained, checkpoint)
     model = MODELS[name]()

@@ -9,9 +9,7 @@ Registered in ``medseg.models.build`` as automatic models: ``"unet"`` at 256x256
 ``"unet-tiny"`` at 64x64 for tests; neither has published weights (``pretrained: false``).
 ``list_models("promptable")`` leaves them out, since they take no prompt.
 
-To run in :func:`medseg.train.train`, whose training forward calls ``model.encode(images)`` then
-``model.decode(embedding, boxes, ...)`` and looks at ``model.image_encoder``, the segmenter has
-``encode`` = the U-Net, ``decode`` = pass-through (prompts ignored) and ``image_encoder`` = the U-Net.
+It trains in :func:`medseg.train.train` with the "unet" objective, which calls the model itself.
 """
 
 from __future__ import annotations
@@ -20,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medseg.infer.preprocess import logits_to_input_size, prepare_image
+from medseg.data.preprocess import logits_to_input_size, prepare_image
 
 
 class UNetSegmenter(nn.Module):
@@ -37,23 +35,9 @@ class UNetSegmenter(nn.Module):
                         num_res_units=num_res_units)
         self.image_size = image_size
 
-    @property
-    def image_encoder(self) -> nn.Module:
-        """The whole U-Net (what the training forward freezes or not)."""
-        return self.net
-
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) -> logits (B, 1, S, S)."""
         return self.net(images)
-
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Training-loop protocol: the "embedding" is already the logit map (B, 1, S, S)."""
-        return self.net(images)
-
-    def decode(self, logits: torch.Tensor, boxes=None, points=None, masks=None,
-               multimask: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training-loop protocol: prompts are ignored -> (logits (B, 1, S, S), zeros (B, 1))."""
-        return logits, logits.new_zeros(logits.shape[0], 1)
 
 
 def predict_mask(model: UNetSegmenter, image: np.ndarray, modality: str | None = None,
@@ -68,3 +52,12 @@ def predict_mask(model: UNetSegmenter, image: np.ndarray, modality: str | None =
     model.eval()
     logits = model(x.to(device)).float()
     return (logits_to_input_size(logits, record)[0, 0] > 0).cpu().numpy()
+
+
+def predict_label_map(models: dict[int, UNetSegmenter], image: np.ndarray, modality: str | None = None) -> np.ndarray:
+    """One binary U-Net per class id -> (H, W) int64 label map of ``image`` (H, W) or (H, W, C); where
+    masks overlap the later id wins (so an optic cup lies inside its disc)."""
+    labels = np.zeros(np.asarray(image).shape[:2], dtype=np.int64)
+    for class_id, model in models.items():
+        labels[predict_mask(model, image, modality)] = class_id
+    return labels

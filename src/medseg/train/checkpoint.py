@@ -14,9 +14,7 @@ so a kill *between* two files is reported instead of resuming from a mixed state
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -27,33 +25,11 @@ import torch
 
 import medseg
 from medseg.errors import CheckpointError
+from medseg.io.outputs import write_bytes
 from medseg.models.build import _load_strictly
 from medseg.models.weights import load_state_dict
 
 SUFFIXES = (".safetensors", ".json", ".pt")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see either the old or the new file, never a part."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable; not possible on every OS / file system
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
 
 
 def rng_state() -> dict[str, Any]:
@@ -104,9 +80,9 @@ def save_checkpoint(run_dir: str | Path, tags: str | tuple[str, ...], model: tor
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "write_id": write_id, "config": config}
     sidecar = json.dumps(meta, indent=2).encode("utf-8")
     for tag in (tags,) if isinstance(tags, str) else tags:
-        atomic_write_bytes(run_dir / f"{tag}.pt", state)
-        atomic_write_bytes(run_dir / f"{tag}.safetensors", weights)
-        atomic_write_bytes(run_dir / f"{tag}.json", sidecar)
+        write_bytes(run_dir / f"{tag}.pt", state)
+        write_bytes(run_dir / f"{tag}.safetensors", weights)
+        write_bytes(run_dir / f"{tag}.json", sidecar)
     return run_dir / f"{tag}.safetensors"
 
 

@@ -57,6 +57,19 @@ def cmd_distill(args: argparse.Namespace) -> int:
     return cmd_train(args)
 
 
+def _with_environment(config):
+    """The config with what the environment says where the config is silent: the embedding cache
+    folder from ``$MEDSEG_EMBEDDING_CACHE`` (the only place medseg reads it)."""
+    import dataclasses
+    import os
+
+    from medseg.train.embeddings import CACHE_ENV
+
+    if config.train.cache_dir is None and os.environ.get(CACHE_ENV):
+        config = dataclasses.replace(config, train=dataclasses.replace(config.train, cache_dir=os.environ[CACHE_ENV]))
+    return config
+
+
 def resolve(args: argparse.Namespace):
     """(config, run_dir, resume) of parsed ``train`` arguments."""
     from medseg.train.config import load_config
@@ -71,26 +84,26 @@ def resolve(args: argparse.Namespace):
             raise InputError(f"cannot resume {args.resume}: {saved} not found (is it a run folder?)")
         if args.config is not None:
             print(f"note: resuming with {saved}; {args.config} is not read", file=sys.stderr)
-        return load_config(saved, args.overrides), Path(args.resume), True
+        return _with_environment(load_config(saved, args.overrides)), Path(args.resume), True
     if args.config is None:
         raise InputError("give a config file (medseg train CONFIG.yaml) or --resume RUN_DIR")
-    config = load_config(args.config, args.overrides)
+    config = _with_environment(load_config(args.config, args.overrides))
     run_dir = args.run_dir or config.train.run_dir or Path("runs") / Path(args.config).name.split(".")[0]
     return config, Path(run_dir), False
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from medseg.train.loop import train
+    from medseg.train.loop import run_summary, train
 
     config, run_dir, resume = resolve(args)
     result = train(config, run_dir, resume=resume, overwrite=args.overwrite)
     from medseg.train.ddp import from_env
 
     if from_env().is_main:
-        best = result["best_dice"]
-        where = run_dir / ("best.safetensors" if best is not None else "latest.safetensors")
-        print(f"done: {len(result['history'])} epochs, best val Dice "
-              f"{'-' if best is None else f'{best:.4f}'} -> {where}")
+        summary = run_summary(result)
+        epochs, best = summary["epochs"], summary["best_val_dice"]
+        print(f"done: {epochs} epoch{'s' if epochs != 1 else ''}, best val Dice "
+              f"{'-' if best is None else f'{best:.4f}'} -> {summary['checkpoint']}")
     return 0
 
 

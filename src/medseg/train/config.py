@@ -26,6 +26,9 @@ TRAINABLE = ("encoder", "decoder", "prompt_decoder", "encoder_frozen", "automati
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 PIXEL_LOSSES = ("bce", "focal")
 FIRST_PROMPTS = ("box", "point", "mixed")
+CHOICES: dict[str, tuple[str, ...]] = {"model.trainable": TRAINABLE, "train.amp": AMP_MODES,
+                                       "train.pixel_loss": PIXEL_LOSSES, "train.first_prompt": FIRST_PROMPTS}
+"""The allowed values of the config keys that take one of a few words."""
 
 
 @dataclass
@@ -88,6 +91,9 @@ class TrainConfig:
     validate_start: bool = True      # validate the starting weights as epoch 0 (best.* never falls below them)
     click_rounds: int = 0            # corrective-click rounds per item after the first prompt (SAM-style)
     first_prompt: str = "box"        # box | point | mixed: the first prompt of an interactive item
+    time_budget_s: float | None = None  # wall-clock budget: after epoch 1, only the epochs that fit (LR schedule re-planned)
+    cache_dir: str | None = None     # embedding cache folder (default ~/.cache/medseg/embeddings; the CLI reads
+                                     # $MEDSEG_EMBEDDING_CACHE into it)
 
 
 @dataclass
@@ -175,8 +181,9 @@ def _coerce(value: Any, kind: Any, name: str) -> Any:
             return float(value)
         if kind is str:
             if isinstance(value, bool):  # YAML 1.1 reads unquoted off/no/on/yes as booleans
-                if name == "train.amp" and value is False:
-                    return "off"
+                words = [c for c in CHOICES.get(name, ()) if c in (_TRUE if value else _FALSE)]
+                if len(words) == 1:  # the one choice YAML turned into a boolean (amp: off)
+                    return words[0]
                 raise InputError(f"config key {name!r}: YAML read {value} (from yes/no/on/off/true/false); "
                                  f"quote the word, e.g. \"off\"")
             if isinstance(value, (dict, list)):
@@ -189,6 +196,8 @@ def _coerce(value: Any, kind: Any, name: str) -> Any:
             if not isinstance(items, (list, tuple)):
                 raise ValueError
             return [_coerce(v, args[0], f"{name}[{i}]") for i, v in enumerate(items)]
+    except InputError:
+        raise
     except (TypeError, ValueError, yaml.YAMLError):
         pass
     else:
@@ -228,10 +237,9 @@ def config_from_dict(data: dict | None) -> Config:
 
 def check_config(config: Config) -> None:
     """Values out of range or not among the choices -> InputError naming the key."""
-    choices = {"model.trainable": (config.model.trainable, TRAINABLE), "train.amp": (config.train.amp, AMP_MODES),
-               "train.pixel_loss": (config.train.pixel_loss, PIXEL_LOSSES),
-               "train.first_prompt": (config.train.first_prompt, FIRST_PROMPTS)}
-    for key, (value, allowed) in choices.items():
+    for key, allowed in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
         if value not in allowed:
             raise InputError(f"config key {key!r}: {value!r} is not one of {', '.join(allowed)}")
     positive = {"train.epochs": config.train.epochs, "train.batch_size": config.train.batch_size,
@@ -240,7 +248,8 @@ def check_config(config: Config) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise InputError(f"config key {key!r} must be > 0, got {value}")
-    for key, value in {"train.steps_per_epoch": config.train.steps_per_epoch, "data.val_limit": config.data.val_limit}.items():
+    for key, value in {"train.steps_per_epoch": config.train.steps_per_epoch, "data.val_limit": config.data.val_limit,
+                       "train.time_budget_s": config.train.time_budget_s}.items():
         if value is not None and value <= 0:
             raise InputError(f"config key {key!r} must be > 0 or null, got {value}")
     if config.optim.grad_clip is not None and config.optim.grad_clip <= 0:
@@ -295,7 +304,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 def save_config(config: Config, path: str | Path) -> None:
     """Write the resolved config as YAML (loadable by :func:`load_config`)."""
-    from medseg.train.checkpoint import atomic_write_bytes
+    from medseg.io.outputs import write_bytes
 
     text = yaml.safe_dump(config_to_dict(config), sort_keys=False)
-    atomic_write_bytes(Path(path), text.encode("utf-8"))
+    write_bytes(Path(path), text.encode("utf-8"))

@@ -1,9 +1,9 @@
 """Training data of the supervised objective: one prompted object per item, and the epoch sampler.
 
-Cases come from :func:`paired_cases` (``medseg.eval.find_cases`` + ``io_loader`` today; the single
-place to swap in ``medseg.data`` later). Each item is built exactly as the predictor sees an image:
+Cases come from :func:`medseg.data.datasets.dataset_cases`. Each item is built exactly as the
+predictor sees an image:
 
-* image: :func:`medseg.infer.preprocess.prepare_image` -> (3, S, S) in [0, 1], zero-padded;
+* image: :func:`medseg.data.preprocess.prepare_image` -> (3, S, S) in [0, 1], zero-padded;
 * label: resized to the same resized-and-padded frame with nearest neighbour;
 * object: one connected component (8-connectivity, >= ``min_pixels`` in the model frame) of one
   foreground class of that label; every class is trained as a binary "object";
@@ -12,48 +12,19 @@ place to swap in ``medseg.data`` later). Each item is built exactly as the predi
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
 from medseg.errors import InputError
-from medseg.eval.datasets import Case, find_cases
-from medseg.eval.evaluate import class_masks
-from medseg.eval.loader import io_loader, slice_hwc
-from medseg.eval.prompts import components
-from medseg.infer.preprocess import longest_side_shape, prepare_image
-from medseg.io import read_label
-
-
-def paired_cases(root: str | Path | None, split: str, limit: int | None = None) -> list[Case]:
-    """Cases of ``split`` in a paired-folder dataset (images/ + masks/ + splits.json, or nnU-Net).
-
-    Raises InputError naming the folder for a missing root, a wrong layout, an unknown or empty split.
-    """
-    if root is None:
-        raise InputError("data.root is not set: give it in the YAML or with --set data.root=DATASET_DIR")
-    cases = find_cases(root, split)
-    return cases[:limit] if limit else cases
-
-
-def label_frame(label: np.ndarray, size: int) -> np.ndarray:
-    """(H, W) label map -> (size, size) int64, resized (nearest) like the image, zero-padded."""
-    h, w = longest_side_shape(label.shape, size)
-    t = torch.from_numpy(np.ascontiguousarray(label).astype(np.int64))[None, None].float()
-    t = F.interpolate(t, size=(h, w), mode="nearest-exact")
-    return F.pad(t, (0, size - w, 0, size - h))[0, 0].long().numpy()
-
-
-def frame_objects(frame: np.ndarray, min_pixels: int) -> list[np.ndarray]:
-    """Bool (S, S) masks of the objects of a label frame: components of each class, in a fixed order."""
-    objects = []
-    for _, binary in class_masks(frame):
-        labels, kept = components(binary, min_pixels)
-        objects += [labels == k for k in kept]
-    return objects
+from medseg.data.augment import train_augmentation
+from medseg.data.cases import Case, load_case, plane
+from medseg.data.masks import frame_objects
+from medseg.data.preprocess import label_frame, prepare_image
+from medseg.data.prompts import object_box
 
 
 def _plane(array: np.ndarray, path: Path) -> np.ndarray:
@@ -64,7 +35,8 @@ def _plane(array: np.ndarray, path: Path) -> np.ndarray:
 
 
 class PromptedObjects(Dataset):
-    """One item per object of the given cases.
+    """One item per object of the given cases; every image/mask pair is read and checked when built
+    (kept in memory with ``cache``), so a bad pair fails before training starts.
 
     ``dataset[i]`` -> ``{"image": (3, S, S) float32 in [0, 1], "box": (4,) float32 x0, y0, x1, y1,
     "target": (1, S, S) float32 in {0, 1}, "index": i}``. With ``box_jitter`` each box side moves by
@@ -74,15 +46,14 @@ class PromptedObjects(Dataset):
 
     def __init__(self, cases: list[Case], size: int, min_pixels: int = 20, box_jitter: float = 0.0,
                  seed: int = 0, modality: str | None = None, cache: bool = True, what: str = "dataset",
-                 augment: bool = False) -> None:
-        self.cases, self.size, self.min_pixels = cases, size, min_pixels
-        self.augmentation = _augmentation() if augment else None
+                 augment: bool = False, declared: Collection[int] = ()) -> None:
+        self.cases, self.size, self.min_pixels, self.declared = cases, size, min_pixels, tuple(declared)
+        self.augmentation = train_augmentation() if augment else None
         self.box_jitter, self.seed, self.modality, self.epoch = box_jitter, seed, modality, 0
         self._cache: dict[int, tuple[torch.Tensor, np.ndarray, tuple[int, int]]] | None = {} if cache else None
         self.items: list[tuple[int, int]] = []  # (case index, object index within the case)
-        for c, case in enumerate(cases):
-            frame = label_frame(_plane(read_label(case.mask_path).array, case.mask_path), size)
-            self.items += [(c, k) for k in range(len(frame_objects(frame, min_pixels)))]
+        for c in range(len(cases)):  # every pair is read and checked now, before a run folder is written
+            self.items += [(c, k) for k in range(len(self._objects(c, self._frame(c)[1])))]
         if not self.items:
             raise InputError(f"{what}: none of its {len(cases)} cases has an object of >= {min_pixels} pixels at "
                              f"{size}x{size} (first case: {cases[0].mask_path if cases else 'none'})")
@@ -98,25 +69,17 @@ class PromptedObjects(Dataset):
         if self._cache is not None and c in self._cache:
             return self._cache[c]
         case = self.cases[c]
-        image, label = io_loader(case.image_path, case.mask_path)
+        image, label = load_case(case)
         if image.array.shape[1] != 1:
             raise InputError(f"{case.image_path}: a volume; supervised training takes 2D cases")
-        x, record = prepare_image(slice_hwc(image), self.size, self.modality)
+        x, record = prepare_image(plane(image), self.size, self.modality)
         out = (x[0], label_frame(_plane(label.array, case.mask_path), self.size), record.resized_hw)
         if self._cache is not None:
             self._cache[c] = out
         return out
 
-    def _box(self, mask: np.ndarray, hw: tuple[int, int], index: int) -> np.ndarray:
-        ys, xs = np.nonzero(mask)
-        box = np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=np.float64)
-        if self.box_jitter > 0:
-            rng = np.random.default_rng([self.seed, self.epoch, index])
-            side = np.array([box[2] - box[0] + 1, box[3] - box[1] + 1] * 2)
-            box += rng.uniform(-self.box_jitter, self.box_jitter, 4) * side
-            box = np.clip(box, 0, [hw[1] - 1, hw[0] - 1] * 2)
-            box = np.array([min(box[0], box[2]), min(box[1], box[3]), max(box[0], box[2]), max(box[1], box[3])])
-        return box.astype(np.float32)
+    def _objects(self, c: int, frame: np.ndarray) -> list[np.ndarray]:
+        return frame_objects(frame, self.min_pixels, self.cases[c].mask_path, self.declared)
 
     def _augment(self, image: torch.Tensor, mask: np.ndarray, hw: tuple[int, int], index: int):
         """Augment image (3, S, S) and object mask (S, S) together in the padded frame, seeded by
@@ -131,21 +94,14 @@ class PromptedObjects(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
         c, k = self.items[index]
         image, frame, hw = self._frame(c)
-        objects = frame_objects(frame, self.min_pixels)
+        objects = self._objects(c, frame)
         if k >= len(objects):
             raise InputError(f"{self.cases[c].mask_path}: changed on disk while training (object {k} is gone)")
         mask = objects[k]
         if self.augmentation is not None:
             image, mask, hw = self._augment(image, mask, hw, index)
-        return {"image": image, "box": torch.from_numpy(self._box(mask, hw, index)),
+        return {"image": image, "box": torch.from_numpy(object_box(mask, self.box_jitter, [self.seed, self.epoch, index], hw)),
                 "target": torch.from_numpy(mask.astype(np.float32))[None], "index": index}
-
-
-def _augmentation():
-    """Geometry and intensity augmentation for images already normalised to [0, 1]."""
-    from medseg.data.augment import Compose, RandomAffine, RandomFlip, RandomIntensity, RandomRot90
-
-    return Compose([RandomFlip(), RandomRot90(0.5), RandomAffine(p=0.5), RandomIntensity(p=0.5, clip=(0.0, 1.0))])
 
 
 class EpochSampler(Sampler[int]):

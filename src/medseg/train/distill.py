@@ -33,37 +33,15 @@ import torch.nn.functional as F
 from torch.utils.data import ConcatDataset, Dataset
 
 from medseg.errors import InputError
-from medseg.eval.datasets import Case, find_cases
-from medseg.infer.preprocess import prepare_image
+from medseg.data.cases import Case
+from medseg.data.datasets import dataset_cases, source_cases
+from medseg.data.preprocess import prepare_image
 from medseg.train.config import Config
-from medseg.train.datasets import PromptedObjects, _augmentation
-from medseg.train.embeddings import EmbeddingStore, build_embeddings, default_cache_dir, load_plane
-from medseg.train.objectives import SupervisedObjective, register_objective
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-DATASET_MARKERS = ("images", "imagesTr", "image_1024")  # paired, nnU-Net, HER-Seg layouts
-
-
-def source_images(folder: str | Path, limit: int | None = None) -> list[Case]:
-    """Images of one source folder: its train split if it is a dataset, else every image file under it.
-
-    Cases of plain folders have ``mask_path=None`` and stems relative to the folder ("sub/name").
-    """
-    root = Path(folder)
-    if not root.is_dir():
-        raise InputError(f"distill.sources: {root} is not a folder")
-    if any((root / name).is_dir() for name in DATASET_MARKERS):
-        try:
-            cases = find_cases(root, "train")
-        except InputError:  # a dataset without splits: all of it
-            cases = find_cases(root, "all")
-    else:
-        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        cases = [Case(str(p.relative_to(root).with_suffix("")), p, None) for p in files]
-    if not cases:
-        raise InputError(f"distill.sources: {root} holds no images ({', '.join(IMAGE_SUFFIXES)}) and no train split")
-    return cases[:limit] if limit else cases
-
+from medseg.data.augment import train_augmentation
+from medseg.train.datasets import PromptedObjects
+from medseg.train.cached import embeddings_main_first
+from medseg.train.embeddings import EmbeddingStore, load_plane
+from medseg.train.objectives import Objective, RunContext, SupervisedObjective, register_objective, require_image_size
 
 def encoder_only(path: str | Path) -> bool:
     """Whether a checkpoint holds only ``image_encoder.*`` tensors (all a teacher needs to distil)."""
@@ -82,7 +60,7 @@ class DistillImages(Dataset):
                  augment: bool = False, seed: int = 0, modality: str | None = None) -> None:
         self.items = [(s, case) for s, cases in enumerate(sources) for case in cases]
         self.size, self.stores, self.seed, self.modality, self.epoch = size, stores, seed, modality, 0
-        self.augmentation = _augmentation() if augment else None
+        self.augmentation = train_augmentation() if augment else None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -123,10 +101,11 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor,
 
 
 @register_objective("distill")
-class DistillObjective:
+class DistillObjective(Objective):
     """Student image encoder <- teacher embedding; validated by the student's box-prompted Dice."""
 
     def __init__(self, config: Config) -> None:
+        super().__init__(config)
         if config.model.trainable != "encoder":
             raise InputError(f"config key 'model.trainable': objective 'distill' trains the image encoder only "
                              f"('encoder'), got {config.model.trainable!r}")
@@ -138,43 +117,44 @@ class DistillObjective:
 
     @staticmethod
     def _teacher(config: Config) -> torch.nn.Module:
-        from medseg.models import build_model
-
+        from medseg.models import build_model, list_models
         from medseg.models.build import load_encoder_weights
 
         cfg = config.distill
-        try:
-            if cfg.teacher_checkpoint is not None and encoder_only(cfg.teacher_checkpoint):
-                teacher = build_model(cfg.teacher)
-                load_encoder_weights(teacher, cfg.teacher_checkpoint)
-            else:
-                teacher = build_model(cfg.teacher, pretrained=cfg.teacher_checkpoint is None,
-                                      checkpoint=cfg.teacher_checkpoint)
-        except KeyError as exc:
-            raise InputError(f"config key 'distill.teacher': {exc.args[0]}") from None
+        if cfg.teacher not in list_models():
+            raise InputError(f"config key 'distill.teacher': unknown model {cfg.teacher!r}; available: "
+                             f"{', '.join(list_models())}")
+        if cfg.teacher_checkpoint is not None and encoder_only(cfg.teacher_checkpoint):
+            teacher = build_model(cfg.teacher)
+            load_encoder_weights(teacher, cfg.teacher_checkpoint)
+        else:
+            teacher = build_model(cfg.teacher, pretrained=cfg.teacher_checkpoint is None,
+                                  checkpoint=cfg.teacher_checkpoint)
         for p in teacher.parameters():
             p.requires_grad_(False)
         return teacher.eval()
 
-    def make_datasets(self, config: Config) -> tuple[DistillImages, Dataset | None]:
-        d, cfg = config.data, self.cfg
-        if d.image_size is None:
-            raise InputError("data.image_size must be resolved (the model's input size) before making datasets")
-        sources = [source_images(folder, cfg.limit) for folder in cfg.sources]
-        cache = cfg.cache_teacher and not d.augment
-        stores = None
-        if cache:
-            from medseg.train import ddp
+    @staticmethod
+    def _source(folder: str | Path, limit: int | None) -> list[Case]:
+        try:
+            return source_cases(folder, "train", limit)
+        except InputError as exc:
+            raise InputError(f"config key 'distill.sources': {exc}") from None
 
-            device = ddp.resolve_device(config.train.device, ddp.from_env())
-            stores = [build_embeddings(self.teacher.to(device), cases, default_cache_dir(), device=device,
-                                       label=f"teacher-{Path(folder).resolve().name}", modality=d.modality)
-                      for folder, cases in zip(cfg.sources, sources)]
+    def make_datasets(self, run: RunContext) -> tuple[DistillImages, Dataset | None]:
+        config, cfg = self.config, self.cfg
+        d, size = config.data, require_image_size(config)
+        sources = [self._source(folder, cfg.limit) for folder in cfg.sources]
+        stores = None
+        if cfg.cache_teacher and not d.augment:
+            teacher = self.teacher.to(run.device)
+            stores = [embeddings_main_first(run, cases, model=teacher, label=f"teacher-{Path(folder).resolve().name}",
+                                            modality=d.modality) for folder, cases in zip(cfg.sources, sources)]
             self.teacher.cpu()
-        train = DistillImages(sources, d.image_size, stores, d.augment, config.train.seed, d.modality)
+        train = DistillImages(sources, size, stores, d.augment, config.train.seed, d.modality)
         val = None
         if cfg.val_sources:
-            parts = [PromptedObjects(find_cases(root, d.val_split or "val")[:cfg.val_limit], d.image_size,
+            parts = [PromptedObjects(dataset_cases(root, d.val_split or "val", cfg.val_limit), size,
                                      d.min_object_pixels, 0.0, config.train.seed, d.modality, d.cache,
                                      what=f"val split of {root}") for root in cfg.val_sources]
             val = ConcatDataset(parts)
@@ -206,7 +186,7 @@ class DistillObjective:
         target = batch.get("teacher")
         if target is None:
             target = self._teacher_embedding(batch["image"])
-        student = model(batch["image"], embed_only=True)
+        student = model(lambda f: f.encode(batch["image"])[0])
         return distillation_loss(student, target, self.cfg.cosine_weight)
 
     @torch.no_grad()

@@ -17,7 +17,7 @@ Which augmentations remain possible on a cached embedding:
 * intensity or geometric augmentation of the image (contrast, noise, rotation, scaling, crops):
   impossible without re-encoding.
 
-On disk (``cache_dir`` default ``~/.cache/medseg/embeddings``, or ``$MEDSEG_EMBEDDING_CACHE``)::
+On disk (``cache_dir``: ``train.cache_dir``, default ``~/.cache/medseg/embeddings``)::
 
     <cache_dir>/<label>-<h>/manifest.json              stems, image files, original and resized (H, W), shards
     <cache_dir>/<label>-<h>/shard-<key>.safetensors    up to ``shard_size`` embeddings, one tensor per stem
@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 
@@ -44,22 +43,24 @@ import torch
 from tqdm import tqdm
 
 from medseg.errors import InputError
-from medseg.eval.datasets import Case
-from medseg.eval.loader import slice_hwc
+from medseg.data import preprocess
+from medseg.data.cases import Case, plane
+from medseg.data.preprocess import prepare_image
 from medseg.infer import Predictor
-from medseg.infer import preprocess
-from medseg.infer.preprocess import prepare_image
 from medseg.io import read_image
-from medseg.train.checkpoint import atomic_write_bytes
+from medseg.io.outputs import write_bytes
 
 FORMAT = 1
 CACHE_ENV = "MEDSEG_EMBEDDING_CACHE"
 DEFAULT_CACHE_DIR = Path("~/.cache/medseg/embeddings")
 
 
-def default_cache_dir() -> Path:
-    """``$MEDSEG_EMBEDDING_CACHE`` if set, else ``~/.cache/medseg/embeddings`` (expanded)."""
-    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR).expanduser()
+def cache_dir_of(setting: str | Path | None = None) -> Path:
+    """The cache folder: ``setting`` (``train.cache_dir``), else ``~/.cache/medseg/embeddings``; expanded.
+
+    The environment (``$MEDSEG_EMBEDDING_CACHE``, :data:`CACHE_ENV`) is read by the command line,
+    which passes it down as ``train.cache_dir``; nothing below reads it."""
+    return Path(setting or DEFAULT_CACHE_DIR).expanduser()
 
 
 def _sha(*parts: object) -> str:
@@ -103,7 +104,7 @@ def load_plane(path: str | Path) -> np.ndarray:
     image = read_image(path)
     if image.array.shape[1] != 1:
         raise InputError(f"{path}: a volume of {image.array.shape[1]} slices; embeddings are cached for 2D images")
-    return slice_hwc(image)
+    return plane(image)
 
 
 class EmbeddingStore:
@@ -230,7 +231,7 @@ def build_embeddings(model, cases: list[Case], cache_dir: str | Path | None = No
     Args:
         model: a PromptableSegmenter (``encode``, ``image_size``, ``image_encoder``).
         cases: the 2D cases to embed (stems must be unique); only ``image_path`` is read.
-        cache_dir: root of the cache (default :func:`default_cache_dir`).
+        cache_dir: root of the cache (default: :func:`cache_dir_of`).
         label: readable part of the folder name, e.g. ``"kvasir_seg-train"``.
         shard_size: images per shard file (a changed image recomputes only its shard).
         device: where to encode (default: the model's device).
@@ -243,11 +244,11 @@ def build_embeddings(model, cases: list[Case], cache_dir: str | Path | None = No
     stems = [c.stem for c in cases]
     if len(set(stems)) != len(stems):
         raise InputError(f"{label}: duplicate stems; embeddings are stored by stem")
-    size, cache_dir = model.image_size, Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    size, root = model.image_size, cache_dir_of(cache_dir)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     encoder, prep = encoder_fingerprint(model), preprocess_fingerprint(size, modality)
     paths = [str(Path(c.image_path).resolve()) for c in cases]
-    folder = cache_dir / f"{label}-{_sha(encoder, prep, paths)[:12]}"
+    folder = root / f"{label}-{_sha(encoder, prep, paths)[:12]}"
     folder.mkdir(parents=True, exist_ok=True)
     digests = [file_digest(c.image_path) for c in cases]
     chunks = [range(i, min(len(cases), i + shard_size)) for i in range(0, len(cases), shard_size)]
@@ -267,12 +268,12 @@ def build_embeddings(model, cases: list[Case], cache_dir: str | Path | None = No
                 from safetensors.torch import save
 
                 if known is None:
-                    known = reusable_embeddings(cache_dir, encoder, prep)
+                    known = reusable_embeddings(root, encoder, prep)
                 tensors, records, n = _encode_shard(model, [cases[i] for i in chunk], size, modality, device, bar,
                                                     known, [digests[i] for i in chunk])
                 encoded += n
                 meta = {"key": key, "format": str(FORMAT), "records": json.dumps(records)}
-                atomic_write_bytes(folder / name, save(tensors, metadata=meta))
+                write_bytes(folder / name, save(tensors, metadata=meta))
             else:
                 records = json.loads(header["records"])
             for i, record in zip(chunk, records):
@@ -281,7 +282,7 @@ def build_embeddings(model, cases: list[Case], cache_dir: str | Path | None = No
     manifest = {"format": FORMAT, "label": label, "encoder": encoder, "preprocess": prep,
                 "embedding_shape": [int(s) for s in _shape(folder, items)], "dtype": "float32",
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "items": items, "shards": shards}
-    atomic_write_bytes(folder / "manifest.json", json.dumps(manifest, indent=1).encode("utf-8"))
+    write_bytes(folder / "manifest.json", json.dumps(manifest, indent=1).encode("utf-8"))
     keep = {s["file"] for s in shards} | {"manifest.json"}
     for path in folder.glob("shard-*.safetensors"):
         if path.name not in keep:

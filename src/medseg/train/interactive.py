@@ -1,6 +1,8 @@
-"""SAM-style iterative prompt training and validation: a first prompt, then corrective clicks.
+"""The prompt strategy of promptable training: a first prompt, then corrective clicks (SAM-style).
 
-One interactive item is a chain of rounds on one object:
+Every promptable objective trains and validates chains; plain box training is the chain of one
+round (``train.click_rounds: 0``, ``train.first_prompt: box``). One item is a chain of rounds on
+one object:
 
 * round 0: the first prompt, a box (``"box"``) or one positive click inside the object
   (``"point"``; random interior pixel in training, the deepest pixel in validation);
@@ -23,7 +25,8 @@ import numpy as np
 import torch
 
 from medseg.data.prompt_sim import clicks_from_errors
-from medseg.train.objectives import dice_scores
+from medseg.train.losses import segmentation_loss
+from medseg.data.masks import dice_per_item
 
 Decode = Callable[[torch.Tensor | None, tuple[torch.Tensor, torch.Tensor] | None, torch.Tensor | None],
                   tuple[torch.Tensor, torch.Tensor]]
@@ -77,12 +80,7 @@ def chain_dice(decode: Decode, box: torch.Tensor, target: torch.Tensor, rounds: 
     """Dice (B, rounds + 1) of every round of a deterministic chain (validation)."""
     chain = chain_logits(decode, box, target, rounds, first, None)
     truth = target > 0.5
-    return torch.stack([dice_scores(logits > 0, truth) for logits in chain], 1)
-
-
-def is_interactive(cfg) -> bool:
-    """Whether ``train.*`` asks for chains (click rounds, or a first prompt other than the box)."""
-    return cfg.click_rounds > 0 or cfg.first_prompt != "box"
+    return torch.stack([dice_per_item(logits > 0, truth) for logits in chain], 1)
 
 
 def batch_rng(seed: int, epoch: int, index: torch.Tensor) -> np.random.Generator:
@@ -90,28 +88,21 @@ def batch_rng(seed: int, epoch: int, index: torch.Tensor) -> np.random.Generator
     return np.random.default_rng([seed, epoch, *index.flatten().tolist()])
 
 
-def interactive_loss(model: Callable, inputs: torch.Tensor, box: torch.Tensor, target: torch.Tensor, cfg,
-                     dice_loss: Callable, rng: np.random.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Mean segmentation loss over the rounds of one training chain per item.
-
-    ``model(inputs, interact=fn)`` encodes ``inputs`` once and returns ``fn(decode)``
-    (:class:`medseg.train.optim.TrainForward`), so under DDP the whole chain is one forward.
-    """
-    from medseg.train.objectives import segmentation_loss
-
-    def run(decode: Decode) -> list[torch.Tensor]:
-        return training_chain(decode, box, target, cfg.click_rounds, cfg.first_prompt, rng)
-
-    chain = model(inputs, interact=run)
+def chain_loss(decode: Decode, box: torch.Tensor, target: torch.Tensor, cfg, dice_loss: Callable,
+               rng: np.random.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Mean segmentation loss over the rounds of one training chain per item (one round, the box,
+    when ``train.click_rounds`` is 0 and ``train.first_prompt`` is "box": plain box training)."""
+    chain = training_chain(decode, box, target, cfg.click_rounds, cfg.first_prompt, rng)
     scored = [segmentation_loss(logits, target, dice_loss, cfg) for logits in chain]
     loss = torch.stack([s[0] for s in scored]).mean()
     parts = {k: torch.stack([s[1][k] for s in scored]).mean() for k in scored[0][1]}
-    parts["last_round_loss"] = scored[-1][0].detach()
+    if len(scored) > 1:
+        parts["last_round_loss"] = scored[-1][0].detach()
     return loss, parts
 
 
 @torch.no_grad()
-def interactive_validation(decoders, cfg) -> dict[str, float]:
+def chain_validation(decoders, cfg) -> dict[str, float]:
     """Validation of chains: ``decoders`` yields ``(decode, box, target)`` per val batch.
 
     Returns ``{"dice": mean Dice over every round of every chain, "objects": n,

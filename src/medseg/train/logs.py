@@ -10,7 +10,7 @@ import csv
 import io
 from pathlib import Path
 
-from medseg.train.checkpoint import atomic_write_bytes
+from medseg.io.outputs import write_bytes
 
 EPOCH_COLUMNS = ("epoch", "step", "train_loss", "val_dice", "lr", "seconds")
 STEP_COLUMNS = ("step", "epoch", "loss", "lr")
@@ -38,7 +38,7 @@ def _write_rows(path: Path, columns: tuple[str, ...], rows: list[dict]) -> None:
     writer.writeheader()
     for row in rows:
         writer.writerow({k: "" if row.get(k) is None else repr(row[k]) for k in columns})
-    atomic_write_bytes(path, text.getvalue().encode("utf-8"))
+    write_bytes(path, text.getvalue().encode("utf-8"))
 
 
 class RunLog:
@@ -80,7 +80,7 @@ class RunLog:
             if row["train_loss"] is not None:  # epoch 0 (the starting weights) has no training loss
                 self.tb.add_scalar("train/epoch_loss", row["train_loss"], row["step"])
             self.tb.flush()
-        atomic_write_bytes(self.run_dir / "curves.png", curves_png(self.epochs))
+        write_bytes(self.run_dir / "curves.png", curves_png(self.epochs))
 
     def close(self) -> None:
         if self.tb is not None:

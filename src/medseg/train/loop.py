@@ -26,14 +26,15 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from medseg.errors import InputError
-from medseg.models import build_model
+from medseg.models import build_model, list_models
 from medseg.train import ddp
-from medseg.train.checkpoint import SUFFIXES, has_checkpoint, load_checkpoint, save_checkpoint
+from medseg.train.checkpoint import SUFFIXES, has_checkpoint, load_checkpoint, read_meta, save_checkpoint
 from medseg.train.config import Config, config_to_dict, save_config
 from medseg.train.datasets import EpochSampler
 from medseg.train.logs import ARTIFACTS, RunLog
-from medseg.train.objectives import make_objective
-from medseg.train.optim import (TrainForward, amp_dtype, enable_activation_checkpointing, make_optimizer,
+from medseg.train.embeddings import cache_dir_of
+from medseg.train.objectives import RunContext, make_objective
+from medseg.train.optim import (TrainForward, amp_dtype, enable_activation_checkpointing, lr_factor, make_optimizer,
                                 make_scheduler, select_trainable)
 
 
@@ -65,10 +66,9 @@ def _clear_run_dir(run_dir: Path) -> None:
 def _build(config: Config) -> tuple[torch.nn.Module, Config]:
     """The model of ``config.model`` and the config with ``data.image_size`` resolved from it."""
     m = config.model
-    try:
-        model = build_model(m.name, pretrained=m.pretrained and m.checkpoint is None, checkpoint=m.checkpoint)
-    except KeyError as exc:
-        raise InputError(f"config key 'model.name': {exc.args[0]}") from None
+    if m.name not in list_models():
+        raise InputError(f"config key 'model.name': unknown model {m.name!r}; available: {', '.join(list_models())}")
+    model = build_model(m.name, pretrained=m.pretrained and m.checkpoint is None, checkpoint=m.checkpoint)
     if m.init_encoder is not None:
         from medseg.models.build import load_encoder_weights
 
@@ -147,18 +147,22 @@ def _prepare(config: Config, run_dir: Path, resume: bool, overwrite: bool, info,
     seed_everything(config.train.seed)
     model, config = _build(config)
     objective = make_objective(config)
-    if hasattr(objective, "prepare_model"):
-        objective.prepare_model(model)  # e.g. distillation: the student takes the teacher's decoder
-    train_ds, val_ds = objective.make_datasets(config)
+    objective.prepare_model(model)  # e.g. distillation: the student takes the teacher's decoder
+    model.to(device)  # before datasets (cached embeddings) and the optimizer (a resumed state lands here too)
+    run = RunContext(model=model, device=device, dist=info, cache_dir=cache_dir_of(config.train.cache_dir),
+                     progress=config.train.progress and info.is_main)
+    train_ds, val_ds = objective.make_datasets(run)
     train_loader, val_loader = _loaders(config, train_ds, val_ds, info, device)
-    n_train, n_total = select_trainable(model, config.model.trainable)
-    if hasattr(objective, "restrict_trainable"):
-        objective.restrict_trainable(model)  # e.g. a universal model keeps its old tasks' tokens fixed
-        n_train = sum(q.numel() for q in model.parameters() if q.requires_grad)
+    select_trainable(model, config.model.trainable)
+    objective.restrict_trainable(model)  # e.g. a universal model keeps its old tasks' tokens fixed
+    n_train, n_total = (sum(q.numel() for q in model.parameters() if q.requires_grad or every)
+                        for every in (False, True))
     if config.model.activation_checkpointing and not enable_activation_checkpointing(model):
         _say(info, f"note: model {config.model.name!r} has no activation checkpointing; ignored")
-    model.to(device)  # before the optimizer, so that a resumed optimizer state lands on the device too
     optimizer = make_optimizer(model, config.optim)
+    if resume and config.train.time_budget_s is not None:  # a budgeted run resumes with the epochs it planned
+        planned = read_meta(run_dir, "latest").get("config", {}).get("train", {}).get("epochs", config.train.epochs)
+        config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=int(planned)))
     steps_per_epoch = len(train_loader) // config.optim.accumulate
     scheduler = make_scheduler(optimizer, config.optim, steps_per_epoch * config.train.epochs)
     dtype = amp_dtype(config.train.amp, device)
@@ -179,7 +183,7 @@ def _prepare(config: Config, run_dir: Path, resume: bool, overwrite: bool, info,
     forward = ddp.wrap(TrainForward(model), info, device)
     return dict(config=config, model=model, forward=forward, objective=objective, optimizer=optimizer,
                 scheduler=scheduler, scaler=scaler, dtype=dtype, train_loader=train_loader,
-                val_loader=val_loader, state=state)
+                val_loader=val_loader, state=state, steps_per_epoch=steps_per_epoch)
 
 
 def _train_epoch(p: dict, epoch: int, info: ddp.DistInfo, device: torch.device, log: RunLog) -> float:
@@ -188,8 +192,7 @@ def _train_epoch(p: dict, epoch: int, info: ddp.DistInfo, device: torch.device, 
     accumulate, clip = config.optim.accumulate, config.optim.grad_clip
     loader = p["train_loader"]
     loader.sampler.set_epoch(epoch)
-    if hasattr(loader.dataset, "set_epoch"):
-        loader.dataset.set_epoch(epoch)
+    loader.dataset.set_epoch(epoch)
     forward.train()
     params = [q for q in p["model"].parameters() if q.requires_grad]
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.train.epochs}", unit="batch", leave=False,
@@ -260,8 +263,28 @@ def _validate_start(p: dict, run_dir: Path, info: ddp.DistInfo, device: torch.de
     _say(info, f"epoch 0 (starting weights)  val dice {'-' if dice is None else f'{dice:.4f}'}  {row['seconds']:.1f} s")
 
 
+def _fit_budget(p: dict, run_dir: Path, spent: float, epoch_seconds: float, info: ddp.DistInfo) -> int:
+    """After epoch 1 of a run with ``train.time_budget_s``: the epochs that fit the budget (each
+    estimated at 1.05 x the first, plus 0.5 s), at most ``train.epochs``; the LR schedule is
+    re-planned to end there and the run's config records it. Returns the new number of epochs."""
+    config = p["config"]
+    more = int((config.train.time_budget_s - spent) // (epoch_seconds * 1.05 + 0.5))
+    epochs = ddp.broadcast(max(1, min(config.train.epochs, 1 + more)), info)  # rank 0's clock decides
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=epochs))
+    cfg, total = config.optim, p["steps_per_epoch"] * epochs
+    factor = lambda step: lr_factor(step, cfg.warmup_steps, total, cfg.min_lr_ratio)  # noqa: E731
+    p["scheduler"].lr_lambdas = [factor] * len(p["scheduler"].base_lrs)  # one per parameter group
+    p["config"] = config
+    if info.is_main:
+        save_config(config, run_dir / "config.yaml")
+    _say(info, f"time budget {config.train.time_budget_s:.0f} s: {epochs} epoch(s) fit "
+               f"({spent:.0f} s spent, about {epoch_seconds:.0f} s each)")
+    return epochs
+
+
 def _train(config: Config, run_dir: Path, resume: bool, overwrite: bool, stop_after: int | None,
            info: ddp.DistInfo, device: torch.device) -> dict:
+    began = time.perf_counter()
     p = _prepare(config, run_dir, resume, overwrite, info, device)
     config, state = p["config"], p["state"]
     log = RunLog(run_dir, info.is_main, state["epoch"], state["step"])
@@ -270,12 +293,16 @@ def _train(config: Config, run_dir: Path, resume: bool, overwrite: bool, stop_af
         if state["epoch"] == 0 and not resume and config.train.validate_start and p["val_loader"] is not None:
             _validate_start(p, run_dir, info, device, log)
         for epoch in range(state["epoch"], epochs):
-            if hasattr(p["objective"], "set_epoch"):
-                p["objective"].set_epoch(epoch)  # objectives that draw prompts per step (click rounds)
+            p["objective"].set_epoch(epoch)  # objectives that draw prompts per step (click rounds)
             start = time.perf_counter()
             train_loss = _train_epoch(p, epoch, info, device, log)
             last = epoch + 1 == config.train.epochs
             dice = _validate(p, info, device) if (epoch + 1) % config.train.val_every == 0 or last else None
+            if epoch == 0 and config.train.time_budget_s is not None:
+                planned = _fit_budget(p, run_dir, time.perf_counter() - began, time.perf_counter() - start, info)
+                config, epochs = p["config"], min(epochs, planned)
+                if planned == 1 and dice is None:  # the first epoch turned out to be the last
+                    dice = _validate(p, info, device)
             improved = dice is not None and (state["best_dice"] is None or dice > state["best_dice"])
             if improved:
                 state["best_dice"] = dice
@@ -288,6 +315,25 @@ def _train(config: Config, run_dir: Path, resume: bool, overwrite: bool, stop_af
             shown = "-" if dice is None else f"{dice:.4f}"
             _say(info, f"epoch {epoch + 1}/{config.train.epochs}  step {state['step']}  loss {train_loss:.4f}  "
                        f"val dice {shown}{'  (best)' if improved else ''}  lr {lr:.2e}  {row['seconds']:.1f} s")
+            if epoch + 1 >= epochs:  # the budget may have shortened the run
+                break
     finally:
         log.close()
     return {"history": log.epochs, "steps": log.steps, "best_dice": state["best_dice"], "run_dir": str(run_dir)}
+
+
+def run_summary(result: dict, seconds: float | None = None) -> dict:
+    """The figures a report of a run gives, from :func:`train`'s result: ``{"epochs" (trained, epoch 0
+    not counted), "steps", "seconds" (if given), "best_val_dice", "best_epoch", "first_loss",
+    "last_loss", "checkpoint"}`` (``best.safetensors``, or ``latest`` when nothing was validated)."""
+    history, steps = result["history"], result["steps"]
+    best = max(history, key=lambda h: -1 if h["val_dice"] is None else h["val_dice"]) if history else None
+    run_dir = Path(result["run_dir"])
+    checkpoint = run_dir / ("best.safetensors" if result["best_dice"] is not None else "latest.safetensors")
+    summary = {"epochs": sum(1 for h in history if h["epoch"] > 0), "steps": len(steps),
+               "best_val_dice": result["best_dice"], "best_epoch": best["epoch"] if best else None,
+               "first_loss": steps[0]["loss"] if steps else None, "last_loss": steps[-1]["loss"] if steps else None,
+               "checkpoint": checkpoint}
+    if seconds is not None:
+        summary["seconds"] = round(seconds, 1)
+    return summary

@@ -1,36 +1,83 @@
 """Training objectives: what a batch is, how it is scored, how a model is validated.
 
-The loop in :mod:`medseg.train.loop` is the same for every objective; an objective supplies
+The loop in :mod:`medseg.train.loop` is the same for every objective. It builds the run's one
+model, then calls, in this order, the methods of :class:`Objective` (every one exists; the base
+class gives the defaults):
 
-* ``make_datasets(config) -> (train dataset, val dataset or None)``;
-* ``loss(model, batch) -> (scalar loss, {name: detached scalar tensor})``, where ``model`` is
-  called like ``PromptableSegmenter.forward`` (it may be a DDP wrapper) and ``batch`` is a
-  default-collated batch already on the model's device;
+* ``prepare_model(model)``: change the model before freezing (distillation takes the teacher's
+  decoder, a universal model adds its tasks); default: nothing;
+* ``make_datasets(run) -> (train dataset, val dataset or None)``, with the run's context
+  (:class:`RunContext`: the model, device, processes, cache folder);
+* ``restrict_trainable(model)``: after ``model.trainable``, freeze more; default: nothing;
+* per epoch ``set_epoch(epoch)``; per batch ``loss(forward, batch) -> (scalar loss, {name:
+  detached scalar})``, where ``forward`` is :class:`medseg.train.optim.TrainForward` (maybe inside
+  DDP: call ``forward(step)``) and ``batch`` a default-collated batch on the device;
 * ``validate(model, loader) -> {"dice": float, ...}`` on the bare model (eval mode, no grad).
 
-``OBJECTIVES`` maps names to factories ``factory(config) -> Objective``; later objectives
-("distill", "mae", "universal") register themselves with :func:`register_objective`.
+``OBJECTIVES`` maps names to factories ``factory(config) -> Objective``; objectives in their own
+modules ("supervised_cached", "unet", "distill", "universal") register with :func:`register_objective`.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from medseg.data.datasets import class_names, dataset_cases
 from medseg.errors import InputError
+from medseg.train import ddp
 from medseg.train.config import Config
-from medseg.train.datasets import PromptedObjects, paired_cases
+from medseg.train.datasets import PromptedObjects
+from medseg.train.interactive import batch_rng, chain_loss, chain_validation
 
 
-class Objective(Protocol):
-    def make_datasets(self, config: Config) -> tuple[Dataset, Dataset | None]: ...
+@dataclass
+class RunContext:
+    """What the loop hands an objective's ``make_datasets``.
 
-    def loss(self, model: Callable, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
+    Attributes:
+        model: the run's one model (bare, already on ``device``); its encoder makes cached embeddings.
+        device: where the run computes.
+        dist: this process's place among the torchrun processes (rank, world size).
+        cache_dir: the embedding cache folder (``train.cache_dir``).
+        progress: show progress bars.
+    """
 
-    def validate(self, model: torch.nn.Module, loader: DataLoader) -> dict[str, float]: ...
+    model: torch.nn.Module
+    device: torch.device
+    dist: ddp.DistInfo
+    cache_dir: Path
+    progress: bool = True
+
+
+class Objective:
+    """Base of the objectives: the optional steps as no-ops, the epoch kept for per-step draws."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.epoch = 0
+
+    def prepare_model(self, model: torch.nn.Module) -> None:
+        """Change the model before parameters are frozen; default: nothing."""
+
+    def restrict_trainable(self, model: torch.nn.Module) -> None:
+        """Freeze more than ``model.trainable`` did; default: nothing."""
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def make_datasets(self, run: RunContext) -> tuple[Dataset, Dataset | None]:
+        raise NotImplementedError
+
+    def loss(self, forward: Callable, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def validate(self, model: torch.nn.Module, loader: DataLoader) -> dict[str, float]:
+        raise NotImplementedError
 
 
 OBJECTIVES: dict[str, Callable[[Config], Objective]] = {}
@@ -52,98 +99,74 @@ def make_objective(config: Config) -> Objective:
     return OBJECTIVES[name](config)
 
 
-def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, reduce: bool = True) -> torch.Tensor:
-    """Sigmoid focal loss: BCE scaled by (1 - p_t)^gamma; logits and target of one shape; the mean, or
-    per element with ``reduce=False``."""
-    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    p = torch.sigmoid(logits)
-    p_t = p * target + (1 - p) * (1 - target)
-    loss = bce * (1 - p_t) ** gamma
-    return loss.mean() if reduce else loss
+def require_image_size(config: Config) -> int:
+    """``data.image_size``, which the loop resolves from the model before datasets are made."""
+    if config.data.image_size is None:
+        raise InputError("data.image_size must be resolved (the model's input size) before making datasets")
+    return config.data.image_size
 
 
-def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, dice_loss: Callable,
-                      cfg) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Weighted Dice + pixel loss (BCE or focal, ``cfg.pixel_loss``) of logits (B, 1, S, S) against a
-    {0, 1} target of the same shape; returns the scalar loss and its detached parts."""
-    logits = logits.float()
-    dice = dice_loss(logits, target)
-    if cfg.pixel_loss == "focal":
-        pixel = focal_loss(logits, target, cfg.focal_gamma)
-    else:
-        pixel = F.binary_cross_entropy_with_logits(logits, target)
-    loss = cfg.dice_weight * dice + cfg.pixel_weight * pixel
-    return loss, {"dice_loss": dice.detach(), cfg.pixel_loss: pixel.detach()}
-
-
-def dice_scores(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-item Dice of bool masks (B, 1, S, S) -> (B,); 1 where both are empty."""
-    pred, target = pred.flatten(1).float(), target.flatten(1).float()
-    inter, total = (pred * target).sum(1), pred.sum(1) + target.sum(1)
-    return torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total))
-
-
-@register_objective("supervised")
-class SupervisedObjective:
-    """Promptable fine-tuning: one box per object -> one mask; Dice + BCE (or focal) on the logits.
-
-    Validation: mean Dice over the val objects of their box-prompted masks (logits > 0) in the
-    S x S model frame (padding included, where the target is empty). With click rounds, the mean
-    Dice over every round of the validation chains (deterministic clicks).
-    """
+class PromptedObjective(Objective):
+    """Promptable training of objects with the one prompt strategy of :mod:`medseg.train.interactive`:
+    chains of a first prompt (box, click, or either) and ``train.click_rounds`` corrective clicks;
+    plain box training is the chain of one round. Subclasses say where an item's embedding comes from."""
 
     def __init__(self, config: Config) -> None:
         from monai.losses import DiceLoss
 
+        super().__init__(config)
         self.train_cfg = config.train
         self.dice_loss = DiceLoss(sigmoid=True)
-        self.epoch = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def encoded(self, encode: Callable, batch: dict):
+        """(embedding (B, 256, E, E), encoder features or None) of a batch; ``encode(images)`` encodes."""
+        return encode(batch["image"])
 
-    def make_datasets(self, config: Config) -> tuple[PromptedObjects, PromptedObjects | None]:
-        d = config.data
-        if d.image_size is None:
-            raise InputError("data.image_size must be resolved (the model's input size) before making datasets")
-
-        def build(split: str, jitter: float, augment: bool, limit: int | None) -> PromptedObjects:
-            cases = paired_cases(d.root, split, limit)
-            return PromptedObjects(cases, d.image_size, d.min_object_pixels, jitter, config.train.seed,
-                                   d.modality, d.cache, what=f"split {split!r} of {d.root}", augment=augment)
-
-        train = build(d.train_split, d.box_jitter, d.augment, d.limit)
-        return train, (build(d.val_split, 0.0, False, d.val_limit or d.limit) if d.val_split else None)
-
-    def loss(self, model: Callable, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """batch: image (B, 3, S, S), box (B, 4), target (B, 1, S, S) -> scalar loss and its parts.
-
-        With ``train.click_rounds`` > 0 or ``train.first_prompt`` point/mixed, the loss is the mean
-        over the rounds of an interactive chain (:mod:`medseg.train.interactive`)."""
-        from medseg.train.interactive import batch_rng, interactive_loss, is_interactive
-
+    def loss(self, forward: Callable, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """batch: image (B, 3, S, S) (or embedding), box (B, 4), target (B, 1, S, S), index (B,) ->
+        the mean loss over the rounds of each item's chain, and its parts."""
         cfg = self.train_cfg
-        if is_interactive(cfg):
-            rng = batch_rng(cfg.seed, self.epoch, batch["index"])
-            return interactive_loss(model, batch["image"], batch["box"], batch["target"], cfg, self.dice_loss, rng)
-        logits, _ = model(batch["image"], boxes=batch["box"])
-        return segmentation_loss(logits, batch["target"], self.dice_loss, cfg)
+        rng = batch_rng(cfg.seed, self.epoch, batch["index"])
+
+        def step(f):
+            embedding, features = self.encoded(f.encode, batch)
+            decode = lambda b, p, m: f.decode(embedding, b, p, m, features=features)  # noqa: E731
+            return chain_loss(decode, batch["box"], batch["target"], cfg, self.dice_loss, rng)
+
+        return forward(step)
 
     @torch.no_grad()
     def validate(self, model: torch.nn.Module, loader: DataLoader) -> dict[str, float]:
-        from medseg.train.interactive import interactive_validation, is_interactive
-
+        """Mean Dice over every round of the deterministic validation chains (logits > 0), in the
+        S x S model frame; with one round, the box-prompted Dice of the val objects."""
         device = next(model.parameters()).device
-        if is_interactive(self.train_cfg):
-            def batches():
-                for batch in loader:
-                    embedding, features = model.encode_features(batch["image"].to(device))
-                    decode = lambda b, p, m, e=embedding, f=features: model.decode(e, b, p, m, features=f)  # noqa: E731
-                    yield decode, batch["box"].to(device), batch["target"].to(device)
-            return interactive_validation(batches(), self.train_cfg)
-        scores = []
-        for batch in loader:
-            logits, _ = model(batch["image"].to(device), boxes=batch["box"].to(device))
-            scores.append(dice_scores(logits > 0, batch["target"].to(device) > 0.5).cpu())
-        dice = torch.cat(scores)
-        return {"dice": float(dice.mean()), "objects": int(dice.numel())}
+
+        def batches():
+            for batch in loader:
+                batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+                embedding, features = self.encoded(model.encode_features, batch)
+                decode = lambda b, p, m, e=embedding, f=features: model.decode(e, b, p, m, features=f)  # noqa: E731
+                yield decode, batch["box"], batch["target"]
+
+        return chain_validation(batches(), self.train_cfg)
+
+
+@register_objective("supervised")
+class SupervisedObjective(PromptedObjective):
+    """Promptable fine-tuning: one prompted chain per object -> masks; Dice + BCE (or focal) on the logits.
+
+    Validation: mean Dice of the val objects' chains (box prompts by default) in the S x S model
+    frame (padding included, where the target is empty).
+    """
+
+    def make_datasets(self, run: RunContext) -> tuple[PromptedObjects, PromptedObjects | None]:
+        d, size = self.config.data, require_image_size(self.config)
+
+        def build(split: str, jitter: float, augment: bool, limit: int | None) -> PromptedObjects:
+            cases = dataset_cases(d.root, split, limit)
+            return PromptedObjects(cases, size, d.min_object_pixels, jitter, self.config.train.seed,
+                                   d.modality, d.cache, what=f"split {split!r} of {d.root}", augment=augment,
+                                   declared=list(class_names(d.root)))
+
+        train = build(d.train_split, d.box_jitter, d.augment, d.limit)
+        return train, (build(d.val_split, 0.0, False, d.val_limit or d.limit) if d.val_split else None)

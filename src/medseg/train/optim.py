@@ -40,17 +40,21 @@ def select_trainable(model: nn.Module, trainable: str) -> tuple[int, int]:
 
 
 class TrainForward(nn.Module):
-    """``PromptableSegmenter.forward`` for training: a frozen image encoder runs without autograd,
-    and parts without trainable parameters stay in eval mode (BatchNorm statistics kept as loaded).
+    """The model as an objective's loss uses it, called through DDP when there are several processes.
 
-    forward(images (B, 3, S, S), boxes (B, 4) | None, points, masks, multimask) -> (logits (B, M, S, S), iou (B, M)).
+    ``forward(step)`` returns ``step(self)``: everything one loss does with the model (an encoding
+    and several prompt rounds on it, an embedding alone, a head on cached embeddings) runs inside
+    one forward, as DDP needs. Inside ``step``, :meth:`encode` runs a frozen image encoder without
+    autograd, :meth:`decode` is the model's decoder and :attr:`model` the bare model. Parts without
+    trainable parameters stay in eval mode (BatchNorm statistics kept as loaded).
     """
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
-    def _frozen(self, part: nn.Module) -> bool:
+    @staticmethod
+    def _frozen(part: nn.Module) -> bool:
         return not any(p.requires_grad for p in part.parameters())
 
     def train(self, mode: bool = True) -> "TrainForward":
@@ -60,27 +64,21 @@ class TrainForward(nn.Module):
                 part.eval()
         return self
 
-    def forward(self, images: torch.Tensor, boxes: torch.Tensor | None = None, points=None, masks=None,
-                multimask: bool = False, interact=None, embed_only: bool = False, run=None):
-        """With ``interact``, the images are encoded once and ``interact(decode)`` is returned, where
-        ``decode(boxes, points, masks)`` decodes that embedding (several prompt rounds in one forward,
-        as DDP needs; see :mod:`medseg.train.interactive`). With ``embed_only`` the embedding
-        (B, 256, E, E) is returned (distillation). With ``run``, ``run(model)`` is returned: an
-        objective's own forward on the bare model (the universal objective), still inside DDP's forward."""
-        if run is not None:
-            return run(self.model)
+    def forward(self, step):
+        """``step(self)``: the objective's own use of the model, inside DDP's forward."""
+        return step(self)
+
+    def encode(self, images: torch.Tensor):
+        """images (B, 3, S, S) -> (embedding (B, 256, E, E), encoder features or None), without
+        autograd when the image encoder is frozen."""
         grad = torch.is_grad_enabled() and not self._frozen(self.model.image_encoder)
         with torch.set_grad_enabled(grad):
-            if hasattr(self.model, "encode_features"):
-                embedding, features = self.model.encode_features(images)
-            else:
-                embedding, features = self.model.encode(images), None
-        if embed_only:
-            return embedding
-        extra = {"features": features} if features is not None else {}
-        if interact is not None:
-            return interact(lambda b, p, m: self.model.decode(embedding, b, p, m, multimask, **extra))
-        return self.model.decode(embedding, boxes, points, masks, multimask, **extra)
+            return self.model.encode_features(images)
+
+    def decode(self, embedding: torch.Tensor, boxes=None, points=None, masks=None, multimask: bool = False,
+               features=None):
+        """The model's ``decode``: -> (logits (B, M, S, S), iou (B, M))."""
+        return self.model.decode(embedding, boxes, points, masks, multimask, features=features)
 
 
 def bare_model(model: nn.Module) -> nn.Module:

@@ -24,12 +24,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from medseg.errors import InputError
-from medseg.eval.datasets import Case
-from medseg.eval.loader import io_loader, slice_hwc
-from medseg.infer.preprocess import prepare_image
+from medseg.data.cases import Case, load_case, plane
+from medseg.data.datasets import dataset_cases
+from medseg.data.preprocess import label_frame, prepare_image
 from medseg.train.config import Config
-from medseg.train.datasets import label_frame, paired_cases
-from medseg.train.objectives import dice_scores, register_objective, segmentation_loss
+from medseg.data.masks import dice_per_item
+from medseg.train.losses import segmentation_loss
+from medseg.train.objectives import Objective, RunContext, register_objective, require_image_size
 
 
 
@@ -47,6 +48,8 @@ class CaseFrames(Dataset):
         self.foreground_ids = list(foreground_ids or [])
         self.cases, self.size, self.modality, self.flip, self.seed, self.epoch = cases, size, modality, flip, seed, 0
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor, tuple[int, int]]] | None = {} if cache else None
+        for index in range(len(cases)):  # every pair is read and checked now, before a run folder is written
+            self._frame(index)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -58,10 +61,10 @@ class CaseFrames(Dataset):
         if self._cache is not None and index in self._cache:
             return self._cache[index]
         case = self.cases[index]
-        image, label = io_loader(case.image_path, case.mask_path)
+        image, label = load_case(case)
         if image.array.shape[1] != 1:
             raise InputError(f"{case.image_path}: a volume; the U-Net objective takes 2D cases")
-        x, record = prepare_image(slice_hwc(image), self.size, self.modality)
+        x, record = prepare_image(plane(image), self.size, self.modality)
         frame = label_frame(label.array[0], self.size)
         binary = np.isin(frame, self.foreground_ids) if self.foreground_ids else frame > 0
         target = torch.from_numpy(binary.astype(np.float32))[None]
@@ -80,7 +83,7 @@ class CaseFrames(Dataset):
 
 
 @register_objective("unet")
-class UNetObjective:
+class UNetObjective(Objective):
     """Prompt-free binary segmentation (any foreground class vs background), Dice + BCE."""
 
     def __init__(self, config: Config) -> None:
@@ -89,26 +92,24 @@ class UNetObjective:
         if config.model.trainable != "all":
             raise InputError(f"config key 'model.trainable': objective 'unet' trains the whole U-Net; "
                              f"set it to 'all', got {config.model.trainable!r}")
-        self.train_cfg = config.train
+        super().__init__(config)
         self.dice_loss = DiceLoss(sigmoid=True)
 
-    def make_datasets(self, config: Config) -> tuple[CaseFrames, CaseFrames | None]:
-        d = config.data
-        if d.image_size is None:
-            raise InputError("data.image_size must be resolved (the model's input size) before making datasets")
+    def make_datasets(self, run: RunContext) -> tuple[CaseFrames, CaseFrames | None]:
+        d, size, seed = self.config.data, require_image_size(self.config), self.config.train.seed
 
         def build(split: str, flip: bool) -> CaseFrames:
-            cases = paired_cases(d.root, split, (d.val_limit or d.limit) if split == d.val_split else d.limit)
-            return CaseFrames(cases, d.image_size, d.modality, flip, config.train.seed, d.cache, d.foreground_ids)
+            cases = dataset_cases(d.root, split, (d.val_limit or d.limit) if split == d.val_split else d.limit)
+            return CaseFrames(cases, size, d.modality, flip, seed, d.cache, d.foreground_ids)
 
         return build(d.train_split, True), (build(d.val_split, False) if d.val_split else None)
 
-    def loss(self, model: Callable, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(self, forward: Callable, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """batch: image (B, 3, S, S), target (B, 1, S, S) -> scalar loss and its parts."""
-        logits, _ = model(batch["image"])
+        logits = forward(lambda f: f.model(batch["image"]))
         if logits.shape[1] != 1:
             raise InputError(f"objective 'unet' needs a model with one output map, got {logits.shape[1]}")
-        return segmentation_loss(logits, batch["target"], self.dice_loss, self.train_cfg)
+        return segmentation_loss(logits, batch["target"], self.dice_loss, self.config.train)
 
     @torch.no_grad()
     def validate(self, model: torch.nn.Module, loader: DataLoader) -> dict[str, float]:
@@ -117,6 +118,6 @@ class UNetObjective:
         scores = []
         for batch in loader:
             logits = model(batch["image"].to(device))
-            scores.append(dice_scores(logits > 0, batch["target"].to(device) > 0.5).cpu())
+            scores.append(dice_per_item(logits > 0, batch["target"].to(device) > 0.5).cpu())
         dice = torch.cat(scores)
         return {"dice": float(dice.mean()), "cases": int(dice.numel())}

@@ -34,17 +34,19 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
+from medseg.data.masks import dice
 from medseg.data.tasks import TaskSource, load_tasks
 from medseg.errors import InputError
-from medseg.eval.datasets import Case
+from medseg.data.cases import Case
+from medseg.data.datasets import dataset_cases
+from medseg.data.preprocess import label_frame
 from medseg.io import read_label
-from medseg.train import ddp
 from medseg.train.config import Config
-from medseg.train.datasets import label_frame, paired_cases
 from medseg.train.embeddings import EmbeddingStore
 from medseg.train.cached import embeddings_main_first
 from medseg.train.optim import bare_model
-from medseg.train.objectives import focal_loss, register_objective
+from medseg.train.losses import focal_loss
+from medseg.train.objectives import Objective, RunContext, register_objective, require_image_size
 
 
 class TaskCases(Dataset):
@@ -130,10 +132,7 @@ def per_class_dice(logits: torch.Tensor, index: torch.Tensor, labels: torch.Tens
         ids = list(model.tasks[name].classes)
         pred = label_map(logits[index[:, 0] == b][:, 0].float(), ids)
         truth = labels[b].to(pred.device).long()
-        for cid in ids:
-            p, t = pred == cid, truth == cid
-            total = int(p.sum() + t.sum())
-            out.append((name, cid, 1.0 if total == 0 else 2.0 * float((p & t).sum()) / total))
+        out += [(name, cid, dice(pred == cid, truth == cid)) for cid in ids]
     return out
 
 
@@ -149,22 +148,21 @@ def summarise(scores: list[tuple[str, int, float]]) -> dict[str, float]:
     return out
 
 
-def task_split(task: TaskSource, index: int, split: str, model, size: int, limit: int | None,
-               progress: bool = True, device=None) -> TaskCases:
+def task_split(task: TaskSource, index: int, split: str, run: RunContext, size: int, limit: int | None) -> TaskCases:
     """TaskCases of one split, embeddings computed where not cached (main process first under torchrun)."""
-    cases = paired_cases(task.root, split, limit)
-    store = embeddings_main_first(model, cases, label=f"{Path(task.root).name}-{split}-all",
-                                  modality=task.normalisation, progress=progress, device=device)
+    cases = dataset_cases(task.root, split, limit)
+    store = embeddings_main_first(run, cases, label=f"{Path(task.root).name}-{split}-all", modality=task.normalisation)
     return TaskCases(task, index, cases, store, size)
 
 
 @register_objective("universal")
-class UniversalObjective:
+class UniversalObjective(Objective):
     """Prompt-free multi-task segmentation with task/modality prior tokens (see the module docstring)."""
 
     def __init__(self, config: Config) -> None:
         from monai.losses import DiceLoss
 
+        super().__init__(config)
         u = config.universal
         if u.tasks is None:
             raise InputError("config key 'universal.tasks': name a task file (see medseg.data.tasks), e.g. "
@@ -216,24 +214,17 @@ class UniversalObjective:
         if self.cfg.freeze_old and self.old_tasks:
             model.automatic.freeze_tasks(self.old_tasks)
 
-    def make_datasets(self, config: Config) -> tuple[Dataset, Dataset | None]:
-        from medseg.train.cached import encoder_model
-
-        d, u = config.data, self.cfg
-        model = encoder_model(config)
-        device = ddp.resolve_device(config.train.device, ddp.from_env())
-        model.to(device)
+    def make_datasets(self, run: RunContext) -> tuple[Dataset, Dataset | None]:
+        d, u, size = self.config.data, self.cfg, require_image_size(self.config)
         self.task_names = self.train_names + self.replay
-        progress = config.train.progress
-        train = [task_split(self.all_tasks[n], i, d.train_split, model, d.image_size, d.limit, progress, device)
+        train = [task_split(self.all_tasks[n], i, d.train_split, run, size, d.limit)
                  for i, n in enumerate(self.task_names)]
         weights = u.weights or [float(np.sqrt(len(part))) for part in train]
-        size = u.epoch_size or sum(len(part) for part in train)
-        mixed = MixedTasks(train, weights, size, config.train.seed)
+        epoch_size = u.epoch_size or sum(len(part) for part in train)
+        mixed = MixedTasks(train, weights, epoch_size, self.config.train.seed)
         val = None
         if d.val_split:
-            val = ConcatDataset([task_split(self.all_tasks[n], i, d.val_split, model, d.image_size,
-                                            d.val_limit or d.limit, progress, device)
+            val = ConcatDataset([task_split(self.all_tasks[n], i, d.val_split, run, size, d.val_limit or d.limit)
                                  for i, n in enumerate(self.train_names)])
         return mixed, val
 
@@ -241,7 +232,7 @@ class UniversalObjective:
         """batch: embedding (B, 256, E, E), label (B, S, S), task (B,) -> scalar loss and its parts."""
         inner = universal_model(model)
         tasks = [self.task_names[i] for i in batch["task"].tolist()]
-        logits, coarse, index = model(batch["embedding"], run=lambda m: m.segment(batch["embedding"], tasks))
+        logits, coarse, index = model(lambda f: f.model.segment(batch["embedding"], tasks))
         target = query_targets(inner, batch["label"], tasks, index)
         # each item weighs the same whatever its number of classes (so DDP's average over processes equals
         # one process with the whole batch): query n of item b weighs 1 / (B * K_b)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import InputError
+from medseg.errors import InputError
 
 # Documented defaults per modality. ``window``: fixed (low, high) clip in the image's units
 # (CT: Hounsfield, soft-tissue window level 40 / width 400). ``percentiles``: clip at these
@@ -99,3 +99,11 @@ def logits_to_input_size(logits: torch.Tensor, record: Resized) -> torch.Tensor:
     h, w = record.resized_hw
     cropped = logits[..., :h, :w]
     return F.interpolate(cropped, size=record.original_hw, mode="bilinear", align_corners=False)
+
+
+def label_frame(label: np.ndarray, size: int) -> np.ndarray:
+    """(H, W) label map -> (size, size) int64, resized (nearest) to the image's model frame, zero-padded."""
+    h, w = longest_side_shape(label.shape, size)
+    t = torch.from_numpy(np.ascontiguousarray(label).astype(np.int64))[None, None].float()
+    t = F.interpolate(t, size=(h, w), mode="nearest-exact")
+    return F.pad(t, (0, size - w, 0, size - h))[0, 0].long().numpy()

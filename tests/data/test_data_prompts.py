@@ -5,7 +5,8 @@ import pytest
 from scipy import ndimage
 
 from medseg.errors import InputError
-from medseg.eval import boxes_from_mask, components, points_from_mask
+from medseg.data.masks import components
+from medseg.data.prompts import boxes_from_mask, points_from_mask
 
 
 def two_blobs_and_speck() -> np.ndarray:

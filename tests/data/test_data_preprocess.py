@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from medseg.errors import InputError
-from medseg.infer.preprocess import (MODALITY_WINDOWS, Resized, apply_intensity_window, logits_to_input_size,
+from medseg.data.preprocess import (MODALITY_WINDOWS, Resized, apply_intensity_window, logits_to_input_size,
                                      longest_side_shape, prepare_image)
 
 
