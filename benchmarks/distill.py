@@ -228,8 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fine-sets", nargs="+", default=list(FINE_SETS), choices=list(FINE_SETS),
                         help="stage 3 datasets")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "distill_run",
-                        help="where stage 1 writes the encoder and curves")
+    parser.add_argument("--out", type=Path, help="where stage 1 writes the encoder and curves (default "
+                                                 "benchmarks/results/distill_run; with --quick a temporary folder)")
     parser.add_argument("--json", type=Path, help="output JSON (default benchmarks/results/distill[_quick].json)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -245,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="medseg_distill_") as tmp:
         work = Path(tmp)
         encoder = args.student
+        if args.out is None:  # a smoke run never replaces the recorded stage-1 results
+            args.out = work / "distill_run" if args.quick else REPO / "benchmarks" / "results" / "distill_run"
         if args.distill:
             result["distill"] = distil(args, args.out, work)
             encoder = args.out / "student_encoder.safetensors"

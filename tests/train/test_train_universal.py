@@ -228,3 +228,12 @@ def test_two_processes_match_one_process(tasks_file, tmp_path):
     a, b = load_file(tmp_path / "ddp" / "latest.safetensors"), load_file(tmp_path / "one" / "latest.safetensors")
     for key in a:
         np.testing.assert_allclose(a[key].float().numpy(), b[key].float().numpy(), atol=1e-5, err_msg=key)
+
+
+def test_a_mask_that_does_not_fit_its_image_fails_before_the_run_folder_is_written(tasks_file, tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((10, 12), dtype=np.uint8)).save(tmp_path / "eyes" / "masks" / "eye2.png")
+    with pytest.raises(InputError, match="eye2.png"):
+        train(load_config(None, overrides(tasks_file, train__epochs=1)), tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -58,6 +58,8 @@ class TaskCases(Dataset):
     def __init__(self, task: TaskSource, task_index: int, cases: list[Case], store: EmbeddingStore, size: int) -> None:
         self.task, self.task_index, self.cases, self.store, self.size = task, task_index, cases, store, size
         self._labels: dict[int, np.ndarray] = {}
+        for i in range(len(cases)):  # every mask read and checked against its image now, before training
+            self.label(i)
 
     def __len__(self) -> int:
         return len(self.cases)
@@ -68,6 +70,10 @@ class TaskCases(Dataset):
             array = read_label(case.mask_path).array
             if array.shape[0] != 1:
                 raise InputError(f"{case.mask_path}: a 3D label; the universal objective takes 2D cases")
+            image_hw = self.store.original_hw(case.stem)
+            if tuple(array.shape[1:]) != image_hw:
+                raise InputError(f"{case.mask_path}: the mask is {array.shape[1:]} (H, W) but its image "
+                                 f"{case.image_path} is {image_hw}; resample the mask onto the image's grid")
             frame = label_frame(array[0], self.size)
             if frame.max() > 255:
                 raise InputError(f"{case.mask_path}: label ids above 255 are not supported here")
