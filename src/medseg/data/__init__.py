@@ -1,8 +1,10 @@
-"""medseg's dataset layer: read, check and convert segmentation datasets of three layouts.
+"""medseg's dataset layer: the one case type, datasets of three layouts (read, check, convert),
+masks and the prompts derived from them, preprocessing and augmentation.
 
-    from medseg.data import open_dataset, check_dataset, convert_dataset
-    spec = open_dataset("data/kvasir_seg")          # paired, HER-Seg or nnU-Net raw folder
-    samples = spec.samples("train")                  # [Case(stem, image_paths, mask_path)]
+    from medseg.data import dataset_cases, load_case, open_dataset, check_dataset, convert_dataset
+    cases = dataset_cases("data/kvasir_seg", "train")  # [Case(stem, image_paths, mask_path, patch)]
+    image, label = load_case(cases[0])                 # Image (C, Z, Y, X), Label (Z, Y, X), checked
+    spec = open_dataset("data/kvasir_seg")             # paired, HER-Seg or nnU-Net raw folder
     check_dataset("data/kvasir_seg", max_cases=10).print()
     convert_dataset("data/kvasir_seg", "out/Dataset001_Kvasir", to="nnunet")
 

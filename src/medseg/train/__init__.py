@@ -5,10 +5,13 @@
     result = train(config, "runs/smoke")   # -> {"history": [...], "steps": [...], "best_dice": ...}
 
 Modules: ``config`` (dataclasses, YAML, --set), ``datasets`` (prompted objects, epoch sampler),
-``objectives`` (registry; "supervised"; "supervised_cached" in ``cached``, "unet" in ``unet``,
-"distill" in ``distill``, "universal" in ``universal``; click rounds in ``interactive``), ``optim`` (freezing, AdamW, schedule, AMP), ``checkpoint``
-(safetensors + JSON + training state, atomic), ``logs`` (CSV, TensorBoard, curves), ``ddp``,
-``loop`` (:func:`train`), ``cli`` (``medseg train``).
+``objectives`` (the ``Objective`` interface, the ``RunContext`` the loop hands it, the registry,
+"supervised"; "supervised_cached" in ``cached``, "unet" in ``unet``, "distill" in ``distill``,
+"universal" in ``universal``), ``interactive`` (the prompt strategy: box or click chains),
+``losses``, ``optim`` (freezing, the training forward, AdamW, schedule, AMP), ``checkpoint``
+(safetensors + JSON + training state, atomic), ``embeddings`` (cached encoder outputs), ``logs``
+(CSV, TensorBoard, curves), ``ddp``, ``loop`` (:func:`train`, ``train.time_budget_s``), ``cli``
+(``medseg train``: the only reader of the environment).
 """
 
 from medseg.train.config import (Config, DataConfig, ModelConfig, OptimConfig, TrainConfig, config_from_dict,
