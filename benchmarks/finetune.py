@@ -130,14 +130,14 @@ def run_set(name: str, root: Path, work: Path, budget: float, cache: Path, quick
 
     zero_shot, misses = box_dice(model, test_store, test_cases, root)
     print(f"{name}: zero-shot box Dice {_fmt(zero_shot)}", flush=True)
-    finetune = timed_train(ft_config, work / f"{name}_finetune", budget, first_epochs=10)
+    finetune = timed_train(ft_config, work / f"{name}_finetune", budget)
     tuned = build_model(ft_config.model.name, checkpoint=finetune["checkpoint"])
     finetuned, misses2 = box_dice(tuned, test_store, test_cases, root)
     print(f"{name}: fine-tuned box Dice {_fmt(finetuned)} ({finetune['epochs']} epochs, {finetune['seconds']} s)",
           flush=True)
 
     clicks_config = load_config(FINETUNE_CONFIG, overrides + CLICK_SETTINGS)
-    clicked = timed_train(clicks_config, work / f"{name}_clicks", budget, first_epochs=10)
+    clicked = timed_train(clicks_config, work / f"{name}_clicks", budget)
     click_model = build_model(clicks_config.model.name, checkpoint=clicked["checkpoint"])
     with_clicks = {"zero_shot_point_dice": click_dice(model, test_store, with_fg),
                    "click_finetuned_point_dice": click_dice(click_model, test_store, with_fg),
@@ -148,7 +148,7 @@ def run_set(name: str, root: Path, work: Path, budget: float, cache: Path, quick
           f"{_fmt(with_clicks['click_finetuned_box_dice'])}", flush=True)
 
     u_config = load_config(UNET_CONFIG, overrides)
-    unet = timed_train(u_config, work / f"{name}_unet", budget, first_epochs=10)
+    unet = timed_train(u_config, work / f"{name}_unet", budget)
     u_dice = unet_dice(build_model(u_config.model.name, checkpoint=unet["checkpoint"]), test_cases, root)
     print(f"{name}: U-Net Dice {_fmt(u_dice)} ({unet['epochs']} epochs, {unet['seconds']} s)", flush=True)
     clean = lambda r: {k: v for k, v in r.items() if k != "checkpoint"}  # noqa: E731
