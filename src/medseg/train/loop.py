@@ -34,7 +34,7 @@ from medseg.train.datasets import EpochSampler
 from medseg.train.logs import ARTIFACTS, RunLog
 from medseg.train.embeddings import cache_dir_of
 from medseg.train.objectives import RunContext, make_objective
-from medseg.train.optim import (TrainForward, amp_dtype, enable_activation_checkpointing, lr_factor, make_optimizer,
+from medseg.train.optim import (TrainForward, amp_dtype, enable_activation_checkpointing, lr_schedule, make_optimizer,
                                 make_scheduler, select_trainable)
 
 
@@ -271,9 +271,8 @@ def _fit_budget(p: dict, run_dir: Path, spent: float, epoch_seconds: float, info
     more = int((config.train.time_budget_s - spent) // (epoch_seconds * 1.05 + 0.5))
     epochs = ddp.broadcast(max(1, min(config.train.epochs, 1 + more)), info)  # rank 0's clock decides
     config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=epochs))
-    cfg, total = config.optim, p["steps_per_epoch"] * epochs
-    factor = lambda step: lr_factor(step, cfg.warmup_steps, total, cfg.min_lr_ratio)  # noqa: E731
-    p["scheduler"].lr_lambdas = [factor] * len(p["scheduler"].base_lrs)  # one per parameter group
+    schedule = lr_schedule(config.optim, p["steps_per_epoch"] * epochs)  # from the next step on
+    p["scheduler"].lr_lambdas = [schedule] * len(p["scheduler"].base_lrs)  # one per parameter group
     p["config"] = config
     if info.is_main:
         save_config(config, run_dir / "config.yaml")

@@ -106,12 +106,17 @@ def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int):
-    """LambdaLR stepping once per optimizer step (its state dict is plain numbers)."""
+def lr_schedule(cfg: OptimConfig, total_steps: int):
+    """``step -> multiplier of the base LR`` (:func:`lr_factor`) of a run of ``total_steps`` optimizer steps."""
     def factor(step: int) -> float:
         return lr_factor(step, cfg.warmup_steps, total_steps, cfg.min_lr_ratio)
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return factor
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int):
+    """LambdaLR stepping once per optimizer step (its state dict is plain numbers)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(cfg, total_steps))
 
 
 def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
