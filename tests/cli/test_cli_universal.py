@@ -54,7 +54,7 @@ def test_predict_a_folder_writes_one_label_map_per_image_and_never_overwrites(ch
     assert len(list((tmp_path / "pictures").glob("*_overlay.png"))) == 3
     before = (out / "eye1.png").read_bytes()
     assert main(args) == 2
-    assert "exists; replace it with --overwrite" in capsys.readouterr().err
+    assert "already exists" in capsys.readouterr().err
     assert (out / "eye1.png").read_bytes() == before
 
 

@@ -37,7 +37,10 @@ def dataset_cases(root: str | Path | None, split: str = "all", limit: int | None
     """
     if root is None:
         raise InputError("no dataset folder given: set data.root (--set data.root=DATASET_DIR) or name one")
-    spec = open_dataset(root)
+    return _split_of(open_dataset(root), split, limit, labelled)
+
+
+def _split_of(spec, split: str, limit: int | None, labelled: bool) -> list[Case]:
     cases = spec.samples(split if spec.has_split_file else "all", labelled=labelled)
     return cases[:limit] if limit else cases
 
@@ -51,9 +54,9 @@ def evaluation_cases(root: str | Path, split: str = "all", limit: int | None = N
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the missing ones are returned, not warned about
-        cases = dataset_cases(root, split, limit)
-        missing = {} if limit else missing_cases(open_dataset(root, warn=False), split)
-    return cases, missing
+        spec = open_dataset(root)
+        cases = _split_of(spec, split, limit, labelled=True)
+    return cases, {} if limit else missing_cases(spec, split)
 
 
 def image_cases(folder: str | Path, limit: int | None = None) -> list[Case]:

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from medseg.errors import InputError
-from medseg.io._util import atomic_write, same_file
+from medseg.io._util import atomic_write, output_path, same_file
 
 __all__ = ["atomic_write", "check_writable", "plan_outputs", "write_bytes", "write_text"]
 
@@ -62,11 +62,13 @@ def plan_outputs(outputs: Mapping[str, str | Path | None], *, inputs: Iterable[s
 
     Raises:
         InputError: two outputs are one file; an output is an input, lies in a protected place, is
-            a folder, exists without ``overwrite``, or cannot be written there.
+            a folder, exists without ``overwrite`` (:func:`medseg.io._util.output_path`, the check
+            every writer makes again), or cannot be written there (one probe per folder).
     """
     planned = {name: None if p is None else Path(p).expanduser() for name, p in outputs.items()}
     seen: dict[Path, str] = {}
     inputs, protected = [Path(p) for p in inputs], [Path(p) for p in protected]
+    probed: set[Path] = set()
     for name, path in planned.items():
         if path is None:
             continue
@@ -79,11 +81,10 @@ def plan_outputs(outputs: Mapping[str, str | Path | None], *, inputs: Iterable[s
         if any(_inside(path, p) for p in protected):
             raise InputError(f"{name} {path} lies in the dataset's own files ({', '.join(str(p) for p in protected)}); "
                              f"write outputs elsewhere")
-        if path.is_dir():
-            raise InputError(f"{name} {path} is a folder; give a file name")
-        if path.exists() and not overwrite:
-            raise InputError(f"{name} {path} exists; replace it with --overwrite, or choose another path")
-        check_writable(path, name)
+        output_path(path, None, overwrite)
+        if _nearest_folder(path) not in probed:
+            check_writable(path, name)
+            probed.add(_nearest_folder(path))
     return planned
 
 
