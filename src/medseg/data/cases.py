@@ -70,6 +70,14 @@ def plane(image: Image, z: int = 0) -> np.ndarray:
     return array[0] if array.shape[0] == 1 else np.moveaxis(array, 0, -1)
 
 
+def plane_2d(image: Image, what: str) -> np.ndarray:
+    """:func:`plane` of a 2D image; InputError naming the file when it is a volume (``what`` says
+    which stage takes 2D images only, e.g. "supervised training")."""
+    if image.array.shape[1] != 1:
+        raise InputError(f"{image.meta.source}: a volume of {image.array.shape[1]} slices; {what} takes 2D images")
+    return plane(image)
+
+
 def _read_channels(case: Case) -> Image:
     """The case's image; several channel files are stacked into one (C, Z, Y, X) image."""
     from medseg.io import read_image

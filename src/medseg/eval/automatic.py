@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from medseg.data.cases import Case, load_case, plane
+from medseg.data.cases import Case, load_case, plane_2d
 from medseg.data.datasets import evaluation_cases
 from medseg.eval.metrics import case_metrics
 from medseg.errors import InputError
@@ -59,10 +59,7 @@ def score_label_maps(segment: Callable[[Case], np.ndarray | dict[int, np.ndarray
 
 
 def _plane_of(case: Case) -> np.ndarray:
-    image, _ = load_case(case)
-    if image.array.shape[1] != 1:
-        raise InputError(f"{case.image_path}: a volume; automatic evaluation takes 2D images")
-    return plane(image)
+    return plane_2d(load_case(case)[0], "automatic evaluation")
 
 
 def evaluate_auto(segmenter, dataset_dir: str | Path, task: str, split: str = "test", limit: int | None = None,

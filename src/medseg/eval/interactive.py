@@ -23,7 +23,7 @@ from tqdm import tqdm
 from medseg.data.masks import dice
 from medseg.data.prompt_sim import FIRST_PROMPTS, simulate_interaction
 from medseg.errors import InputError, MedsegError
-from medseg.data.cases import Case, load_case, plane
+from medseg.data.cases import Case, load_case, plane_2d
 from medseg.data.datasets import class_names, evaluation_cases
 from medseg.data.masks import MIN_SIZE, class_masks, components
 from medseg.eval.evaluate import Loader, class_name
@@ -34,9 +34,7 @@ def interact_case(predictor: object, case: Case, rounds: int, first: str = "poin
     """Rows ``{"stem", "class_id", "class_name", "n_objects", "dice_per_round"}`` of one 2D case,
     one per foreground class ([] when the mask is empty). Exceptions propagate."""
     image, label = loader(case)
-    if image.array.shape[1] != 1:
-        raise InputError(f"{case.image_path}: interactive evaluation takes 2D cases, got {image.array.shape[1]} slices")
-    picture, mask, encoded, rows = plane(image), label.array[0], False, []
+    picture, mask, encoded, rows = plane_2d(image, "interactive evaluation"), label.array[0], False, []
     for class_id, gt in class_masks(mask, case.mask_path, names or {}):
         labels, kept = components(gt, min_size)
         union = [np.zeros(gt.shape, dtype=bool) for _ in range(rounds)]

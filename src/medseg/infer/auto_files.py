@@ -16,13 +16,13 @@ from pathlib import Path
 from tqdm import tqdm
 
 from medseg.errors import InputError
-from medseg.formats import READ_SUFFIXES as SUPPORTED_SUFFIXES
+from medseg.formats import READ_SUFFIXES
 
 
 
 def _suffix_ok(path: Path) -> bool:
     name = path.name.lower()
-    return path.is_file() and not name.startswith(".") and name.endswith(SUPPORTED_SUFFIXES)
+    return path.is_file() and not name.startswith(".") and name.endswith(READ_SUFFIXES)
 
 
 def _stem(path: Path) -> str:
@@ -32,7 +32,7 @@ def _stem(path: Path) -> str:
 def predict_auto(segmenter, source: str | Path, task: str, out: Path | None = None, overlay: Path | None = None,
                  overwrite: bool = False, progress: bool = True) -> int:
     """Segment ``source`` (file or folder) as ``task``; returns the exit status (0 ok, 1 some failed)."""
-    from medseg.data.cases import plane as plane_of
+    from medseg.data.cases import plane_2d
     from medseg.io import read_image, write_label
     from medseg.io.outputs import plan_outputs
     from medseg.viz import overlay as draw, save_png
@@ -42,7 +42,7 @@ def predict_auto(segmenter, source: str | Path, task: str, out: Path | None = No
     if source.is_dir():
         inputs = sorted(p for p in source.iterdir() if _suffix_ok(p))
         if not inputs:
-            raise InputError(f"{source}: no image files ({', '.join(SUPPORTED_SUFFIXES)})")
+            raise InputError(f"{source}: no image files ({', '.join(READ_SUFFIXES)})")
         out_dir = out or Path.cwd() / f"{source.name}_{task}"
         targets = [(p, out_dir / f"{_stem(p)}.png", overlay / f"{_stem(p)}_overlay.png" if overlay else None)
                    for p in inputs]
@@ -59,9 +59,7 @@ def predict_auto(segmenter, source: str | Path, task: str, out: Path | None = No
     for src, mask_path, picture in tqdm(targets, desc=task, unit="image", disable=not progress or len(targets) < 2):
         try:
             image = read_image(src)
-            if image.array.shape[1] != 1:
-                raise InputError(f"{src}: a volume of {image.array.shape[1]} slices; automatic mode takes 2D images")
-            plane = plane_of(image)
+            plane = plane_2d(image, "automatic mode")
             result = segmenter.segment(plane, task)
         except InputError as exc:
             failed.append(str(exc))

@@ -32,12 +32,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from medseg.data.cases import Case, load_case
+from medseg.data.cases import Case
 from medseg.data.datasets import class_names, dataset_cases
 from medseg.data.masks import frame_objects
 from medseg.data.preprocess import label_frame
 from medseg.data.prompts import object_box
 from medseg.errors import InputError
+from medseg.io import read_label
 from medseg.train import ddp
 from medseg.train.config import Config
 from medseg.train.embeddings import EmbeddingStore, build_embeddings
@@ -47,17 +48,17 @@ FROZEN_ENCODER = ("decoder", "prompt_decoder", "encoder_frozen")
 
 
 def case_objects(cases: list[Case], size: int, min_pixels: int,
-                 declared: Collection[int] = ()) -> list[tuple[int, np.ndarray]]:
-    """(case index, bool (S, S) object mask) of every object of ``cases`` in the model frame; each
-    image/mask pair is read and checked, so a bad pair fails before training starts."""
-    found = []
+                 declared: Collection[int] = ()) -> tuple[list[tuple[int, np.ndarray]], list[tuple[int, int]]]:
+    """(case index, bool (S, S) object mask) of every object of ``cases`` in the model frame, and
+    each case's mask size (H, W), for :meth:`EmbeddingStore.check_mask`."""
+    found, shapes = [], []
     for c, case in enumerate(cases):
-        _, label = load_case(case)
-        if label.array.shape[0] != 1:
+        label = read_label(case.mask_path).array
+        if label.shape[0] != 1:
             raise InputError(f"{case.mask_path}: a 3D label; cached fine-tuning takes 2D cases")
-        frame = label_frame(label.array[0], size)
-        found += [(c, mask) for mask in frame_objects(frame, min_pixels, case.mask_path, declared)]
-    return found
+        shapes.append(label.shape[1:])
+        found += [(c, mask) for mask in frame_objects(label_frame(label[0], size), min_pixels, case.mask_path, declared)]
+    return found, shapes
 
 
 class CachedObjects(Dataset):
@@ -90,7 +91,7 @@ def split_embeddings(config: Config, split: str, run: RunContext):
     embedded with ``run.model``'s encoder. Only cases with at least one object are embedded."""
     d, size = config.data, require_image_size(config)
     cases = dataset_cases(d.root, split, (d.val_limit or d.limit) if split == d.val_split else d.limit)
-    objects = case_objects(cases, size, d.min_object_pixels, list(class_names(d.root)))
+    objects, shapes = case_objects(cases, size, d.min_object_pixels, list(class_names(d.root)))
     used = sorted({c for c, _ in objects})
     if not used:
         raise InputError(f"split {split!r} of {d.root}: none of its {len(cases)} cases has an object of >= "
@@ -98,6 +99,8 @@ def split_embeddings(config: Config, split: str, run: RunContext):
     remap = {c: i for i, c in enumerate(used)}
     cases, objects = [cases[c] for c in used], [(remap[c], mask) for c, mask in objects]
     store = embeddings_main_first(run, cases, label=f"{Path(d.root).resolve().name}-{split}", modality=d.modality)
+    for i, c in enumerate(used):  # each pair checked before training, without reading the image again
+        store.check_mask(cases[i], shapes[c])
     return cases, objects, store
 
 

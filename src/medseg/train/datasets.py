@@ -21,7 +21,7 @@ from torch.utils.data import Dataset, Sampler
 
 from medseg.errors import InputError
 from medseg.data.augment import train_augmentation
-from medseg.data.cases import Case, load_case, plane
+from medseg.data.cases import Case, load_case, plane_2d
 from medseg.data.masks import frame_objects
 from medseg.data.preprocess import label_frame, prepare_image
 from medseg.data.prompts import object_box
@@ -70,9 +70,7 @@ class PromptedObjects(Dataset):
             return self._cache[c]
         case = self.cases[c]
         image, label = load_case(case)
-        if image.array.shape[1] != 1:
-            raise InputError(f"{case.image_path}: a volume; supervised training takes 2D cases")
-        x, record = prepare_image(plane(image), self.size, self.modality)
+        x, record = prepare_image(plane_2d(image, "supervised training"), self.size, self.modality)
         out = (x[0], label_frame(_plane(label.array, case.mask_path), self.size), record.resized_hw)
         if self._cache is not None:
             self._cache[c] = out

@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from medseg.errors import InputError
 from medseg.data import preprocess
-from medseg.data.cases import Case, plane
+from medseg.data.cases import Case, plane_2d
 from medseg.data.preprocess import prepare_image
 from medseg.infer import Predictor
 from medseg.io import read_image
@@ -102,9 +102,7 @@ def array_digest(image: np.ndarray) -> str:
 def load_plane(path: str | Path) -> np.ndarray:
     """A 2D image file -> (H, W) or (H, W, C) array, as the evaluation and training loaders give it."""
     image = read_image(path)
-    if image.array.shape[1] != 1:
-        raise InputError(f"{path}: a volume of {image.array.shape[1]} slices; embeddings are cached for 2D images")
-    return plane(image)
+    return plane_2d(image, "the embedding cache")
 
 
 class EmbeddingStore:
@@ -143,6 +141,14 @@ class EmbeddingStore:
 
     def resized_hw(self, stem: str) -> tuple[int, int]:
         return tuple(self.items[stem]["resized_hw"])
+
+    def check_mask(self, case: Case, mask_hw: tuple[int, int]) -> None:
+        """InputError unless ``case``'s mask (H, W) is the size of the image its embedding was made
+        from (recorded when it was encoded), so a pair is checked without reading the image again."""
+        image_hw = self.original_hw(case.stem)
+        if tuple(mask_hw) != image_hw:
+            raise InputError(f"{case.mask_path}: the mask is {tuple(mask_hw)} (H, W) but its image {case.image_path} "
+                             f"is {image_hw}; resample the mask onto the image's grid")
 
     def embedding(self, stem: str) -> torch.Tensor:
         """(256, E, E) float32 embedding of ``stem``'s image (a KeyError names an unknown stem)."""

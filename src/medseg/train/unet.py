@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from medseg.errors import InputError
-from medseg.data.cases import Case, load_case, plane
+from medseg.data.cases import Case, load_case, plane_2d
 from medseg.data.datasets import dataset_cases
 from medseg.data.preprocess import label_frame, prepare_image
 from medseg.train.config import Config
@@ -62,9 +62,7 @@ class CaseFrames(Dataset):
             return self._cache[index]
         case = self.cases[index]
         image, label = load_case(case)
-        if image.array.shape[1] != 1:
-            raise InputError(f"{case.image_path}: a volume; the U-Net objective takes 2D cases")
-        x, record = prepare_image(plane(image), self.size, self.modality)
+        x, record = prepare_image(plane_2d(image, "the U-Net objective"), self.size, self.modality)
         frame = label_frame(label.array[0], self.size)
         binary = np.isin(frame, self.foreground_ids) if self.foreground_ids else frame > 0
         target = torch.from_numpy(binary.astype(np.float32))[None]

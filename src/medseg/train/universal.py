@@ -70,10 +70,7 @@ class TaskCases(Dataset):
             array = read_label(case.mask_path).array
             if array.shape[0] != 1:
                 raise InputError(f"{case.mask_path}: a 3D label; the universal objective takes 2D cases")
-            image_hw = self.store.original_hw(case.stem)
-            if tuple(array.shape[1:]) != image_hw:
-                raise InputError(f"{case.mask_path}: the mask is {array.shape[1:]} (H, W) but its image "
-                                 f"{case.image_path} is {image_hw}; resample the mask onto the image's grid")
+            self.store.check_mask(case, array.shape[1:])
             frame = label_frame(array[0], self.size)
             if frame.max() > 255:
                 raise InputError(f"{case.mask_path}: label ids above 255 are not supported here")
