@@ -63,7 +63,7 @@ DEVICE_SETTINGS = {
     "cuda": ["train.batch_size=16", "train.amp=bf16", "data.augment=true", "data.num_workers=14"],
     "cpu": ["train.batch_size=4", "train.amp=off", "data.augment=false", "data.num_workers=0"],
 }
-COMMON = ["train.progress=false", "train.log_every=50", "distill.val_sources=[]", f"train.cache_dir={EMBEDDING_CACHE}"]
+COMMON = ["model.weights=published", "train.progress=false", "train.log_every=50", "distill.val_sources=[]", f"train.cache_dir={EMBEDDING_CACHE}"]
 
 
 def distil(args, out: Path, work: Path) -> dict:
@@ -118,7 +118,7 @@ def student_model(encoder: Path, checkpoint: Path | None = None) -> torch.nn.Mod
     """The distilled encoder with the teacher's prompt encoder and mask decoder (or a fine-tuned checkpoint)."""
     if checkpoint is not None:
         return build_model(STUDENT, checkpoint=checkpoint)
-    model = build_model(STUDENT, pretrained=True)
+    model = build_model(STUDENT, pretrained=True, weights="published")
     load_encoder_weights(model, encoder)
     return model.eval()
 
@@ -132,7 +132,7 @@ def box_dice(predictor, cases, root: Path, class_id: int | None = None) -> float
 
 def zero_shot(args, encoder: Path) -> dict:
     """Stage 2: teacher vs student box Dice on each test split."""
-    teacher, student = build_model(TEACHER, pretrained=True), student_model(encoder)
+    teacher, student = build_model(TEACHER, pretrained=True, weights="published"), student_model(encoder)
     out = {}
     for name in ZERO_SHOT_SETS:
         root = args.data / name

@@ -77,7 +77,8 @@ QUICK_COUNTS = {"train": 10, "val": 3, "test": 6}
 QUICK_SETTINGS = ["train.batch_size=4", "optim.warmup_steps=2"]  # a few objects: smaller steps, short warm-up
 FINETUNE_CONFIG = REPO / "configs" / "finetune_cached_kvasir.yaml"
 UNET_CONFIG = REPO / "configs" / "unet_kvasir.yaml"
-COMMON = ["data.num_workers=0", "train.progress=false", "train.device=cpu", "train.amp=off", "train.log_every=1000"]
+COMMON = ["data.num_workers=0", "train.progress=false", "train.device=cpu", "train.amp=off", "train.log_every=1000",
+          "model.weights=published"]  # the figures below start from the published decoder
 
 
 def box_dice(model, store, cases, root: Path) -> tuple[float | None, int]:
@@ -114,7 +115,7 @@ def _fmt(value: float | None) -> str:
 def run_set(name: str, root: Path, work: Path, budget: float, cache: Path, quick: bool) -> dict:
     overrides = [f"data.root={root}", f"train.cache_dir={cache}", *COMMON, *(QUICK_SETTINGS if quick else [])]
     ft_config = load_config(FINETUNE_CONFIG, overrides)
-    model = build_model(ft_config.model.name, pretrained=True)
+    model = build_model(ft_config.model.name, pretrained=True, weights="published")
     resolved = dataclasses.replace(ft_config, data=dataclasses.replace(ft_config.data, image_size=model.image_size))
     start = time.perf_counter()
     run = RunContext(model, torch.device("cpu"), ddp.from_env(), cache)

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     require_data(args.data)
     set_threads()
-    ours = Predictor(build_model("litemedsam", pretrained=True), device="cpu")
+    ours = Predictor(build_model("litemedsam", pretrained=True, weights="published"), device="cpu")
     rows = {}
     for name in args.sets:
         folder = args.data / name

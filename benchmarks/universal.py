@@ -72,7 +72,7 @@ EXTEND = {"tokens": ["universal.train_shared=false", "optim.lr=1e-2", "optim.war
           "replay": ["universal.epoch_size=160"]}
 BUDGET_PER_TASK_S = 100
 STEPS_PER_EPOCH = 20          # short epochs: the time budget is met to within one epoch
-COMMON = ["train.steps_per_epoch=20", "train.log_every=5", "data.val_limit=8", "train.seed=0",
+COMMON = ["model.weights=published", "train.steps_per_epoch=20", "train.log_every=5", "data.val_limit=8", "train.seed=0",
           f"train.cache_dir={EMBEDDING_CACHE}"]
 QUICK = {"tasks": ["kvasir_seg", "drishti_gs1_odoc"], "budget": 12,
          "settings": ["data.limit=8", "data.val_limit=3", "train.steps_per_epoch=3", "train.batch_size=4"],
@@ -123,7 +123,7 @@ def auto_dice(checkpoint: Path, task: TaskSource, cases, store: EmbeddingStore, 
 
 def reference_dice(task: TaskSource, cases, store: EmbeddingStore) -> float:
     """Published LiteMedSAM, one ground-truth box per object (evaluate's protocol), cached embeddings."""
-    predictor = CachedPredictor(build_model("litemedsam", pretrained=True), store)
+    predictor = CachedPredictor(build_model("litemedsam", pretrained=True, weights="published"), store)
     rows = [row for case in cases for row in evaluate_case(predictor, case)[0]]
     return float(Report(str(task.root), "test", "box", cases=rows).summary["dice"])
 
@@ -174,7 +174,7 @@ def main() -> int:
             result = timed_train(config, work / name, seconds)
             summary.write_text(json.dumps({**result, "checkpoint": str(result["checkpoint"])}))
             return result
-        encoder = build_model("universal", pretrained=True)
+        encoder = build_model("universal", pretrained=True, weights="published")
         tests = {name: test_store(encoder, tasks[name], test_limit) for name in [*base, NEW_TASK]}
         rows = {name: {"classes": {str(k): v for k, v in tasks[name].classes.items()}} for name in tests}
 

@@ -91,7 +91,7 @@ import numpy as np, torch
 torch.set_num_threads(2)
 from medseg.models import build_model
 from medseg.infer import Predictor
-p = Predictor(build_model("litemedsam", pretrained=True), device="cpu")
+p = Predictor(build_model("litemedsam", pretrained=True, weights="published"), device="cpu")
 p.set_image((np.random.default_rng(0).random((1024, 1024, 3)) * 255).astype(np.uint8))
 p.predict(box=[100, 100, 600, 700])
 """
@@ -116,7 +116,7 @@ def remeasure_latency(path: Path) -> int:
 
     set_threads()
     result = json.loads(path.read_text())
-    result["latency"] = latency(build_model("litemedsam", pretrained=True))
+    result["latency"] = latency(build_model("litemedsam", pretrained=True, weights="published"))
     result["peak_mb"] = peak_rss_mb(PEAK_PROBE)
     result["threads"] = torch.get_num_threads()
     print_table(result)
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     set_threads()
     start = time.time()
     limit = args.limit or (3 if args.quick else None)
-    model = build_model("litemedsam", pretrained=True)
+    model = build_model("litemedsam", pretrained=True, weights="published")
     predictor = EmbeddingCache(Predictor(model, device="cpu"))
     datasets = {}
     for name in SETS_2D:

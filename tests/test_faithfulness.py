@@ -35,7 +35,7 @@ SETS_2D = ["kvasir_seg", "ph2_derm", "dsb2018_nuclei", "busi", "drishti_gs1_odoc
 
 @pytest.fixture(scope="module")
 def predictor(real_weights) -> Predictor:
-    return Predictor(build_model("litemedsam", pretrained=True), device="cpu")
+    return Predictor(build_model("litemedsam", pretrained=True, weights="published"), device="cpu")
 
 
 @pytest.mark.data

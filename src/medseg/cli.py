@@ -13,6 +13,9 @@ from .errors import InputError, MedsegError
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="litemedsam", help="registered model name (see `medseg models`)")
     p.add_argument("--checkpoint", help="weights file (.safetensors or .pth) instead of the published ones")
+    p.add_argument("--weights", choices=("shipped", "published"), default="shipped",
+                   help="without --checkpoint: 'shipped' (default; medseg's click-trained prompt encoder and mask "
+                        "decoder) or 'published' (the model's own published decoder)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
 
 
@@ -44,7 +47,7 @@ def _predictor(args: argparse.Namespace):
     if args.checkpoint is None and not pretrained:
         print(f"note: model {args.model!r} has no published weights and no --checkpoint: random weights",
               file=sys.stderr)
-    model = build_model(args.model, pretrained=pretrained, checkpoint=args.checkpoint)
+    model = build_model(args.model, pretrained=pretrained, checkpoint=args.checkpoint, weights=args.weights)
     if getattr(args, "task", None):
         from .infer.automatic import AutoSegmenter
 
@@ -206,30 +209,52 @@ def cmd_demo(args: argparse.Namespace) -> int:
     predictor = _predictor(args)
     out_dir = fresh_folder(args.out)
     if args.path is not None:
-        cases = [(args.path, [args.box] if args.box else None, "your image")]
+        cases = [(args.path, _own_demo_prompts(args), "your image")]
     else:
-        cases = [(c.locate(), [list(c.box)], c.what) for c in DEMO_CASES]
+        cases = [(c.locate(), [("box", {"boxes": [list(c.box)]}), ("click", {"points": [list(c.click)]})], c.what)
+                 for c in DEMO_CASES]
     print(f"medseg demo: {len(cases)} image(s), model {args.model}, outputs in {out_dir}")
-    for path, boxes, what in cases:
-        if boxes is None:
-            from .io import read_image
-
-            img = read_image(path)
-            h, w = img.array.shape[-2:]
-            boxes = [[w / 4, h / 4, 3 * w / 4, 3 * h / 4]]
-            print(f"  no --box given: using the central box {[round(v) for v in boxes[0]]}")
-        if len(boxes[0]) == 4 and _is_volume(path):
-            from .io import read_image
-
-            z = read_image(path).array.shape[1]
-            boxes = [[boxes[0][0], boxes[0][1], z // 2, boxes[0][2], boxes[0][3], z // 2]]
-        result = segment_file(predictor, path, boxes=boxes, progress=False)
+    for path, prompts, what in cases:
         stem = Path(path).name.split(".")[0]
-        mask, ov = _write_outputs(result, out_dir / f"{stem}_mask.png" if result.labels.shape[0] == 1
-                                  else out_dir / f"{stem}_mask.nii.gz", out_dir / f"{stem}_overlay.png", False)
-        score = f", predicted IoU {result.scores[0]:.2f}" if result.scores else ""
-        print(f"  {what}: {int((result.labels > 0).sum())} pixels{score}\n    mask {mask}\n    overlay {ov}")
+        print(f"  {what}:")
+        for tag, prompt in prompts:
+            if "boxes" in prompt and _is_volume(path):
+                from .io import read_image
+
+                (x0, y0, x1, y1), z = prompt["boxes"][0], read_image(path).array.shape[1] // 2
+                prompt = {"boxes": [[x0, y0, z, x1, y1, z]]}
+            result = segment_file(predictor, path, progress=False, **prompt)
+            suffix = ".png" if result.labels.shape[0] == 1 else ".nii.gz"
+            mask, ov = _write_outputs(result, out_dir / f"{stem}_{tag}_mask{suffix}",
+                                      out_dir / f"{stem}_{tag}_overlay.png", False)
+            score = f", predicted IoU {result.scores[0]:.2f}" if result.scores else ""
+            print(f"    {_demo_prompt_text(tag, prompt)}: {int((result.labels > 0).sum())} pixels{score}\n"
+                  f"      mask {mask}\n      overlay {ov}")
     return 0
+
+
+def _own_demo_prompts(args: argparse.Namespace) -> list[tuple[str, dict]]:
+    """The demo's prompts on the user's PATH: --box and/or --point, else the central box."""
+    prompts = []
+    if args.box or not args.point:
+        box = args.box
+        if box is None:
+            from .io import read_image
+
+            h, w = read_image(args.path).array.shape[-2:]
+            box = [w / 4, h / 4, 3 * w / 4, 3 * h / 4]
+            print(f"  no --box given: using the central box {[round(v) for v in box]}")
+        prompts.append(("box", {"boxes": [list(box)]}))
+    if args.point:
+        if _is_volume(args.path):
+            raise InputError(f"{args.path}: a click on a volume is not supported yet; give --box")
+        prompts.append(("click", {"points": [list(args.point)]}))
+    return prompts
+
+
+def _demo_prompt_text(tag: str, prompt: dict) -> str:
+    values = prompt["boxes"][0] if tag == "box" else prompt["points"][0]
+    return f"{'box' if tag == 'box' else 'one click at'} {[round(v) for v in values]}"
 
 
 def _is_volume(path) -> bool:
@@ -240,11 +265,14 @@ def _is_volume(path) -> bool:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from .models import list_models
-    from .models.build import has_published_weights
+    from .models.build import SHIPPED_DECODERS, has_published_weights
 
     for kind in ("promptable", "automatic", "universal"):
         for name in list_models(kind):
-            print(f"{name:<18}{kind:<12}{'pretrained weights available' if has_published_weights(name) else ''}")
+            note = "pretrained weights available" if has_published_weights(name) else ""
+            if note and name in SHIPPED_DECODERS:
+                note += " (default: shipped click-trained decoder; --weights published for the original)"
+            print(f"{name:<18}{kind:<12}{note}".rstrip())
     return 0
 
 
@@ -259,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="segment real medical images shipped with the dependencies (or PATH)")
     p.add_argument("path", nargs="?", type=Path, help="an image or volume of your own (default: the built-in set)")
     p.add_argument("--box", nargs=4, type=float, metavar=("X0", "Y0", "X1", "Y1"), help="box for PATH")
+    p.add_argument("--point", nargs=2, type=float, metavar=("X", "Y"), help="one positive click for PATH (2D)")
     p.add_argument("--out", type=Path, default=Path("medseg_demo"), help="output folder (a new one if it exists)")
     _model_args(p)
     p.set_defaults(func=cmd_demo)

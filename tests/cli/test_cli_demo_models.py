@@ -25,16 +25,16 @@ def test_demo_with_a_path_and_box_then_again_into_a_new_folder(cli, png, tmp_pat
     r = cli("demo", png, "--box", 12, 8, 46, 32, "--out", out, *TINY)
     assert r.rc == 0, r.err
     assert str(out) in r.out
-    assert sorted(p.name for p in out.iterdir()) == ["scan_mask.png", "scan_overlay.png"]
-    assert _size(out / "scan_mask.png")[1] == (60, 40)
-    assert _size(out / "scan_overlay.png") == ("RGB", (60, 40))
+    assert sorted(p.name for p in out.iterdir()) == ["scan_box_mask.png", "scan_box_overlay.png"]
+    assert _size(out / "scan_box_mask.png")[1] == (60, 40)
+    assert _size(out / "scan_box_overlay.png") == ("RGB", (60, 40))
     first = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()}
 
     r = cli("demo", png, "--box", 12, 8, 46, 32, "--out", out, *TINY)
     assert r.rc == 0, r.err
     second = tmp_path / "demo_out-2"
     assert f"outputs in {second}" in r.out
-    assert sorted(p.name for p in second.iterdir()) == ["scan_mask.png", "scan_overlay.png"]
+    assert sorted(p.name for p in second.iterdir()) == ["scan_box_mask.png", "scan_box_overlay.png"]
     assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()} == first  # untouched
 
     assert cli("demo", png, "--box", 12, 8, 46, 32, "--out", out, *TINY).rc == 0
@@ -46,7 +46,17 @@ def test_demo_without_box_uses_the_central_box(cli, png, tmp_path):
     r = cli("demo", png, "--out", out, *TINY)
     assert r.rc == 0, r.err
     assert "central box [15, 10, 45, 30]" in r.out
-    assert (out / "scan_mask.png").is_file() and (out / "scan_overlay.png").is_file()
+    assert (out / "scan_box_mask.png").is_file() and (out / "scan_box_overlay.png").is_file()
+
+
+def test_demo_with_a_click_segments_from_it_and_a_box_too_when_given(cli, png, tmp_path):
+    r = cli("demo", png, "--point", 30, 20, "--out", tmp_path / "c", *TINY)
+    assert r.rc == 0, r.err
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["scan_click_mask.png", "scan_click_overlay.png"]
+    assert "one click at [30, 20]" in r.out and "central box" not in r.out
+    r = cli("demo", png, "--point", 30, 20, "--box", 12, 8, 46, 32, "--out", tmp_path / "b", *TINY)
+    assert r.rc == 0, r.err
+    assert len(list((tmp_path / "b").glob("*_mask.png"))) == 2
 
 
 def test_demo_on_a_volume_writes_nifti_with_the_input_affine(cli, nifti, tmp_path):
@@ -55,12 +65,12 @@ def test_demo_on_a_volume_writes_nifti_with_the_input_affine(cli, nifti, tmp_pat
     out = tmp_path / "d"
     r = cli("demo", nifti, "--box", 10, 8, 33, 29, "--out", out, *TINY)
     assert r.rc == 0, r.err
-    mask = nib.load(str(out / "vol_mask.nii.gz"))
+    mask = nib.load(str(out / "vol_box_mask.nii.gz"))
     src = nib.load(str(nifti))
     assert mask.shape == src.shape and np.array_equal(mask.affine, src.affine)
     data = np.asanyarray(mask.dataobj)
     assert not data[..., [0, 1, 3, 4]].any()  # a 4-number box on a volume: the middle slice only
-    assert _size(out / "vol_overlay.png") == ("RGB", (48, 40))
+    assert _size(out / "vol_box_overlay.png") == ("RGB", (48, 40))
 
 
 def test_demo_missing_path_exits_2(cli, tmp_path):
@@ -78,13 +88,13 @@ def test_builtin_demo_with_the_real_model(cli, real_weights, tmp_path, monkeypat
     out = tmp_path / "medseg_demo"
     assert f"outputs in {Path('medseg_demo')}" in r.out or f"outputs in {out}" in r.out
     overlays = sorted(out.glob("*_overlay.png"))
-    assert len(overlays) == 5
-    assert len(list(out.glob("*_mask.png"))) == 5
+    assert len(overlays) == 10  # one box and one click on each of the 5 images
+    assert len(list(out.glob("*_box_mask.png"))) == 5 and len(list(out.glob("*_click_mask.png"))) == 5
     for ov in overlays:
         assert _size(ov)[0] == "RGB"
     for mask in out.glob("*_mask.png"):
         with Image.open(mask) as im:
-            assert np.array(im).any(), f"{mask.name}: the real model found nothing in the demo box"
+            assert np.array(im).any(), f"{mask.name}: the real model found nothing from the demo prompt"
 
 
 def test_models_lists_both(cli):

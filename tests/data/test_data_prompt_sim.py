@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from medseg.data.masks import dice
-from medseg.data.prompt_sim import clicks_from_errors, sample_click, simulate_interaction
+from medseg.data.prompt_sim import clicks_from_errors, sample_click, simulate_interaction, simulate_objects
 from medseg.data.prompts import jitter_box
 from medseg.errors import InputError
 
@@ -36,16 +36,19 @@ class ClickPredictor:
         self.shape = image.shape[:2]
 
     def predict(self, box=None, points=None, point_labels=None, mask_input=None, multimask=False):
-        self.calls.append({"box": box, "points": points, "point_labels": point_labels, "mask_input": mask_input})
-        mask = np.zeros(self.shape, dtype=bool)
-        if box is not None:
-            x0, y0, x1, y1 = (int(v) for v in box[0])
-            mask[y0:y1 + 1, x0:x1 + 1] = True
-        if points is not None:
-            for (x, y), label in zip(points[0], point_labels[0]):
-                mask[disc(self.shape, (y, x), 5)] = bool(label)
-        logits = np.full((1, 1, self.size, self.size), float(len(self.calls)), dtype=np.float32)
-        return SimpleNamespace(masks=mask[None, None], scores=np.ones((1, 1)), logits=logits)
+        self.calls.append({"box": box, "points": points, "point_labels": point_labels, "mask_input": mask_input,
+                           "multimask": multimask})
+        n = len(box) if box is not None else len(points)
+        masks = np.zeros((n, 1, *self.shape), dtype=bool)
+        for i in range(n):  # each object on its own
+            if box is not None:
+                x0, y0, x1, y1 = (int(v) for v in box[i])
+                masks[i, 0, y0:y1 + 1, x0:x1 + 1] = True
+            if points is not None:
+                for (x, y), label in zip(points[i], point_labels[i]):
+                    masks[i, 0][disc(self.shape, (y, x), 5)] = bool(label)
+        logits = np.full((n, 1, self.size, self.size), float(len(self.calls)), dtype=np.float32)
+        return SimpleNamespace(masks=masks, scores=np.ones((n, 1)), logits=logits)
 
 
 def test_jitter_box_stays_within_its_limits_and_the_image():
@@ -208,3 +211,34 @@ def test_clicks_from_errors_batches_one_click_per_item():
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     with pytest.raises(InputError, match="differ"):
         clicks_from_errors(gt, pred[:, :10])
+
+
+def test_only_a_lone_first_click_asks_for_the_multimask_candidates():
+    from medseg.data.prompts import is_lone_click
+
+    gt = np.zeros((64, 64), dtype=bool)
+    gt[10:40, 10:40] = True
+    gt[25:40, 25:40] = False  # an L: its box and single discs both leave errors to click on
+    for first, expected in (("point", [True, False, False]), ("box", [False, False, False])):
+        predictor = ClickPredictor()
+        simulate_interaction(predictor, np.zeros((64, 64)), gt, rounds=3, first=first)
+        assert [c["multimask"] for c in predictor.calls] == expected
+    assert is_lone_click(None, [[3, 4]], None) and is_lone_click(None, np.zeros((5, 1, 2)), None)  # 5 objects
+    assert not is_lone_click([0, 0, 5, 5], [[3, 4]], None) and not is_lone_click(None, np.zeros((1, 2, 2)), None)
+    assert not is_lone_click(None, [[3, 4]], np.zeros((1, 1, 8, 8))) and not is_lone_click(None, None, None)
+
+
+def test_objects_of_one_image_are_clicked_each_on_its_own_in_one_call_per_round():
+    a, b = np.zeros((64, 64), dtype=bool), np.zeros((64, 64), dtype=bool)
+    a[5:20, 5:20] = True  # a square: its box fills it at once, then nothing is left to click
+    b[30:60, 30:60] = True
+    b[45:60, 45:60] = False  # an L: its box overshoots, so it is clicked every round
+    predictor = ClickPredictor()
+    together = simulate_objects(predictor, np.zeros((64, 64)), [a, b], rounds=3, first="box")
+    assert len(predictor.calls) == 3  # one batched call per round
+    assert [len(c["box"]) for c in predictor.calls] == [2, 1, 1]  # the finished square drops out
+    assert predictor.calls[2]["points"].shape == (1, 2, 2) and predictor.calls[2]["mask_input"].shape == (1, 1, 256, 256)
+    assert [d for _, d in together[0]] == [1.0, 1.0, 1.0]
+    for gt, history in zip((a, b), together):
+        alone = simulate_interaction(ClickPredictor(), np.zeros((64, 64)), gt, rounds=3, first="box")
+        assert [d for _, d in history] == [d for _, d in alone]

@@ -38,15 +38,17 @@ class ClickPredictor:
         if self.shape[1] == self.fail_on:
             raise RuntimeError("model exploded")
         self.calls.append({"box": box, "points": points, "mask_input": mask_input})
-        mask = np.zeros(self.shape, dtype=bool)
-        if box is not None:
-            x0, y0, x1, y1 = (int(v) for v in box[0])
-            mask[y0:y1 + 1, x0:x1 + 1] = True
-        if points is not None:
-            for (x, y), label in zip(points[0], point_labels[0]):
-                mask[round_disc(self.shape, (y, x), 4)] = bool(label)
-        logits = np.zeros((1, 1, 256, 256), dtype=np.float32)
-        return SimpleNamespace(masks=mask[None, None], scores=np.ones((1, 1)), logits=logits)
+        n = len(box) if box is not None else len(points)
+        masks = np.zeros((n, 1, *self.shape), dtype=bool)
+        for i in range(n):  # each object on its own
+            if box is not None:
+                x0, y0, x1, y1 = (int(v) for v in box[i])
+                masks[i, 0, y0:y1 + 1, x0:x1 + 1] = True
+            if points is not None:
+                for (x, y), label in zip(points[i], point_labels[i]):
+                    masks[i, 0][round_disc(self.shape, (y, x), 4)] = bool(label)
+        logits = np.zeros((n, 1, 256, 256), dtype=np.float32)
+        return SimpleNamespace(masks=masks, scores=np.ones((n, 1)), logits=logits)
 
 
 @pytest.fixture

@@ -12,10 +12,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from medseg.errors import CheckpointError
+from medseg.errors import CheckpointError, InputError
 from medseg.models import build_model
 from medseg.models import weights as weights_mod
-from medseg.models.weights import litemedsam_weights_path, load_state_dict
+from medseg.models.weights import litemedsam_weights_path, load_state_dict, provenance_path, save_parts_fp16
 
 
 class _NotATensor:
@@ -52,7 +52,7 @@ def test_litemedsam_weights_path_points_at_the_packaged_file(real_weights):
 
 def test_litemedsam_pretrained_loads_strictly(real_weights):
     """Every tensor of the published file lands in the model, and the model has no tensor it lacks."""
-    model = build_model("litemedsam", pretrained=True)
+    model = build_model("litemedsam", pretrained=True, weights="published")
     assert not model.training
     published = load_state_dict(litemedsam_weights_path())
     state = model.state_dict()
@@ -63,6 +63,32 @@ def test_litemedsam_pretrained_loads_strictly(real_weights):
     # LiteMedSAM is a ~10M-parameter model; a wrong registry entry would show here.
     n_params = sum(p.numel() for p in model.parameters())
     assert 9_000_000 < n_params < 11_000_000
+
+
+def test_shipped_weights_replace_only_the_prompt_encoder_and_mask_decoder(real_weights):
+    """The default (shipped) litemedsam is the published encoder with medseg's click-trained decoder,
+    which loads into hr-small too; "published" keeps the published decoder; other names are refused."""
+    import json
+
+    from medseg.models.build import CLICK_DECODER, DECODER_PARTS, SHIPPED_DECODERS
+
+    assert SHIPPED_DECODERS["litemedsam"] == CLICK_DECODER == SHIPPED_DECODERS["hr-small"]
+    assert CLICK_DECODER.stat().st_size < 20e6
+    provenance = json.loads(provenance_path(CLICK_DECODER).read_text())
+    assert {"data", "steps", "seed", "command", "figures"} <= set(provenance)
+    shipped, published = build_model("litemedsam", pretrained=True).state_dict(), load_state_dict(
+        litemedsam_weights_path())
+    decoder = load_state_dict(CLICK_DECODER)
+    assert all(v.dtype == torch.float16 for v in decoder.values())
+    assert set(decoder) == {k for k in published if k.startswith(DECODER_PARTS)}
+    for key, value in published.items():
+        expected = decoder[key].float() if key in decoder else value
+        assert torch.equal(shipped[key], expected.to(shipped[key].dtype)), key
+    assert any(not torch.equal(decoder[k].float(), published[k].float()) for k in decoder)
+    student = build_model("hr-small", pretrained=True).state_dict()
+    assert all(torch.equal(student[k], shipped[k]) for k in decoder)
+    with pytest.raises(InputError, match="unknown weights"):
+        build_model("litemedsam", pretrained=True, weights="newest")
 
 
 def test_missing_weights_package_says_how_to_install(monkeypatch):
@@ -187,3 +213,21 @@ def test_the_weights_location_can_be_overridden(tmp_path, monkeypatch):
     monkeypatch.setenv(WEIGHTS_ENV, str(tmp_path / "missing.pth"))
     with pytest.raises(CheckpointError, match="not a file"):
         litemedsam_weights_path()
+
+
+def test_save_parts_fp16_writes_the_parts_and_their_provenance_and_never_overwrites(tmp_path):
+    import json
+
+    torch.manual_seed(0)
+    state = build_model("litemedsam-tiny").state_dict()
+    path = save_parts_fp16(state, ("mask_decoder.",), tmp_path / "dec_fp16.safetensors", {"steps": 3})
+    saved = load_state_dict(path)
+    assert set(saved) == {k for k in state if k.startswith("mask_decoder.")}
+    assert all(v.dtype == torch.float16 and torch.allclose(v.float(), state[k], atol=1e-3) for k, v in saved.items())
+    assert json.loads(provenance_path(path).read_text()) == {"steps": 3}
+    before = path.read_bytes()
+    with pytest.raises(InputError, match="exists"):
+        save_parts_fp16(state, ("mask_decoder.",), path, {"steps": 4})
+    assert path.read_bytes() == before and json.loads(provenance_path(path).read_text()) == {"steps": 3}
+    with pytest.raises(CheckpointError, match="no tensors"):
+        save_parts_fp16(state, ("nothing.",), tmp_path / "x.safetensors", {})

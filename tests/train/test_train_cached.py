@@ -194,3 +194,61 @@ def test_the_shipped_config_loads_and_makes_the_objective():
     loaded = load_config(path)
     assert loaded.train.objective == "supervised_cached" and loaded.model.trainable == "decoder"
     assert type(make_objective(loaded)).__name__ == "CachedSupervisedObjective"
+
+
+def write_tasks(tmp_path: Path) -> Path:
+    """A task file of two split datasets and one without a split file (trains only)."""
+    write_squares(tmp_path / "a", n_train=4, n_val=2, seed=1)
+    write_squares(tmp_path / "b", n_train=3, n_val=1, seed=2)
+    (write_squares(tmp_path / "c", n_train=2, n_val=0, seed=3) / "splits.json").unlink()
+    path = tmp_path / "tasks.yaml"
+    path.write_text("a: {root: a, modality: CT}\nb: {root: b, modality: MR}\nc: {root: c, modality: X-ray}\n")
+    return path
+
+
+def test_data_tasks_trains_on_the_objects_of_every_task_and_validates_on_the_split_ones(tmp_path):
+    from medseg.train import ddp
+    from medseg.train.loop import _build
+    from medseg.train.objectives import RunContext, make_objective
+
+    tasks = write_tasks(tmp_path)
+    cfg = config(tmp_path, data__root="null", data__tasks=str(tasks))
+    model, resolved = _build(cfg)
+    objective = make_objective(resolved)
+    assert [Path(r).name for r, _ in objective.sources()] == ["a", "b", "c"]
+    run = RunContext(model, torch.device("cpu"), ddp.from_env(), tmp_path / "cache", progress=False)
+    train_set, val_set = objective.make_datasets(run)
+    assert len(train_set) == 4 + 3 + 2 and len(val_set) == 2 + 1  # c has no split: never validated on
+    chosen = make_objective(config(tmp_path, data__root="null", data__tasks=str(tasks), data__task_names="[b]"))
+    assert [Path(r).name for r, _ in chosen.sources()] == ["b"]
+    result = train(cfg, tmp_path / "run")
+    assert all(np.isfinite(s["loss"]) for s in result["steps"])
+
+
+def test_bad_task_settings_of_the_cached_objective_are_named(tmp_path):
+    from medseg.train.objectives import make_objective
+
+    tasks = write_tasks(tmp_path)
+    with pytest.raises(InputError, match="exclude each other"):
+        make_objective(config(tmp_path / "a", data__tasks=str(tasks))).sources()
+    with pytest.raises(InputError, match=r"\['zz'\] not in"):
+        make_objective(config(tmp_path, data__root="null", data__tasks=str(tasks), data__task_names="[zz]")).sources()
+    with pytest.raises(InputError, match="needs 'data.tasks'"):
+        make_objective(config(tmp_path / "a", data__task_names="[a]")).sources()
+
+
+def test_cap_objects_keeps_at_most_the_cap_per_case_reproducibly():
+    from medseg.train.cached import cap_objects
+
+    objects = [(c, np.full((2, 2), i)) for i, c in enumerate([0, 0, 0, 0, 0, 1, 2, 2])]
+    kept = cap_objects(objects, 2, seed=0)
+    cases = [c for c, _ in kept]
+    assert cases.count(0) == 2 and cases.count(1) == 1 and cases.count(2) == 2
+    assert [int(m[0, 0]) for _, m in kept] == [int(m[0, 0]) for _, m in cap_objects(objects, 2, seed=0)]
+    assert cap_objects(objects, 5, seed=0) == objects
+
+
+def test_model_weights_must_be_shipped_or_published():
+    assert load_config(None, ["model.weights=published"]).model.weights == "published"
+    with pytest.raises(InputError, match="model.weights"):
+        load_config(None, ["model.weights=latest"])

@@ -13,7 +13,7 @@ from medseg.train import embeddings
 
 from medseg.errors import InputError
 from medseg.train import load_config, train
-from medseg.train.interactive import chain_dice, chain_logits, training_chain
+from medseg.train.interactive import chain_dice, chain_logits, chain_loss, training_chain, true_iou
 from medseg.train.objectives import SupervisedObjective
 
 S = 32
@@ -81,10 +81,51 @@ def test_chain_dice_scores_every_round_and_mixed_training_draws_box_or_point():
     assert kinds == {"box", "point"}
 
 
+class MultimaskDecoder(RecordingDecoder):
+    """Also answers ``multimask=True`` with 3 candidates: a quarter, the square itself, everything."""
+
+    def __call__(self, boxes, points, masks, multimask=False):
+        logits, iou = super().__call__(boxes, points, masks)
+        if not multimask:
+            return logits, torch.full((2, 1), 0.5)
+        full = torch.full_like(logits, 5.0)
+        quarter = torch.full_like(logits, -5.0)
+        quarter[:, :, 8:14, 8:14] = 5.0
+        return torch.cat([quarter, logits, full], 1), torch.full((2, 3), 0.5)
+
+
+def test_true_iou_of_candidates_against_the_target():
+    _, target = _targets()
+    candidates = MultimaskDecoder((8, 20, 8, 20))(None, None, None, multimask=True)[0]
+    assert true_iou(candidates, target)[0].tolist() == pytest.approx([36 / 144, 1.0, 144 / 1024])
+    assert true_iou(torch.full((1, 1, 4, 4), -1.0), torch.zeros(1, 1, 4, 4)).item() == 1.0  # both empty
+
+
+def test_multimask_training_adds_the_best_candidates_loss_and_the_iou_head_loss():
+    box, target = _targets()
+    cfg = load_config(None, ["train.multimask=true", "train.first_prompt=point", "train.click_rounds=1"]).train
+    from monai.losses import DiceLoss
+
+    dice_loss = DiceLoss(sigmoid=True)
+    decode = MultimaskDecoder((8, 20, 8, 20))
+    loss, parts = chain_loss(decode, box, target, cfg, dice_loss, np.random.default_rng(0))
+    assert parts["multimask_loss"] < 0.05  # the best candidate is the square: near-zero loss
+    # predicted 0.5 against true IoUs 1, 1 (chain rounds) and 0.25, 1, 0.14 (candidates)
+    chain_iou = 0.25
+    multi = np.mean([(0.5 - v) ** 2 for v in (36 / 144, 1.0, 144 / 1024)])
+    assert parts["iou_loss"].item() == pytest.approx((chain_iou + multi) / 2, rel=1e-4)
+    assert decode.calls[-1][0] is None and decode.calls[-1][1][0].shape == (2, 1, 2)  # the lone first click
+    box_cfg = load_config(None, ["train.multimask=true", "train.first_prompt=box"]).train
+    _, box_parts = chain_loss(MultimaskDecoder((8, 20, 8, 20)), box, target, box_cfg, dice_loss,
+                              np.random.default_rng(0))
+    assert "multimask_loss" not in box_parts and "iou_loss" in box_parts  # a box chain trains the head only
+
+
 @pytest.mark.parametrize("objective", ["supervised", "supervised_cached"])
 def test_click_rounds_train_through_the_loop_and_validate_per_round(tiny_config, objective, tmp_path, monkeypatch):
     monkeypatch.setattr(embeddings, "DEFAULT_CACHE_DIR", Path(str(tmp_path / "cache")))
-    config = tiny_config(train__objective=objective, train__click_rounds=2, train__first_prompt="mixed")
+    config = tiny_config(train__objective=objective, train__click_rounds=2, train__first_prompt="mixed",
+                         train__multimask=True)
     result = train(config, tmp_path / "run")
     losses = [s["loss"] for s in result["steps"]]
     assert losses and all(np.isfinite(losses))

@@ -99,6 +99,13 @@ def dice_per_item(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return _dice64(pred, target).float()
 
 
+def iou_per_item(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """IoU of each item of a batch of bool masks (B, ...) -> float32 (B,), as Dice / (2 - Dice); 1 where
+    both are empty."""
+    d = _dice64(pred, target)
+    return (d / (2 - d)).float()
+
+
 def dice(pred: np.ndarray | torch.Tensor, gt: np.ndarray | torch.Tensor) -> float:
     """Dice of two masks of one shape (non-zero = foreground) in [0, 1]; 1.0 when both are empty."""
     pred_t, gt_t = (torch.as_tensor(np.asarray(m) != 0) if not isinstance(m, torch.Tensor) else m != 0

@@ -21,7 +21,7 @@ from scipy import ndimage
 
 from medseg.errors import InputError
 from medseg.data.masks import dice, largest_component
-from medseg.data.prompts import deepest_point, mask_box
+from medseg.data.prompts import deepest_point, is_lone_click, mask_box
 
 FIRST_PROMPTS = ("box", "point")
 PADDING_LABEL = -1
@@ -83,57 +83,82 @@ def sample_click(gt: np.ndarray, pred: np.ndarray | None,
 def simulate_interaction(predictor: object, image: np.ndarray | None, gt: np.ndarray, rounds: int = 5,
                          first: str = "box", rng: np.random.Generator | int | None = None,
                          ) -> list[tuple[np.ndarray, float]]:
-    """Segment one object over ``rounds`` rounds of simulated corrections.
+    """Segment one object over ``rounds`` rounds of simulated corrections: :func:`simulate_objects`
+    of ``[gt]``; one ``(pred (H, W) bool, dice)`` per round."""
+    return simulate_objects(predictor, image, [gt], rounds, first, rng)[0]
 
-    Round 0 prompts the tight box of ``gt`` (``first="box"``) or one positive click at its deepest
-    pixel (``first="point"``). Each later round adds one click from the errors of the previous
-    round (:func:`sample_click`), prompts all clicks so far (plus the box when ``first="box"``) and
-    passes the previous round's low-resolution logits ``Prediction.logits[:, :1]`` (1, 1, S, S) as
-    ``mask_input``. A round with nothing left to correct repeats the previous result.
+
+def simulate_objects(predictor: object, image: np.ndarray | None, gts: list[np.ndarray], rounds: int = 5,
+                     first: str = "box", rng: np.random.Generator | int | None = None,
+                     ) -> list[list[tuple[np.ndarray, float]]]:
+    """Segment several objects of one image over ``rounds`` rounds of simulated corrections, each
+    object on its own, all objects of a round in one batched ``predict`` call.
+
+    Round 0 prompts each object's tight box (``first="box"``) or one positive click at its deepest
+    pixel (``first="point"``). Each later round adds one click from the object's errors of the
+    previous round (:func:`sample_click`), prompts all its clicks so far (plus the box when
+    ``first="box"``) and passes its previous low-resolution logits ``Prediction.logits[:, :1]`` as
+    ``mask_input``. A lone first click (``first="point"``, round 0) asks for the 3 multimask candidates
+    and keeps the best scored (:func:`medseg.data.prompts.is_lone_click`, SAM's rule); every other round
+    asks for one mask. An object with nothing left to correct repeats its previous result from then on
+    (its prediction no longer changes), so the objects still clicked all hold the same number of clicks.
 
     Args:
-        predictor: ``set_image(image)`` and ``predict(box=(1, 4), points=(1, K, 2) xy,
-            point_labels=(1, K), mask_input=(1, 1, S, S), multimask=False)`` returning
-            ``masks`` (1, M, H, W) bool, ``scores`` (1, M), ``logits`` (1, M, S, S).
+        predictor: ``set_image(image)`` and ``predict(box=(N, 4), points=(N, K, 2) xy,
+            point_labels=(N, K), mask_input=(N, 1, S, S), multimask)`` returning
+            ``masks`` (N, M, H, W) bool, ``scores`` (N, M), ``logits`` (N, M, S, S).
         image: (H, W) or (H, W, C) image to encode, or None when ``set_image`` was already called.
-        gt: (H, W) mask of ONE object, non-zero = object (not empty).
+        gts: (H, W) masks, ONE object each, non-zero = object (none empty).
         rounds: number of predictions (>= 1).
         first: ``"box"`` or ``"point"``.
         rng: None for deterministic clicks, a Generator (or seed) for random ones.
 
     Returns:
-        one ``(pred (H, W) bool, dice)`` per round.
+        per object, one ``(pred (H, W) bool, dice)`` per round.
     """
     if first not in FIRST_PROMPTS:
         raise InputError(f"first must be one of {', '.join(FIRST_PROMPTS)}, got {first!r}")
     if not isinstance(rounds, int) or rounds < 1:
         raise InputError(f"rounds must be a positive integer, got {rounds!r}")
-    gt, rng = np.asarray(gt) != 0, _generator(rng)
-    box = mask_box(gt)[None]
+    gts, rng = [np.asarray(g) != 0 for g in gts], _generator(rng)
     if image is not None:
         predictor.set_image(image)
-    clicks: list[tuple[int, int, int]] = [] if first == "box" else [sample_click(gt, None, rng)]
-    history: list[tuple[np.ndarray, float]] = []
-    pred = logits = None
+    n = len(gts)
+    boxes = np.stack([mask_box(g) for g in gts]) if first == "box" else None
+    clicks: list[list[tuple[int, int, int]]] = [[] if first == "box" else [sample_click(g, None, rng)] for g in gts]
+    histories: list[list[tuple[np.ndarray, float]]] = [[] for _ in range(n)]
+    preds: list[np.ndarray | None] = [None] * n
+    logits: list[np.ndarray | None] = [None] * n
+    active = list(range(n))
     for round_ in range(rounds):
         if round_ > 0:
-            click = sample_click(gt, pred, rng)
-            if click is None:
-                history.append(history[-1])
+            still = []
+            for i in active:
+                click = sample_click(gts[i], preds[i], rng)
+                if click is not None:
+                    clicks[i].append(click)
+                    still.append(i)
+            active = still
+            for i in range(n):
+                if i not in still:
+                    histories[i].append(histories[i][-1])
+            if not active:
                 continue
-            clicks.append(click)
-        kwargs: dict = {"box": box} if first == "box" else {}
-        if clicks:
-            kwargs["points"] = np.array([[c[:2] for c in clicks]], dtype=np.float32)
-            kwargs["point_labels"] = np.array([[c[2] for c in clicks]], dtype=np.int64)
-        if logits is not None:
-            kwargs["mask_input"] = logits
-        out = predictor.predict(multimask=False, **kwargs)
-        masks = np.asarray(out.masks)
-        best = int(np.argmax(np.asarray(out.scores)[0])) if masks.shape[1] > 1 else 0
-        pred, logits = masks[0, best].astype(bool), np.asarray(out.logits, dtype=np.float32)[:, best:best + 1]
-        history.append((pred, dice(pred, gt)))
-    return history
+        kwargs: dict = {} if boxes is None else {"box": boxes[active]}
+        if clicks[active[0]]:
+            kwargs["points"] = np.array([[c[:2] for c in clicks[i]] for i in active], dtype=np.float32)
+            kwargs["point_labels"] = np.array([[c[2] for c in clicks[i]] for i in active], dtype=np.int64)
+        if round_ > 0:
+            kwargs["mask_input"] = np.concatenate([logits[i] for i in active])
+        out = predictor.predict(multimask=is_lone_click(kwargs.get("box"), kwargs.get("points"),
+                                                       kwargs.get("mask_input")), **kwargs)
+        masks, scores = np.asarray(out.masks), np.asarray(out.scores)
+        for row, i in enumerate(active):
+            best = int(np.argmax(scores[row])) if masks.shape[1] > 1 else 0
+            preds[i] = masks[row, best].astype(bool)
+            logits[i] = np.asarray(out.logits, dtype=np.float32)[row:row + 1, best:best + 1]
+            histories[i].append((preds[i], dice(preds[i], gts[i])))
+    return histories
 
 
 def clicks_from_errors(gt_batch: torch.Tensor, pred_batch: torch.Tensor | None,

@@ -17,14 +17,21 @@ from scipy import ndimage
 from medseg.data.masks import MIN_SIZE, as_binary, components
 from medseg.errors import InputError
 
-__all__ = ["MIN_SIZE", "boxes3d_from_mask", "boxes_from_mask", "deepest_point", "jitter_box", "mask_box", "object_box",
-           "points_from_mask"]
+__all__ = ["MIN_SIZE", "boxes3d_from_mask", "boxes_from_mask", "deepest_point", "is_lone_click", "jitter_box", "mask_box",
+           "object_box", "points_from_mask"]
 
 
 def _tight(slices: tuple[slice, ...]) -> tuple[int, ...]:
     """Inclusive (x0, y0[, z0], x1, y1[, z1]) of the bounding slices (Z, Y, X) or (Y, X) of an object."""
     starts = [s.start for s in reversed(slices)]
     return (*starts, *[s.stop - 1 for s in reversed(slices)])
+
+
+def is_lone_click(box, points, mask_input) -> bool:
+    """Whether each object's prompt is one click and nothing else (no box, no mask): SAM's ambiguous case
+    (a part or the whole?), where the predictor asks for its 3 candidates and keeps the one with the best
+    predicted IoU. ``points`` is (K, 2) clicks of one object, (N, K, 2) of N objects, or None."""
+    return box is None and mask_input is None and points is not None and np.asarray(points).shape[-2] == 1
 
 
 def mask_box(mask: np.ndarray) -> np.ndarray:

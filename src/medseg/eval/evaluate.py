@@ -79,7 +79,7 @@ def _prompt_kwargs(gt: np.ndarray, prompt: str, min_size: int) -> tuple[int, dic
         return len(boxes), {"box": boxes, "multimask": False}
     points = points_from_mask(gt, min_size)  # (N, 2)
     labels = np.ones((len(points), 1), dtype=np.int64)
-    return len(points), {"points": points[:, None, :], "point_labels": labels, "multimask": False}
+    return len(points), {"points": points[:, None, :], "point_labels": labels, "multimask": True}  # a lone click: best of 3
 
 
 class _SliceSegmenter:

@@ -2,7 +2,7 @@
 
 Per 2D case and per foreground class (``medseg.data.masks.class_masks``): every connected
 component of at least ``min_size`` pixels (``medseg.data.masks.components``) is one object,
-segmented on its own by :func:`medseg.data.prompt_sim.simulate_interaction` (round 1: a box or a
+segmented on its own by :func:`medseg.data.prompt_sim.simulate_objects` (round 1: a box or a
 click; each later round: one more click into the largest error, with the previous logits as
 ``mask_input``). After each round the union of the objects' masks is scored against the class's
 whole mask; a class with no component large enough scores an empty prediction. Cases without any
@@ -21,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from medseg.data.masks import dice
-from medseg.data.prompt_sim import FIRST_PROMPTS, simulate_interaction
+from medseg.data.prompt_sim import FIRST_PROMPTS, simulate_objects
 from medseg.errors import InputError, MedsegError
 from medseg.data.cases import Case, load_case, plane_2d
 from medseg.data.datasets import class_names, evaluation_cases
@@ -38,11 +38,12 @@ def interact_case(predictor: object, case: Case, rounds: int, first: str = "poin
     for class_id, gt in class_masks(mask, case.mask_path, names or {}):
         labels, kept = components(gt, min_size)
         union = [np.zeros(gt.shape, dtype=bool) for _ in range(rounds)]
-        for component in kept:
-            history = simulate_interaction(predictor, None if encoded else picture, labels == component, rounds, first)
+        if kept:
+            objects = [labels == component for component in kept]
+            for history in simulate_objects(predictor, None if encoded else picture, objects, rounds, first):
+                for r, (pred, _) in enumerate(history):
+                    union[r] |= pred
             encoded = True
-            for r, (pred, _) in enumerate(history):
-                union[r] |= pred
         rows.append({"stem": case.stem, "class_id": class_id, "class_name": class_name(class_id, names or {}),
                      "n_objects": len(kept), "dice_per_round": [dice(u, gt) for u in union]})
     return rows

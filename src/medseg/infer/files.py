@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.cases import plane
+from ..data.prompts import is_lone_click
 from ..errors import InputError
 from ..io import Image, read_image
 from .predictor import Predictor
@@ -59,6 +60,7 @@ def segment_file(predictor: Predictor, path: str | Path, boxes: list[list[float]
         pts = np.array(pos + neg)
         lab = np.array([1] * len(pos) + [0] * len(neg))
         kwargs.update(points=pts[None], point_labels=lab[None])
+    kwargs["multimask"] = multimask or is_lone_click(kwargs.get("box"), pts, None)
     out = predictor.predict(**kwargs)
     best = out.scores.argmax(axis=1)
     labels = np.zeros(predictor.image_hw, dtype=np.uint8)

@@ -108,6 +108,12 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 DISTILLED: dict[str, tuple[Path, Callable[[], Path]]] = {
     "hr-small": (ASSETS / "hr_small_distilled_fp16.safetensors", litemedsam_weights_path)}
 DECODER_PARTS = ("prompt_encoder.", "mask_decoder.")
+# The prompt encoder + mask decoder trained here to answer clicks as well as boxes (configs/clicks_2d.yaml;
+# float16, with a JSON of how it was made): with weights="shipped" (the default) it replaces the
+# published one in every model whose decoder is LiteMedSAM's; weights="published" keeps LiteMedSAM's own.
+CLICK_DECODER = ASSETS / "litemedsam_decoder_clicks_fp16.safetensors"
+SHIPPED_DECODERS: dict[str, Path] = {"litemedsam": CLICK_DECODER, "hr-small": CLICK_DECODER}
+WEIGHTS = ("shipped", "published")
 
 
 def _load_strictly(model, state: dict, what: str) -> None:
@@ -163,16 +169,25 @@ def list_models(kind: str | None = None) -> list[str]:
 
 
 def build_model(name: str = "litemedsam", pretrained: bool = False,
-                checkpoint: str | Path | None = None) -> PromptableSegmenter:
-    """Build a registered model, optionally with its published weights or a checkpoint file.
+                checkpoint: str | Path | None = None, weights: str = "shipped") -> PromptableSegmenter:
+    """Build a registered model, optionally with its pretrained weights or a checkpoint file.
+
+    Args:
+        pretrained: load the model's weights: published (LiteMedSAM) or distilled here (hr-small).
+        checkpoint: load this file instead (strictly).
+        weights: with ``pretrained``, "shipped" (default) puts medseg's click-trained prompt encoder and
+            mask decoder in the models that have one (``SHIPPED_DECODERS``); "published" keeps the
+            published decoder as it is.
 
     Weights load strictly: a checkpoint of another model is an error that says which keys differ.
     The model is returned in eval mode.
     """
     if name not in MODELS:
         raise InputError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+    if weights not in WEIGHTS:
+        raise InputError(f"unknown weights {weights!r}; use one of {', '.join(WEIGHTS)}")
     if name in UNIVERSAL:
-        return _build_universal(name, pretrained, checkpoint)
+        return _build_universal(name, pretrained, checkpoint, weights)
     model = MODELS[name]()
     path = None
     if checkpoint is not None:
@@ -187,15 +202,18 @@ def build_model(name: str = "litemedsam", pretrained: bool = False,
         path = PRETRAINED[name]()
     if path is not None:
         _load_strictly(model, load_state_dict(path), f"{path}: does not fit model {name!r}")
+    if pretrained and checkpoint is None and weights == "shipped" and name in SHIPPED_DECODERS:
+        decoder = SHIPPED_DECODERS[name]
+        _load_parts(model, load_state_dict(decoder), DECODER_PARTS, f"{decoder}: shipped decoder for {name!r}")
     return model.eval()
 
 
-def _build_universal(name: str, pretrained: bool, checkpoint: str | Path | None):
+def _build_universal(name: str, pretrained: bool, checkpoint: str | Path | None, weights: str):
     """A universal model: its base (published weights if ``pretrained``) wrapped with an automatic head;
     a checkpoint's task table is adopted before its tensors load strictly."""
     from .universal import UniversalSegmenter
 
-    base = build_model(UNIVERSAL[name], pretrained=pretrained and checkpoint is None)
+    base = build_model(UNIVERSAL[name], pretrained=pretrained and checkpoint is None, weights=weights)
     model = UniversalSegmenter.from_promptable(base)
     if checkpoint is not None:
         path = Path(checkpoint)

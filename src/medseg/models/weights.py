@@ -73,3 +73,32 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: does not hold a state dict of tensors.")
     return state
+
+
+def provenance_path(weights: str | Path) -> Path:
+    """The JSON beside a shipped weights file that says how it was made (same stem)."""
+    return Path(weights).with_suffix(".json")
+
+
+def save_parts_fp16(state: dict[str, torch.Tensor], prefixes: tuple[str, ...], path: str | Path,
+                    provenance: dict, overwrite: bool = False) -> Path:
+    """Write the tensors of ``state`` under ``prefixes`` as float16 safetensors at ``path`` and
+    ``provenance`` (data, steps, seed, command, figures) as JSON beside it (:func:`provenance_path`).
+    Neither file is replaced unless ``overwrite``."""
+    import json
+
+    from safetensors.torch import save
+
+    from ..errors import InputError
+    from ..io.outputs import write_bytes
+
+    path = Path(path)
+    part = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in state.items() if k.startswith(prefixes)}
+    if not part:
+        raise CheckpointError(f"no tensors under {', '.join(prefixes)} to save in {path}")
+    for target in (path, provenance_path(path)):
+        if target.exists() and not overwrite:
+            raise InputError(f"{target} exists; pass overwrite=True to replace it")
+    write_bytes(path, save(part))
+    write_bytes(provenance_path(path), (json.dumps(provenance, indent=1) + "\n").encode("utf-8"))
+    return path

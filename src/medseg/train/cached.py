@@ -18,6 +18,11 @@ checkpoint is a full state dict (encoder weights unchanged) that ``build_model(n
 and ``medseg evaluate --checkpoint`` load. ``model.trainable`` must leave the encoder frozen
 (decoder, prompt_decoder or encoder_frozen).
 
+The objects come from ``data.root``, or from every dataset of a task file (``data.tasks``, optionally
+only ``data.task_names``), each with its task's intensity window, together in one set
+(:class:`ObjectsOfSeveral`); a dataset without a split file trains only. ``data.max_objects_per_case``
+keeps a random subset of an image's objects.
+
 The cache folder is ``train.cache_dir`` (``medseg train`` fills it from ``$MEDSEG_EMBEDDING_CACHE``;
 default ``~/.cache/medseg/embeddings``); only cases with an object are embedded. ``data.cache`` has
 no effect here: items read memory-mapped shards.
@@ -30,10 +35,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset
 
 from medseg.data.cases import Case
-from medseg.data.datasets import class_names, dataset_cases
+from medseg.data.datasets import class_names, dataset_cases, open_dataset
 from medseg.data.masks import frame_objects
 from medseg.data.preprocess import label_frame
 from medseg.data.prompts import object_box
@@ -86,22 +91,50 @@ class CachedObjects(Dataset):
                 "target": torch.from_numpy(mask.astype(np.float32))[None], "index": index}
 
 
-def split_embeddings(config: Config, split: str, run: RunContext):
-    """(cases with objects, their objects, EmbeddingStore) of one split of ``config.data.root``,
-    embedded with ``run.model``'s encoder. Only cases with at least one object are embedded."""
+class ObjectsOfSeveral(ConcatDataset):
+    """The :class:`CachedObjects` of several datasets as one; ``index`` is the item's index in the whole."""
+
+    def set_epoch(self, epoch: int) -> None:
+        for part in self.datasets:
+            part.set_epoch(epoch)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
+        return {**super().__getitem__(index), "index": index}
+
+
+def split_embeddings(config: Config, split: str, run: RunContext, root: str | Path | None = None,
+                     modality: str | None = None, seed: int = 0):
+    """(cases with objects, their objects, EmbeddingStore) of one split of ``root`` (default
+    ``config.data.root``, with ``data.modality``), embedded with ``run.model``'s encoder. Only cases
+    with at least one object are embedded; ``data.max_objects_per_case`` keeps that many objects of
+    a case (drawn from ``seed``), so a set of many small objects does not outweigh the others."""
     d, size = config.data, require_image_size(config)
-    cases = dataset_cases(d.root, split, (d.val_limit or d.limit) if split == d.val_split else d.limit)
-    objects, shapes = case_objects(cases, size, d.min_object_pixels, list(class_names(d.root)))
+    root, modality = (d.root, d.modality) if root is None else (root, modality)
+    cases = dataset_cases(root, split, (d.val_limit or d.limit) if split == d.val_split else d.limit)
+    objects, shapes = case_objects(cases, size, d.min_object_pixels, list(class_names(root)))
+    if d.max_objects_per_case:
+        objects = cap_objects(objects, d.max_objects_per_case, seed)
     used = sorted({c for c, _ in objects})
     if not used:
-        raise InputError(f"split {split!r} of {d.root}: none of its {len(cases)} cases has an object of >= "
+        raise InputError(f"split {split!r} of {root}: none of its {len(cases)} cases has an object of >= "
                          f"{d.min_object_pixels} pixels at {size}x{size}")
     remap = {c: i for i, c in enumerate(used)}
     cases, objects = [cases[c] for c in used], [(remap[c], mask) for c, mask in objects]
-    store = embeddings_main_first(run, cases, label=f"{Path(d.root).resolve().name}-{split}", modality=d.modality)
+    store = embeddings_main_first(run, cases, label=f"{Path(root).resolve().name}-{split}", modality=modality)
     for i, c in enumerate(used):  # each pair checked before training, without reading the image again
         store.check_mask(cases[i], shapes[c])
     return cases, objects, store
+
+
+def cap_objects(objects: list[tuple[int, np.ndarray]], cap: int, seed: int) -> list[tuple[int, np.ndarray]]:
+    """At most ``cap`` objects per case index, a random subset (from ``seed``) where a case has more."""
+    rng = np.random.default_rng(seed)
+    by_case: dict[int, list[int]] = {}
+    for i, (c, _) in enumerate(objects):
+        by_case.setdefault(c, []).append(i)
+    keep = sorted(i for ids in by_case.values()
+                  for i in (ids if len(ids) <= cap else rng.choice(ids, cap, replace=False).tolist()))
+    return [objects[i] for i in keep]
 
 
 def embeddings_main_first(run: RunContext, cases: list[Case], *, model: torch.nn.Module | None = None,
@@ -129,18 +162,43 @@ class CachedSupervisedObjective(PromptedObjective):
                              f"encoder ({', '.join(FROZEN_ENCODER)}), got {config.model.trainable!r}")
         super().__init__(config)
 
-    def make_datasets(self, run: RunContext) -> tuple[CachedObjects, CachedObjects | None]:
+    def make_datasets(self, run: RunContext) -> tuple[Dataset, Dataset | None]:
+        """The train and val objects of ``data.root``, or of every task of ``data.tasks`` together."""
         d = self.config.data
         if run.model.uses_features:
             raise InputError(f"model {self.config.model.name!r} has a high-resolution mask head that reads the "
                              f"encoder's stride-4/8 maps, which cached embeddings lack: use objective 'supervised'")
-        cases, objects, store = split_embeddings(self.config, d.train_split, run)
-        train = CachedObjects(cases, objects, store, d.box_jitter, self.config.train.seed)
-        val = None
-        if d.val_split:
-            cases, objects, vstore = split_embeddings(self.config, d.val_split, run)
-            val = CachedObjects(cases, objects, vstore, 0.0, self.config.train.seed)
-        return train, val
+        sources = self.sources()
+        seed = self.config.train.seed
+
+        def split(name: str, jitter: float, roots) -> Dataset:
+            parts = [CachedObjects(*split_embeddings(self.config, name, run, root, modality, seed), jitter, seed + k)
+                     for k, (root, modality) in enumerate(roots)]
+            return parts[0] if len(parts) == 1 else ObjectsOfSeveral(parts)
+
+        # a dataset of several without a split file trains only: its every split is all of it
+        held_out = [s for s in sources if len(sources) == 1 or open_dataset(s[0]).has_split_file]
+        val = split(d.val_split, 0.0, held_out) if d.val_split and held_out else None
+        return split(d.train_split, d.box_jitter, sources), val
+
+    def sources(self) -> list[tuple[str | Path, str | None]]:
+        """(root, intensity window) of each dataset trained on: ``data.root``, or the tasks of ``data.tasks``
+        (all, or those named in ``data.task_names``)."""
+        d = self.config.data
+        if not d.tasks:
+            if d.task_names:
+                raise InputError("config key 'data.task_names' needs 'data.tasks' (a task file)")
+            return [(d.root, d.modality)]
+        if d.root:
+            raise InputError("config keys 'data.root' and 'data.tasks' exclude each other: name the datasets "
+                             "in one place")
+        from medseg.data.tasks import load_tasks
+
+        tasks = load_tasks(d.tasks)
+        unknown = [n for n in d.task_names if n not in tasks]
+        if unknown:
+            raise InputError(f"config key 'data.task_names': {unknown} not in {d.tasks} (it has {', '.join(tasks)})")
+        return [(tasks[n].root, tasks[n].normalisation) for n in (d.task_names or list(tasks))]
 
     def encoded(self, encode, batch: dict):
         """The cached embedding (B, 256, E, E); no encoder features."""

@@ -36,6 +36,10 @@ class DataConfig:
     """Where the cases come from and how items are made (see :mod:`medseg.train.datasets`)."""
 
     root: str | None = None          # images/ + masks/ (+ splits.json) or imagesTr/ + labelsTr/
+    tasks: str | None = None         # instead of root: a task file (medseg.data.tasks); "supervised_cached"
+                                     # trains on the objects of all its datasets together
+    task_names: list[str] = field(default_factory=list)  # the tasks of data.tasks to use (empty: all)
+    max_objects_per_case: int | None = None  # "supervised_cached": keep at most this many objects per image
     train_split: str = "train"
     val_split: str | None = "val"    # None: no validation (then only latest.* is written)
     image_size: int | None = None    # model input side; None = the model's own
@@ -55,6 +59,7 @@ class ModelConfig:
     name: str = "litemedsam"
     pretrained: bool = True
     checkpoint: str | None = None    # start from these weights instead of the published ones
+    weights: str = "shipped"         # with pretrained: shipped (medseg's click-trained decoder) | published
     init_encoder: str | None = None  # then replace the image encoder by these weights (a distilled encoder)
     trainable: str = "decoder"       # one of TRAINABLE
     activation_checkpointing: bool = False
@@ -91,6 +96,7 @@ class TrainConfig:
     validate_start: bool = True      # validate the starting weights as epoch 0 (best.* never falls below them)
     click_rounds: int = 0            # corrective-click rounds per item after the first prompt (SAM-style)
     first_prompt: str = "box"        # box | point | mixed: the first prompt of an interactive item
+    multimask: bool = False          # also train a lone click's 3 candidates (best one's loss) and the IoU head
     time_budget_s: float | None = None  # wall-clock budget: after epoch 1, only the epochs that fit (LR schedule re-planned)
     cache_dir: str | None = None     # embedding cache folder (default ~/.cache/medseg/embeddings; the CLI reads
                                      # $MEDSEG_EMBEDDING_CACHE into it)
@@ -242,6 +248,10 @@ def check_config(config: Config) -> None:
         value = getattr(getattr(config, section), name)
         if value not in allowed:
             raise InputError(f"config key {key!r}: {value!r} is not one of {', '.join(allowed)}")
+    from medseg.models.build import WEIGHTS
+
+    if config.model.weights not in WEIGHTS:
+        raise InputError(f"config key 'model.weights': {config.model.weights!r} is not one of {', '.join(WEIGHTS)}")
     positive = {"train.epochs": config.train.epochs, "train.batch_size": config.train.batch_size,
                 "train.log_every": config.train.log_every, "train.val_every": config.train.val_every,
                 "optim.accumulate": config.optim.accumulate, "optim.lr": config.optim.lr}

@@ -129,7 +129,7 @@ class DistillObjective(Objective):
             load_encoder_weights(teacher, cfg.teacher_checkpoint)
         else:
             teacher = build_model(cfg.teacher, pretrained=cfg.teacher_checkpoint is None,
-                                  checkpoint=cfg.teacher_checkpoint)
+                                  checkpoint=cfg.teacher_checkpoint, weights=config.model.weights)
         for p in teacher.parameters():
             p.requires_grad_(False)
         return teacher.eval()

@@ -11,7 +11,9 @@ one object:
   clicks so far, the first box if there was one, and round r-1's logits (detached) as the mask prompt.
 
 Every round's logits are scored, so the decoder learns to answer a box, a lone click, and a click
-that corrects an earlier mask. ``decode(boxes, points, masks) -> (logits (B, 1, S, S), iou)`` is
+that corrects an earlier mask; with ``train.multimask`` the IoU head learns each mask's true IoU and a
+lone click's 3 candidates are trained by the best one's loss (:func:`chain_loss`).
+``decode(boxes, points, masks) -> (logits (B, 1, S, S), iou)`` is
 the model's decoder on a fixed image embedding; boxes are (B, 4) x0, y0, x1, y1 and points
 ((B, K, 2) x, y; (B, K) labels) in model-input pixels; masks (B, 1, S, S) logits (S = 4 x the
 embedding side, the SAM mask-prompt size).
@@ -23,18 +25,21 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from medseg.data.prompt_sim import clicks_from_errors
-from medseg.train.losses import segmentation_loss
-from medseg.data.masks import dice_per_item
+from medseg.train.losses import per_candidate_loss, segmentation_loss
+from medseg.data.masks import dice_per_item, iou_per_item
 
-Decode = Callable[[torch.Tensor | None, tuple[torch.Tensor, torch.Tensor] | None, torch.Tensor | None],
-                  tuple[torch.Tensor, torch.Tensor]]
+Decode = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+"""``decode(boxes, points, masks, multimask=False) -> (logits, iou)``; ``multimask`` is passed only with
+``train.multimask`` (then it must give the 3 candidates (B, 3, S, S), (B, 3))."""
 
 
-def chain_logits(decode: Decode, box: torch.Tensor, target: torch.Tensor, rounds: int, first: str,
-                 rng: np.random.Generator | None) -> list[torch.Tensor]:
-    """Logits (B, 1, S, S) of rounds 0..``rounds`` of one chain.
+def chain_outputs(decode: Decode, box: torch.Tensor, target: torch.Tensor, rounds: int, first: str,
+                  rng: np.random.Generator | None):
+    """Rounds 0..``rounds`` of one chain: ``([(logits (B, 1, S, S), iou (B, 1)) per round], first click)``,
+    the first click ``((B, 1, 2) xy, (B, 1) labels)`` when ``first == "point"``, else None.
 
     Args:
         box: (B, 4) the objects' boxes (used when ``first == "box"``).
@@ -48,25 +53,56 @@ def chain_logits(decode: Decode, box: torch.Tensor, target: torch.Tensor, rounds
     points = labels = masks = None
     if first == "point":
         points, labels = clicks_from_errors(target, None, rng)
-    out: list[torch.Tensor] = []
+    first_click = None if points is None else (points, labels)
+    out: list[tuple[torch.Tensor, torch.Tensor]] = []
     for r in range(rounds + 1):
         if r > 0:
-            previous = out[-1].detach()
+            previous = out[-1][0].detach()
             p, lab = clicks_from_errors(target, previous > 0, rng)
             points = p if points is None else torch.cat([points, p], 1)
             labels = lab if labels is None else torch.cat([labels, lab], 1)
             masks = previous
-        logits, _ = decode(boxes, None if points is None else (points, labels), masks)
-        out.append(logits[:, :1])
-    return out
+        logits, iou = decode(boxes, None if points is None else (points, labels), masks)
+        out.append((logits[:, :1], iou[:, :1]))
+    return out, first_click
+
+
+def chain_logits(decode: Decode, box: torch.Tensor, target: torch.Tensor, rounds: int, first: str,
+                 rng: np.random.Generator | None) -> list[torch.Tensor]:
+    """Logits (B, 1, S, S) of rounds 0..``rounds`` of one chain (:func:`chain_outputs`)."""
+    return [logits for logits, _ in chain_outputs(decode, box, target, rounds, first, rng)[0]]
+
+
+def resolve_first(first: str, rng: np.random.Generator) -> str:
+    """``first`` "mixed" drawn per batch (box or point, even odds); "box" and "point" as they are."""
+    if first == "mixed":
+        return "box" if rng.random() < 0.5 else "point"
+    return first
 
 
 def training_chain(decode: Decode, box: torch.Tensor, target: torch.Tensor, rounds: int, first: str,
                    rng: np.random.Generator) -> list[torch.Tensor]:
-    """:func:`chain_logits` with ``first`` "mixed" drawn per batch (box or point, even odds)."""
-    if first == "mixed":
-        first = "box" if rng.random() < 0.5 else "point"
-    return chain_logits(decode, box, target, rounds, first, rng)
+    """:func:`chain_logits` with ``first`` "mixed" drawn per batch (:func:`resolve_first`)."""
+    return chain_logits(decode, box, target, rounds, resolve_first(first, rng), rng)
+
+
+def true_iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """IoU (B, M) of each candidate's mask (logits (B, M, S, S) > 0) with the target (B, 1, S, S); 1 where
+    both are empty."""
+    pred, truth = logits > 0, (target > 0.5).expand_as(logits)
+    return iou_per_item(pred.flatten(0, 1), truth.flatten(0, 1)).reshape(logits.shape[:2]).to(logits.device)
+
+
+def iou_head_loss(logits: torch.Tensor, iou: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """MSE of the predicted IoU (B, M) against each candidate's true IoU (SAM's IoU-head loss)."""
+    return F.mse_loss(iou.float(), true_iou(logits.detach(), target))
+
+
+def multimask_loss(decode: Decode, click: tuple[torch.Tensor, torch.Tensor], target: torch.Tensor,
+                   cfg) -> tuple[torch.Tensor, torch.Tensor]:
+    """A lone click's multimask candidates: (loss of the best candidate per item, IoU-head loss)."""
+    logits, iou = decode(None, click, None, multimask=True)
+    return per_candidate_loss(logits, target, cfg).min(1).values.mean(), iou_head_loss(logits, iou, target)
 
 
 def validation_chains(first: str) -> tuple[str, ...]:
@@ -91,13 +127,28 @@ def batch_rng(seed: int, epoch: int, index: torch.Tensor) -> np.random.Generator
 def chain_loss(decode: Decode, box: torch.Tensor, target: torch.Tensor, cfg, dice_loss: Callable,
                rng: np.random.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Mean segmentation loss over the rounds of one training chain per item (one round, the box,
-    when ``train.click_rounds`` is 0 and ``train.first_prompt`` is "box": plain box training)."""
-    chain = training_chain(decode, box, target, cfg.click_rounds, cfg.first_prompt, rng)
-    scored = [segmentation_loss(logits, target, dice_loss, cfg) for logits in chain]
+    when ``train.click_rounds`` is 0 and ``train.first_prompt`` is "box": plain box training).
+
+    With ``train.multimask``, every round also trains the IoU head (MSE to the mask's true IoU), and a
+    chain that starts from a click adds the loss of the best of the lone click's multimask candidates
+    (SAM's ambiguity-aware loss) and their IoU-head loss, so the best-scored candidate is the best one.
+    """
+    first = resolve_first(cfg.first_prompt, rng)
+    chain, click = chain_outputs(decode, box, target, cfg.click_rounds, first, rng)
+    scored = [segmentation_loss(logits, target, dice_loss, cfg) for logits, _ in chain]
     loss = torch.stack([s[0] for s in scored]).mean()
     parts = {k: torch.stack([s[1][k] for s in scored]).mean() for k in scored[0][1]}
     if len(scored) > 1:
         parts["last_round_loss"] = scored[-1][0].detach()
+    if cfg.multimask:
+        iou = torch.stack([iou_head_loss(logits, pred, target) for logits, pred in chain]).mean()
+        if click is not None:
+            best, multi_iou = multimask_loss(decode, click, target, cfg)
+            loss = loss + best
+            iou = (iou + multi_iou) / 2
+            parts["multimask_loss"] = best.detach()
+        loss = loss + iou
+        parts["iou_loss"] = iou.detach()
     return loss, parts
 
 

@@ -68,7 +68,8 @@ def _build(config: Config) -> tuple[torch.nn.Module, Config]:
     m = config.model
     if m.name not in list_models():
         raise InputError(f"config key 'model.name': unknown model {m.name!r}; available: {', '.join(list_models())}")
-    model = build_model(m.name, pretrained=m.pretrained and m.checkpoint is None, checkpoint=m.checkpoint)
+    model = build_model(m.name, pretrained=m.pretrained and m.checkpoint is None, checkpoint=m.checkpoint,
+                        weights=m.weights)
     if m.init_encoder is not None:
         from medseg.models.build import load_encoder_weights
 

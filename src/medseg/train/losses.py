@@ -30,3 +30,17 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, dice_loss: Cal
         pixel = F.binary_cross_entropy_with_logits(logits, target)
     loss = cfg.dice_weight * dice + cfg.pixel_weight * pixel
     return loss, {"dice_loss": dice.detach(), cfg.pixel_loss: pixel.detach()}
+
+
+def per_candidate_loss(logits: torch.Tensor, target: torch.Tensor, cfg) -> torch.Tensor:
+    """:func:`segmentation_loss` of each candidate mask on its own: logits (B, M, S, S) against a {0, 1}
+    target (B, 1, S, S) -> (B, M). Soft Dice as MONAI's (sigmoid, smoothing 1e-5) + the pixel loss."""
+    logits = logits.float()
+    t = target.float().expand_as(logits)
+    p = torch.sigmoid(logits)
+    dice = 1 - (2 * (p * t).sum((-2, -1)) + 1e-5) / (p.sum((-2, -1)) + t.sum((-2, -1)) + 1e-5)
+    if cfg.pixel_loss == "focal":
+        pixel = focal_loss(logits, t, cfg.focal_gamma, reduce=False)
+    else:
+        pixel = F.binary_cross_entropy_with_logits(logits, t, reduction="none")
+    return cfg.dice_weight * dice + cfg.pixel_weight * pixel.mean((-2, -1))

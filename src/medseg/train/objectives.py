@@ -130,7 +130,8 @@ class PromptedObjective(Objective):
 
         def step(f):
             embedding, features = self.encoded(f.encode, batch)
-            decode = lambda b, p, m: f.decode(embedding, b, p, m, features=features)  # noqa: E731
+            decode = lambda b, p, m, multimask=False: f.decode(embedding, b, p, m, multimask,  # noqa: E731
+                                                                 features=features)
             return chain_loss(decode, batch["box"], batch["target"], cfg, self.dice_loss, rng)
 
         return forward(step)
