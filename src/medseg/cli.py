@@ -56,13 +56,14 @@ def _predictor(args: argparse.Namespace):
 
 
 def _universal_default(args: argparse.Namespace) -> None:
-    """With --task, the model defaults to "universal" and needs a trained --checkpoint."""
+    """With --task, the model defaults to "universal": the shipped one, or a trained --checkpoint."""
+    from .models.build import has_shipped_tasks
 
     if args.model == "litemedsam":
         args.model = "universal"
-    if args.checkpoint is None:
-        raise InputError("--task needs --checkpoint: a universal model trained with the 'universal' objective "
-                         "(`medseg tasks --checkpoint FILE` lists what it knows)")
+    if args.checkpoint is None and not (has_shipped_tasks(args.model) and args.weights == "shipped"):
+        raise InputError(f"--task with model {args.model!r} needs --checkpoint: a universal model trained with the "
+                         f"'universal' objective (`medseg tasks` lists what the shipped one knows)")
 
 
 def _default_mask_path(src: Path, volumetric: bool) -> Path:
@@ -170,10 +171,12 @@ def _evaluate_auto(args: argparse.Namespace, outputs: dict[str, Path | None]) ->
 def cmd_tasks(args: argparse.Namespace) -> int:
     from .models import build_model
 
-    model = build_model(args.model, checkpoint=args.checkpoint)
+    model = build_model(args.model, pretrained=args.checkpoint is None, checkpoint=args.checkpoint)
+    source = args.checkpoint or f"the shipped {args.model!r} model"
     if not model.tasks:
-        print(f"{args.checkpoint}: no tasks (train it with the 'universal' objective)")
+        print(f"{source}: no tasks (train it with the 'universal' objective)")
         return 0
+    print(f"{source} knows:")
     print(f"{'task':<22}{'modality':<22}{'window':<8}classes")
     for task in model.tasks.values():
         names = ", ".join(f"{k} {v}" for k, v in task.classes.items())
@@ -265,13 +268,15 @@ def _is_volume(path) -> bool:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from .models import list_models
-    from .models.build import SHIPPED_DECODERS, has_published_weights
+    from .models.build import SHIPPED_DECODERS, has_published_weights, has_shipped_tasks
 
     for kind in ("promptable", "automatic", "universal"):
         for name in list_models(kind):
             note = "pretrained weights available" if has_published_weights(name) else ""
             if note and name in SHIPPED_DECODERS:
                 note += " (default: shipped click-trained decoder; --weights published for the original)"
+            if note and has_shipped_tasks(name):
+                note += " (shipped automatic head: `medseg tasks`)"
             print(f"{name:<18}{kind:<12}{note}".rstrip())
     return 0
 
@@ -307,8 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="mask file (.png for 2D; .nii.gz/.mha/.nrrd for volumes)")
     p.add_argument("--overlay", type=Path, help="PNG picture of the image with the mask and prompts")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files (never the input)")
-    p.add_argument("--task", help="automatic mode, no prompt: segment every class of this task with a universal "
-                                  "--checkpoint; INPUT may be a folder of images (labels go to the --out folder)")
+    p.add_argument("--task", help="automatic mode, no prompt: segment every class of this task with the shipped "
+                                  "universal model (or a universal --checkpoint); INPUT may be a folder of images "
+                                  "(labels go to the --out folder); `medseg tasks` lists the tasks")
     _model_args(p)
     p.set_defaults(func=cmd_predict)
 
@@ -327,7 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing output files (never the dataset's own)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--auto", action="store_true", help="automatic mode: no prompt, every class of --task")
-    p.add_argument("--task", help="with --auto: the task (of a universal --checkpoint) the dataset belongs to")
+    p.add_argument("--task", help="with --auto: the task (of the shipped universal model or a --checkpoint) "
+                                  "the dataset belongs to")
     _model_args(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -341,8 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list the registered models")
     p.set_defaults(func=cmd_models)
 
-    p = sub.add_parser("tasks", help="list the tasks, modalities and classes a universal checkpoint knows")
-    p.add_argument("--checkpoint", required=True, help="a universal model's .safetensors")
+    p = sub.add_parser("tasks", help="list the tasks, modalities and classes a universal model knows")
+    p.add_argument("--checkpoint", help="a universal model's .safetensors (default: the shipped model)")
     p.add_argument("--model", default="universal", help="its registered name (universal, universal-hr, ...)")
     p.set_defaults(func=cmd_tasks)
     return parser

@@ -231,3 +231,35 @@ def test_save_parts_fp16_writes_the_parts_and_their_provenance_and_never_overwri
     assert path.read_bytes() == before and json.loads(provenance_path(path).read_text()) == {"steps": 3}
     with pytest.raises(CheckpointError, match="no tensors"):
         save_parts_fp16(state, ("nothing.",), tmp_path / "x.safetensors", {})
+
+
+def test_save_parts_fp16_keeps_integer_tensors_as_they_are(tmp_path):
+    """A universal head's task table (uint8 JSON bytes) must come back byte for byte."""
+    torch.manual_seed(0)
+    model = build_model("universal-tiny")
+    model.automatic.add_task("fundus", "fundus", {1: "disc", 2: "cup"})
+    state = model.state_dict()
+    path = save_parts_fp16(state, ("automatic.",), tmp_path / "head_fp16.safetensors", {"steps": 1})
+    saved = load_state_dict(path)
+    table = saved["automatic.task_table"]
+    assert table.dtype == state["automatic.task_table"].dtype and torch.equal(table, state["automatic.task_table"])
+    assert all(v.dtype == torch.float16 for k, v in saved.items() if k != "automatic.task_table")
+
+
+def test_the_shipped_universal_model_knows_its_tasks_and_published_starts_with_none(real_weights):
+    """build_model("universal", pretrained=True) carries the shipped automatic head (the tasks of its
+    provenance, every 2D task with a split); weights="published" gives an empty head to train."""
+    import json
+
+    from medseg.models.build import HEAD_PARTS, UNIVERSAL_HEAD
+
+    assert UNIVERSAL_HEAD.stat().st_size < 20e6
+    provenance = json.loads(provenance_path(UNIVERSAL_HEAD).read_text())
+    assert {"data", "steps", "seed", "command", "figures"} <= set(provenance)
+    model = build_model("universal", pretrained=True)
+    assert list(model.tasks) == provenance["universal"]["train_tasks"]
+    assert model.automatic.task("drishti_gs1_odoc").classes == {1: "optic_disc", 2: "optic_cup"}
+    head, state = load_state_dict(UNIVERSAL_HEAD), model.state_dict()
+    assert set(head) == {k for k in state if k.startswith(HEAD_PARTS)}
+    assert all(torch.equal(state[k], v.to(state[k].dtype)) for k, v in head.items())
+    assert not build_model("universal", pretrained=True, weights="published").tasks

@@ -113,6 +113,11 @@ DECODER_PARTS = ("prompt_encoder.", "mask_decoder.")
 # published one in every model whose decoder is LiteMedSAM's; weights="published" keeps LiteMedSAM's own.
 CLICK_DECODER = ASSETS / "litemedsam_decoder_clicks_fp16.safetensors"
 SHIPPED_DECODERS: dict[str, Path] = {"litemedsam": CLICK_DECODER, "hr-small": CLICK_DECODER}
+# The automatic head trained here on every 2D task with a split (configs/universal_shipped.yaml; float16,
+# with its JSON): weights="shipped" gives the universal model its tasks; "published" starts with none.
+UNIVERSAL_HEAD = ASSETS / "universal_head_fp16.safetensors"
+SHIPPED_HEADS: dict[str, Path] = {"universal": UNIVERSAL_HEAD}
+HEAD_PARTS = ("automatic.",)
 WEIGHTS = ("shipped", "published")
 
 
@@ -209,8 +214,9 @@ def build_model(name: str = "litemedsam", pretrained: bool = False,
 
 
 def _build_universal(name: str, pretrained: bool, checkpoint: str | Path | None, weights: str):
-    """A universal model: its base (published weights if ``pretrained``) wrapped with an automatic head;
-    a checkpoint's task table is adopted before its tensors load strictly."""
+    """A universal model: its base (pretrained weights if ``pretrained``) wrapped with an automatic head;
+    with ``pretrained`` and ``weights="shipped"``, the shipped head (``SHIPPED_HEADS``) and its tasks; a
+    checkpoint's task table is adopted before its tensors load strictly."""
     from .universal import UniversalSegmenter
 
     base = build_model(UNIVERSAL[name], pretrained=pretrained and checkpoint is None, weights=weights)
@@ -223,4 +229,14 @@ def _build_universal(name: str, pretrained: bool, checkpoint: str | Path | None,
                                   f"`medseg models` lists the models")
         model.adopt_state(state)
         _load_strictly(model, state, f"{path}: does not fit model {name!r}")
+    elif pretrained and weights == "shipped" and name in SHIPPED_HEADS:
+        head = SHIPPED_HEADS[name]
+        state = load_state_dict(head)
+        model.adopt_state(state)
+        _load_parts(model, state, HEAD_PARTS, f"{head}: shipped automatic head for {name!r}")
     return model.eval()
+
+
+def has_shipped_tasks(name: str) -> bool:
+    """Whether ``build_model(name, pretrained=True)`` comes with trained tasks (a shipped automatic head)."""
+    return name in SHIPPED_HEADS

@@ -82,7 +82,8 @@ def provenance_path(weights: str | Path) -> Path:
 
 def save_parts_fp16(state: dict[str, torch.Tensor], prefixes: tuple[str, ...], path: str | Path,
                     provenance: dict, overwrite: bool = False) -> Path:
-    """Write the tensors of ``state`` under ``prefixes`` as float16 safetensors at ``path`` and
+    """Write the tensors of ``state`` under ``prefixes`` as safetensors at ``path`` (floating point ones
+    as float16, the rest, e.g. a universal head's task table, as they are) and
     ``provenance`` (data, steps, seed, command, figures) as JSON beside it (:func:`provenance_path`).
     Neither file is replaced unless ``overwrite``."""
     import json
@@ -93,7 +94,8 @@ def save_parts_fp16(state: dict[str, torch.Tensor], prefixes: tuple[str, ...], p
     from ..io.outputs import write_bytes
 
     path = Path(path)
-    part = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in state.items() if k.startswith(prefixes)}
+    part = {k: v.detach().to("cpu", torch.float16 if v.is_floating_point() else v.dtype).contiguous()
+            for k, v in state.items() if k.startswith(prefixes)}
     if not part:
         raise CheckpointError(f"no tensors under {', '.join(prefixes)} to save in {path}")
     for target in (path, provenance_path(path)):
