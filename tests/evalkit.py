@@ -67,3 +67,20 @@ def rectangle(shape=(64, 80), y=(10, 30), x=(15, 50), value=255) -> np.ndarray:
 def disc(shape=(64, 64), centre=(32, 32), radius=20, value=255) -> np.ndarray:
     yy, xx = np.mgrid[: shape[0], : shape[1]]
     return (((yy - centre[0]) ** 2 + (xx - centre[1]) ** 2) <= radius**2).astype(np.uint8) * value
+
+
+def prompt_masks(shape, box=None, points=None, point_labels=None, radius: int = 5) -> np.ndarray:
+    """What the fake interactive predictors answer, (N, 1, H, W) bool, each object on its own: its box
+    filled (inclusive), then each click a disc of ``radius`` set to the click's label (a negative one
+    removes)."""
+    n = len(box) if box is not None else len(points)
+    masks = np.zeros((n, 1, *shape), dtype=bool)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    for i in range(n):
+        if box is not None:
+            x0, y0, x1, y1 = (int(v) for v in box[i])
+            masks[i, 0, y0:y1 + 1, x0:x1 + 1] = True
+        if points is not None:
+            for (x, y), label in zip(points[i], point_labels[i]):
+                masks[i, 0][(yy - y) ** 2 + (xx - x) ** 2 <= radius**2] = bool(label)
+    return masks

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from evalkit import prompt_masks
 
 from medseg.data.masks import dice
 from medseg.data.prompt_sim import clicks_from_errors, sample_click, simulate_interaction, simulate_objects
@@ -38,15 +39,8 @@ class ClickPredictor:
     def predict(self, box=None, points=None, point_labels=None, mask_input=None, multimask=False):
         self.calls.append({"box": box, "points": points, "point_labels": point_labels, "mask_input": mask_input,
                            "multimask": multimask})
-        n = len(box) if box is not None else len(points)
-        masks = np.zeros((n, 1, *self.shape), dtype=bool)
-        for i in range(n):  # each object on its own
-            if box is not None:
-                x0, y0, x1, y1 = (int(v) for v in box[i])
-                masks[i, 0, y0:y1 + 1, x0:x1 + 1] = True
-            if points is not None:
-                for (x, y), label in zip(points[i], point_labels[i]):
-                    masks[i, 0][disc(self.shape, (y, x), 5)] = bool(label)
+        masks = prompt_masks(self.shape, box, points, point_labels, radius=5)
+        n = len(masks)
         logits = np.full((n, 1, self.size, self.size), float(len(self.calls)), dtype=np.float32)
         return SimpleNamespace(masks=masks, scores=np.ones((n, 1)), logits=logits)
 

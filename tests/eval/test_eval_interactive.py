@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from PIL import Image as PILImage
-from evalkit import disc, rectangle, write_case, write_json
+from evalkit import disc, prompt_masks, rectangle, write_case, write_json
 
 from medseg.data.prompt_sim import simulate_interaction
 from medseg.errors import InputError
@@ -38,15 +38,8 @@ class ClickPredictor:
         if self.shape[1] == self.fail_on:
             raise RuntimeError("model exploded")
         self.calls.append({"box": box, "points": points, "mask_input": mask_input})
-        n = len(box) if box is not None else len(points)
-        masks = np.zeros((n, 1, *self.shape), dtype=bool)
-        for i in range(n):  # each object on its own
-            if box is not None:
-                x0, y0, x1, y1 = (int(v) for v in box[i])
-                masks[i, 0, y0:y1 + 1, x0:x1 + 1] = True
-            if points is not None:
-                for (x, y), label in zip(points[i], point_labels[i]):
-                    masks[i, 0][round_disc(self.shape, (y, x), 4)] = bool(label)
+        masks = prompt_masks(self.shape, box, points, point_labels, radius=4)
+        n = len(masks)
         logits = np.zeros((n, 1, 256, 256), dtype=np.float32)
         return SimpleNamespace(masks=masks, scores=np.ones((n, 1)), logits=logits)
 
