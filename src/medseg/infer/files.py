@@ -52,7 +52,7 @@ def segment_file(predictor: Predictor, path: str | Path, boxes: list[list[float]
     if (pos or neg) and len(boxes) > 1:
         raise InputError(f"{path}: points refine one object; give them with a single --box.")
     predictor.set_image(plane(image), modality=image.meta.modality)
-    kwargs: dict = {"multimask": multimask}
+    kwargs: dict = {}
     pts = lab = None
     if boxes:
         kwargs["box"] = np.array(boxes)
