@@ -144,3 +144,34 @@ def test_the_window_travels_in_the_task_table(tmp_path):
 
     seg = AutoSegmenter(again, device="cpu")
     assert seg.modality_for("ct") == "CT" and seg.modality_for("slices") is None
+
+
+def test_a_task_with_a_low_rank_update_learns_its_own_decoder_and_leaves_others_bit_identical(tmp_path):
+    model = tiny_with_tasks().eval()
+    emb = torch.randn(2, 256, 16, 16)
+    before = model.segment(emb, ["polyps", "fundus"])[0]
+    model.automatic.add_task("em", "microscopy", {255: "membrane"}, rank=4)
+    sets = model.automatic.task_updates.sets
+    assert list(sets) == ["t2"] and all(p.requires_grad for p in sets["t2"].parameters())
+    start = model.segment(emb[:1], ["em"])[0]
+    with torch.no_grad():  # B starts at zero: the update changes nothing until it trains
+        for name, p in sets["t2"].named_parameters():
+            if name.endswith("__b"):
+                p.normal_(0, 0.1)
+    trained = model.segment(emb[:1], ["em"])[0]
+    assert not torch.allclose(start, trained)
+    mixed = model.segment(torch.cat([emb, emb[:1]]), ["polyps", "fundus", "em"])[0]
+    assert torch.equal(mixed[:3], before) and torch.allclose(mixed[3:], trained, atol=1e-5)
+    assert model.automatic.freeze_tasks(["em"]) > sum(p.numel() for p in sets["t2"].parameters())
+    path = tmp_path / "u.safetensors"
+    save_file(model.state_dict(), str(path))
+    again = build_model("universal-tiny", checkpoint=path).eval()
+    assert again.tasks["em"].rank == 4 and again.tasks["polyps"].rank == 0
+    assert torch.equal(again.segment(emb[:1], ["em"])[0], trained)
+
+
+def test_a_table_without_low_rank_tasks_is_written_as_before():
+    model = tiny_with_tasks()
+    assert b"rank" not in bytes(model.automatic.task_table.tolist())
+    with pytest.raises(InputError, match="rank must be >= 0"):
+        model.automatic.add_task("x", "CT", {1: "a"}, rank=-1)

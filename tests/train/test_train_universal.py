@@ -237,3 +237,24 @@ def test_a_mask_that_does_not_fit_its_image_fails_before_the_run_folder_is_writt
     with pytest.raises(InputError, match="eye2.png"):
         train(load_config(None, overrides(tasks_file, train__epochs=1)), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_adding_a_task_with_a_low_rank_update_trains_it_and_nothing_old(tasks_file, tmp_path):
+    train(load_config(None, overrides(tasks_file, universal__train_tasks="[blobs]", train__epochs=1)),
+          tmp_path / "old")
+    old = tmp_path / "old" / "best.safetensors"
+    train(load_config(None, overrides(tasks_file, universal__train_tasks="[eyes]", universal__train_shared=False,
+                                      universal__task_rank=2, model__checkpoint=old, train__epochs=2)),
+          tmp_path / "new")
+    before, after = load_file(old), load_file(tmp_path / "new" / "latest.safetensors")
+    added = {k for k in after if k not in before}
+    updates = {k for k in added if k.startswith("automatic.task_updates.sets.t1.")}
+    assert updates and added == updates | {"automatic.class_tokens.t1", "automatic.modality_tokens.m_fundus"}
+    assert any(after[k].abs().sum() > 0 for k in updates if k.endswith("__b"))  # the update trained
+    changed = [k for k in before if k != "automatic.task_table" and not torch.equal(before[k], after[k])]
+    assert changed == []
+    model = build_model("universal-tiny", checkpoint=tmp_path / "new" / "latest.safetensors")
+    assert model.tasks["eyes"].rank == 2
+    emb = torch.randn(1, 256, 16, 16)
+    assert torch.equal(model.segment(emb, ["blobs"])[0],
+                       build_model("universal-tiny", checkpoint=old).segment(emb, ["blobs"])[0])

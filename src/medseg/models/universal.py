@@ -25,6 +25,10 @@ the ``automatic.task_table`` buffer, so a checkpoint says which tasks it knows
 (:func:`build_model` reads it before loading the tensors: :meth:`AutomaticHead.adopt_state`).
 Tasks are added with :meth:`AutomaticHead.add_task`; a new task gets new tokens and old tokens can
 be frozen (:meth:`AutomaticHead.freeze_tasks`), which is how a task is added without forgetting.
+A task added with ``rank > 0`` also owns a low-rank update of the head's decoder
+(:class:`~medseg.models.lowrank.LowRankUpdates`, active only for that task's queries): a task that the
+shared decoder cannot serve through tokens alone is learnt by its own update, while every other task
+still runs the unchanged decoder, so old tasks' outputs stay bit-identical.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from torch import nn
 
 from ..errors import InputError
 from .common import MLP, LayerNorm2d
+from .lowrank import LowRankUpdates
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
 from .sam import PromptableSegmenter
@@ -50,21 +55,26 @@ class TaskInfo:
 
     ``classes``: label id -> class name (background excluded), in output order; ``key``: the name of
     its token parameter (``t0``, ``t1``, ... in the order tasks were added); ``window``: the intensity
-    window its images were normalised with ("CT", "MR" or None), so inference does the same."""
+    window its images were normalised with ("CT", "MR" or None), so inference does the same; ``rank``:
+    the rank of its own low-rank update of the head's decoder (0: none, it uses the shared decoder)."""
 
     name: str
     modality: str
     classes: dict[int, str]
     key: str
     window: str | None = None
+    rank: int = 0
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "classes": {str(k): v for k, v in self.classes.items()}}
+        data = {**asdict(self), "classes": {str(k): v for k, v in self.classes.items()}}
+        if not self.rank:  # tables written before low-rank updates existed stay byte-identical
+            del data["rank"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "TaskInfo":
         return cls(str(data["name"]), str(data["modality"]), {int(k): str(v) for k, v in data["classes"].items()},
-                   str(data["key"]), data.get("window"))
+                   str(data["key"]), data.get("window"), int(data.get("rank", 0)))
 
 
 def _modality_key(modality: str) -> str:
@@ -87,6 +97,7 @@ class AutomaticHead(nn.Module):
         self.dim, self.tokens_per_class = dim, tokens_per_class
         self.decoder = copy.deepcopy(mask_decoder)
         self.decoder.fusion = None  # reads the embedding only: trains from cached embeddings
+        self.task_updates = LowRankUpdates(self.decoder)  # per-task low-rank updates (tasks added with rank > 0)
         self.mask_downscaling = copy.deepcopy(prompt_encoder.mask_downscaling)
         self.no_mask_embed = copy.deepcopy(prompt_encoder.no_mask_embed)
         self.self_prompt_gate = nn.Parameter(torch.zeros(1))  # dense prompt = no-mask + gate * coarse mask
@@ -110,19 +121,26 @@ class AutomaticHead(nn.Module):
         data = json.dumps([t.to_dict() for t in self.tasks.values()]).encode("utf-8")
         self.task_table = torch.frombuffer(bytearray(data), dtype=torch.uint8).clone().to(self.task_table.device)
 
-    def add_task(self, name: str, modality: str, classes: dict[int, str], window: str | None = None) -> TaskInfo:
+    def add_task(self, name: str, modality: str, classes: dict[int, str], window: str | None = None,
+                 rank: int = 0) -> TaskInfo:
         """New tokens for a task (and for its modality if new); returns its TaskInfo. ``window``: the
-        intensity window ("CT", "MR" or None) its images are normalised with.
+        intensity window ("CT", "MR" or None) its images are normalised with; ``rank`` > 0: the task
+        also gets its own low-rank update of the decoder (zero at first).
 
-        Raises InputError for a known task name, no classes, or a background (0) class."""
+        Raises InputError for a known task name, no classes, a background (0) class or a negative rank."""
         if name in self.tasks:
             raise InputError(f"task {name!r} is already known to this model")
         classes = {int(k): str(v) for k, v in classes.items()}
         if not classes or 0 in classes:
             raise InputError(f"task {name!r}: needs classes with ids > 0 (0 is background), got {classes}")
+        if int(rank) < 0:
+            raise InputError(f"task {name!r}: a low-rank update's rank must be >= 0, got {rank}")
         modality = str(modality or "unknown")
         device = self.coarse_classifier.layers[0].weight.device
-        task = TaskInfo(name, modality, classes, f"t{len(self.tasks)}", window)
+        task = TaskInfo(name, modality, classes, f"t{len(self.tasks)}", window, int(rank))
+        if task.rank:
+            self.task_updates.add(task.key, task.rank)
+            self.task_updates.sets[task.key].to(device)
         start = self.whole_image_box.to(device)[None].repeat(len(classes), 1, 1)
         self.class_tokens[task.key] = nn.Parameter(start + 0.02 * torch.randn_like(start))
         mkey = _modality_key(modality)
@@ -144,19 +162,21 @@ class AutomaticHead(nn.Module):
         except (ValueError, KeyError, TypeError) as exc:
             raise InputError(f"the checkpoint's task table is unreadable ({exc})") from None
         self.tasks, self.class_tokens, self.modality_tokens = {}, nn.ParameterDict(), nn.ParameterDict()
+        self.task_updates.sets, self.task_updates.ranks = nn.ModuleDict(), {}
         for info in infos:
-            added = self.add_task(info.name, info.modality, info.classes, info.window)
+            added = self.add_task(info.name, info.modality, info.classes, info.window, info.rank)
             if added.key != info.key:
                 raise InputError(f"the checkpoint's task table is inconsistent at task {info.name!r}")
 
     def freeze_tasks(self, names: list[str] | None = None) -> int:
-        """Stop gradients into the tokens of ``names`` (default: all known tasks) and their modalities;
-        returns the number of frozen parameters. New tasks' tokens stay trainable."""
+        """Stop gradients into the tokens of ``names`` (default: all known tasks), their modalities and
+        their low-rank updates; returns the number of frozen parameters. New tasks' stay trainable."""
         names = list(self.tasks) if names is None else names
         count = 0
         for name in names:
             task = self.task(name)
-            for p in (self.class_tokens[task.key], self.modality_tokens[_modality_key(task.modality)]):
+            update = list(self.task_updates.sets[task.key].values()) if task.rank else []
+            for p in (self.class_tokens[task.key], self.modality_tokens[_modality_key(task.modality)], *update):
                 if p.requires_grad:
                     count += p.numel()
                 p.requires_grad_(False)
@@ -191,8 +211,24 @@ class AutomaticHead(nn.Module):
         dense = self.mask_downscaling(F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False))
         dense = self.no_mask_embed.weight.reshape(1, -1, 1, 1) + self.self_prompt_gate * dense
         sparse = torch.cat([cls + mod[:, :1], mod[:, :1]], dim=1)                        # (N, T + 1, C)
-        logits, _ = self.decoder(image, image_pe, sparse, dense, multimask=False, query=mod[:, 1])
-        return logits, coarse, index
+        return self._decode(tasks, index, image, image_pe, sparse, dense, mod[:, 1]), coarse, index
+
+    def _decode(self, tasks: list[str], index: torch.Tensor, image: torch.Tensor, image_pe: torch.Tensor,
+                sparse: torch.Tensor, dense: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        """The decoder over the N queries -> logits (N, 1, 4E, 4E): queries of tasks with a low-rank update
+        run under it, all others (in one group) under the shared decoder alone."""
+        keys = [self.task(tasks[b]).key if self.task(tasks[b]).rank else None for b in index[:, 0].tolist()]
+        if not any(keys):
+            return self.decoder(image, image_pe, sparse, dense, multimask=False, query=query)[0]
+        parts, order = [], []
+        for key in dict.fromkeys(keys):
+            rows = torch.tensor([n for n, k in enumerate(keys) if k == key], device=image.device)
+            with self.task_updates.using(key):
+                parts.append(self.decoder(image[rows], image_pe, sparse[rows], dense[rows], multimask=False,
+                                          query=query[rows])[0])
+            order.append(rows)
+        logits = torch.cat(parts)
+        return logits[torch.argsort(torch.cat(order))]
 
 
 class UniversalSegmenter(PromptableSegmenter):

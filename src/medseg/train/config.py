@@ -127,6 +127,7 @@ class UniversalConfig:
     freeze_old: bool = True          # tokens of tasks the starting checkpoint knew stay fixed
     train_shared: bool = True        # the head's shared parts (decoder, self-prompt) train; false: tokens only
     replay: list[str] = field(default_factory=list)       # known tasks whose train data is mixed in (rehearsal)
+    task_rank: int = 0               # > 0: each new task gets its own low-rank update of the head's decoder
     coarse_weight: float = 0.5       # weight of the self-prompt (coarse mask) loss
 
 

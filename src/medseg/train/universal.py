@@ -21,7 +21,9 @@ self-prompt head and its mask decoder (``model.trainable: automatic``).
   the mean per task, then over tasks, is the ``dice`` that picks ``best.*``;
 * adding a task to a trained model: ``model.checkpoint`` = the trained model, ``train_tasks`` = the
   new task. ``freeze_old`` keeps the old tasks' tokens fixed; ``train_shared: false`` trains only the
-  new tokens (the old tasks' outputs cannot change); ``replay`` mixes old tasks' data back in.
+  new tokens (the old tasks' outputs cannot change); ``task_rank: r`` gives each new task its own
+  rank-r update of the head's decoder, which trains with its tokens (with ``train_shared: false`` the
+  old tasks still cannot change); ``replay`` mixes old tasks' data back in.
 """
 
 from __future__ import annotations
@@ -204,15 +206,15 @@ class UniversalObjective(Objective):
                     raise InputError(f"task {name!r}: the model knows classes {known.classes} (window "
                                      f"{known.window}), the task file says {task.classes} (window {task.window})")
             else:
-                model.automatic.add_task(name, task.modality, task.classes, task.window)
+                model.automatic.add_task(name, task.modality, task.classes, task.window, rank=self.cfg.task_rank)
 
     def restrict_trainable(self, model: torch.nn.Module) -> None:
-        """After ``model.trainable``: freeze old tasks' tokens (``freeze_old``) and the shared head
-        (``train_shared: false``)."""
+        """After ``model.trainable``: freeze old tasks' tokens and updates (``freeze_old``) and the shared
+        head (``train_shared: false``)."""
         model = universal_model(model)
         if not self.cfg.train_shared:
             for name, p in model.automatic.named_parameters():
-                if not name.startswith(("class_tokens.", "modality_tokens.")):
+                if not name.startswith(("class_tokens.", "modality_tokens.", "task_updates.sets.")):
                     p.requires_grad_(False)
         if self.cfg.freeze_old and self.old_tasks:
             model.automatic.freeze_tasks(self.old_tasks)
