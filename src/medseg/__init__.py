@@ -1,6 +1,6 @@
 """medseg: universal, efficient medical image segmentation.
 
-Layers, bottom to top: errors -> formats -> io -> viz -> data -> models -> infer -> eval -> train -> demo -> cli
+Layers, bottom to top: errors -> formats -> io -> viz -> data -> models -> engines -> infer -> eval -> train -> demo -> cli
 
 A module imports only from its own layer or the layers below it (``tests/test_layers.py`` reads
 every import, lazy ones included, and fails on an upward import or a circle):
@@ -14,6 +14,8 @@ every import, lazy ones included, and fails on an upward import or a circle):
   masks and prompts derived from them (components, boxes, deepest points, simulated clicks, Dice),
   preprocessing and augmentation, dataset checks and conversion.
 * ``models``: encoders, prompt encoder, mask decoders, the registry and weights.
+* ``engines``: ONNX export of the promptable models and the engines that run them (torch,
+  onnxruntime, OpenVINO) at fp32, bf16, fp16 storage or int8, behind the model's own interface.
 * ``infer``: the Predictor (encode once, prompt many times), volumes, files, automatic mode.
 * ``eval``: metrics, prompt protocols over a dataset, reports and figures.
 * ``train``: the one loop, its objectives, checkpoints, embedding caches, torchrun.

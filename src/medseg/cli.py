@@ -1,4 +1,4 @@
-"""``medseg <stage>``: one subcommand per stage (demo, predict, evaluate, train, data, models, tasks)."""
+"""``medseg <stage>``: one subcommand per stage (demo, predict, evaluate, train, data, export, models, tasks)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,12 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="without --checkpoint: 'shipped' (default; medseg's click-trained prompt encoder and mask "
                         "decoder) or 'published' (the model's own published decoder)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument("--engine", choices=("torch", "onnxruntime", "openvino"), default="torch",
+                   help="inference engine (default torch); onnxruntime/openvino run an ONNX export on the CPU, made "
+                        "once and cached (`pip install medseg[onnx]` / `medseg[openvino]`)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16", "int8"), default="fp32",
+                   help="fp32 (default); bf16 (torch, openvino); fp16 storage and int8 (onnxruntime, openvino)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: torch's default, the number of cores)")
 
 
 def _device(name: str | None):
@@ -39,6 +45,7 @@ def _predictor(args: argparse.Namespace):
     from .models.build import has_published_weights
 
     device = _device(args.device)
+    _set_threads(args.threads)
     promptable = list_models("promptable") + list_models("universal")
     if args.model not in promptable:
         kind = "an automatic model that takes no prompt" if args.model in list_models() else "unknown"
@@ -51,8 +58,22 @@ def _predictor(args: argparse.Namespace):
     if getattr(args, "task", None):
         from .infer.automatic import AutoSegmenter
 
+        if (args.engine, args.precision) != ("torch", "fp32"):
+            raise InputError("--task (automatic mode) runs on --engine torch --precision fp32 for now; the ONNX "
+                             "engines serve box and click prompts")
         return AutoSegmenter(model, device=device)
-    return Predictor(model, device=device)
+    return Predictor(model, device=device, engine=args.engine, precision=args.precision, threads=args.threads)
+
+
+def _set_threads(threads: int | None) -> None:
+    """``--threads N``: torch's intra-op threads, set once (the ONNX engines take the same number)."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise InputError(f"--threads {threads}: give 1 or more")
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def _universal_default(args: argparse.Namespace) -> None:
@@ -102,8 +123,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if args.box or args.point or args.negative_point:
             raise InputError("--task segments with no prompt; drop --box/--point, or drop --task to prompt")
         return predict_auto(_predictor(args), args.input, args.task, args.out, args.overlay, args.overwrite)
+    from .io import read_image
+
+    image = read_image(args.input, modality=args.modality)  # a bad file fails before the model loads
     predictor = _predictor(args)
-    result = segment_file(predictor, args.input, boxes=args.box, points=args.point,
+    result = segment_file(predictor, image, boxes=args.box, points=args.point,
                           negative_points=args.negative_point, slices=args.slices, key_slice=args.key_slice,
                           modality=args.modality, propagate=args.propagate, multimask=args.multimask)
     out, ov = _write_outputs(result, args.out, args.overlay, args.overwrite)
@@ -266,6 +290,22 @@ def _is_volume(path) -> bool:
     return read_image(path).array.shape[1] > 1
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .engines import export_model
+    from .models import build_model, list_models
+    from .models.build import has_published_weights
+
+    if args.model not in list_models("promptable"):
+        raise InputError(f"model {args.model!r} cannot be exported: promptable models are "
+                         f"{', '.join(list_models('promptable'))}")
+    pretrained = args.checkpoint is None and has_published_weights(args.model)
+    model = build_model(args.model, pretrained=pretrained, checkpoint=args.checkpoint, weights=args.weights)
+    info = export_model(model, args.out, args.model, args.precision, overwrite=args.overwrite)
+    sizes = ", ".join(f"{f} {(args.out / f).stat().st_size / 1e6:.1f} MB" for f in (info.encoder_file, info.decoder_file))
+    print(f"exported {args.model} ({args.precision}, weights {info.weights_sha256[:12]}) to {args.out}: {sizes}")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from .models import list_models
     from .models.build import SHIPPED_DECODERS, has_published_weights, has_shipped_tasks
@@ -345,6 +385,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_distill_parser(sub)
     add_data_parser(sub)
 
+    p = sub.add_parser("export", help="write a promptable model as ONNX graphs (encoder + prompt decoder)")
+    p.add_argument("model", help="registered model name (see `medseg models`), e.g. litemedsam, hr-small")
+    p.add_argument("--out", type=Path, required=True, help="output folder: encoder.onnx, decoder.onnx, export.json")
+    p.add_argument("--checkpoint", help="weights file instead of the model's pretrained ones")
+    p.add_argument("--weights", choices=("shipped", "published"), default="shipped",
+                   help="without --checkpoint: the shipped (default) or the published decoder")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
+                   help="fp32 (default), fp16 (weights stored as float16) or int8 (MatMul weights quantised)")
+    p.add_argument("--overwrite", action="store_true", help="replace the files of an earlier export in --out")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("models", help="list the registered models")
     p.set_defaults(func=cmd_models)
 
@@ -365,8 +416,10 @@ def main(argv: list[str] | None = None) -> int:
 
     Exit status: 0 done, 1 done but some inputs failed (listed), 2 refused (bad input, nothing or
     only part written)."""
+    import os
     import warnings
 
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # no spinning threads between calls (torch not imported yet)
     args = build_parser().parse_args(argv)
     shown = warnings.showwarning
     warnings.showwarning = _warn

@@ -276,3 +276,19 @@ def test_zero_objects(ready, prompt):
     except InputError:
         return
     _check_prediction(pred, 0, 1, (50, 80))
+
+
+def test_a_prefetched_image_is_not_encoded_again(tiny_model, image_50x80):
+    predictor = Predictor(tiny_model, device="cpu")
+    predictor.set_image(image_50x80)
+    alone = predictor.embedding.clone()
+    other = image_50x80[::-1].copy()
+    predictor.prefetch([other, image_50x80])
+    predictor.model.encode_features = None  # any encoder call would fail now
+    try:
+        predictor.set_image(image_50x80)
+    finally:
+        del predictor.model.encode_features
+    assert predictor.image_hw == (50, 80)
+    np.testing.assert_allclose(predictor.embedding.numpy(), alone.numpy(), atol=1e-5)
+    predictor.set_image(image_50x80)  # taken once: encoded as usual the second time

@@ -210,3 +210,21 @@ def test_segment_volume_checks_the_box(tiny_model, volume):
     with pytest.raises(InputError, match="outside"):
         segment_volume(p, volume, (0, 0, 0, 10, 10, Z), progress=False)
     assert not p.images, "nothing is encoded before the box is checked"
+
+
+def test_slices_encoded_in_batches_give_the_masks_of_one_at_a_time(tiny_model, volume):
+    calls = []
+
+    class Counting(Predictor):
+        def prefetch(self, images, modality=None):
+            calls.append(len(images))
+            return super().prefetch(images, modality)
+
+    box3d = (8, 10, 0, 32, 38, 5)
+    one = segment_volume(Counting(tiny_model, device="cpu"), volume, box3d, propagate=False, progress=False,
+                         slice_batch=1)
+    calls.clear()
+    batched = segment_volume(Counting(tiny_model, device="cpu"), volume, box3d, propagate=False, progress=False,
+                             slice_batch=4)
+    assert max(calls) == 4 and sum(calls) < 2 * Z
+    assert (one == batched).mean() > 0.999

@@ -82,7 +82,7 @@ def _prompt_kwargs(gt: np.ndarray, prompt: str, min_size: int) -> tuple[int, dic
     return len(points), {"points": points[:, None, :], "point_labels": labels, "multimask": True}  # a lone click: best of 3
 
 
-class _SliceSegmenter:
+class SliceSegmenter:
     """Segments the objects of one class of a 2D case; encodes the image once, on first use."""
 
     def __init__(self, predictor: object, image: np.ndarray, prompt: str, min_size: int) -> None:
@@ -145,7 +145,7 @@ def evaluate_case(
         raise InputError(f"{case.image_path}: 3D cases are evaluated with --prompt box only")
     mask = label.array if volumetric else label.array[0]
     segment = (_VolumeSegmenter(predictor, image, min_size) if volumetric
-               else _SliceSegmenter(predictor, plane(image), prompt, min_size))
+               else SliceSegmenter(predictor, plane(image), prompt, min_size))
     spacing = image.meta.spacing if volumetric else None
     classes = class_masks(mask, case.mask_path, names)
     empty_gt = not classes

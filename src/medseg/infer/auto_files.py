@@ -5,7 +5,8 @@ per image, ``<out>/<stem>.png`` (``--out`` default ``./<folder>_<task>/``), and,
 DIR``, ``DIR/<stem>_overlay.png``. Label maps hold the task's class ids (0 background), at each
 image's resolution. Every output path is checked before anything is written: an existing file is
 never replaced without ``--overwrite``, an input never. Unreadable images are listed and skipped;
-the exit status is 1 when any failed.
+the exit status is 1 when any failed. The model is loaded once; the next image is read while the
+current one is segmented.
 """
 
 from __future__ import annotations
@@ -27,6 +28,26 @@ def _suffix_ok(path: Path) -> bool:
 
 def _stem(path: Path) -> str:
     return path.name.split(".")[0]
+
+
+def _read_ahead(paths: list[Path], read):
+    """``read(path)`` of each path in order (an InputError is yielded, not raised); the next file is read
+    in a thread while the caller segments the current one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def attempt(path: Path):
+        try:
+            return read(path)
+        except InputError as exc:
+            return exc
+
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(attempt, paths[0]) if paths else None
+        for i in range(len(paths)):
+            done = pending.result()
+            if i + 1 < len(paths):
+                pending = pool.submit(attempt, paths[i + 1])
+            yield done
 
 
 def predict_auto(segmenter, source: str | Path, task: str, out: Path | None = None, overlay: Path | None = None,
@@ -56,9 +77,12 @@ def predict_auto(segmenter, source: str | Path, task: str, out: Path | None = No
     failed = []
     names = ", ".join(f"{k} {v}" for k, v in info.classes.items())
     print(f"automatic segmentation, task {task!r} ({info.modality}; classes {names}): {len(targets)} image(s)")
+    images = _read_ahead([t[0] for t in targets], read_image)
     for src, mask_path, picture in tqdm(targets, desc=task, unit="image", disable=not progress or len(targets) < 2):
         try:
-            image = read_image(src)
+            image = next(images)
+            if isinstance(image, InputError):
+                raise image
             plane = plane_2d(image, "automatic mode")
             result = segmenter.segment(plane, task)
         except InputError as exc:

@@ -29,18 +29,19 @@ class FileResult:
     point_labels: np.ndarray | None = None
 
 
-def segment_file(predictor: Predictor, path: str | Path, boxes: list[list[float]] | None = None,
+def segment_file(predictor: Predictor, path: str | Path | Image, boxes: list[list[float]] | None = None,
                  points: list[list[float]] | None = None, negative_points: list[list[float]] | None = None,
                  slices: tuple[int, int] | None = None, key_slice: int | None = None,
                  modality: str | None = None, propagate: bool = False, multimask: bool = False,
                  progress: bool = True) -> FileResult:
-    """Segment the objects of one file.
+    """Segment the objects of one file (``path``, or an :class:`~medseg.io.Image` already read from it).
 
     2D: each box (x0, y0, x1, y1) is one object; points (x, y) and negative points belong to the
     single object of a single box, or form one object on their own. 3D: each box is
     (x0, y0, z0, x1, y1, z1), or (x0, y0, x1, y1) with ``slices=(z0, z1)``; box prompts only.
     """
-    image = read_image(path, modality=modality)
+    image = path if isinstance(path, Image) else read_image(path, modality=modality)
+    path = image.meta.source
     boxes = [list(map(float, b)) for b in (boxes or [])]
     pos, neg = [list(map(float, p)) for p in (points or [])], [list(map(float, p)) for p in (negative_points or [])]
     if image.array.shape[1] > 1:

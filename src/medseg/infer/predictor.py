@@ -5,6 +5,7 @@ Coordinates are given in pixels of the input image: boxes (x0, y0, x1, y1), poin
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,23 +31,58 @@ def default_device() -> torch.device:
 
 
 class Predictor:
-    """``set_image`` once per image (runs the encoder), ``predict`` many times (decoder only)."""
+    """``set_image`` once per image (runs the encoder), ``predict`` many times (decoder only).
+
+    ``engine``: "torch" (default), "onnxruntime" or "openvino", at ``precision`` "fp32" (default),
+    "bf16", "fp16" (fp16 storage) or "int8" where the engine runs it (:mod:`medseg.engines.runtime`);
+    the ONNX engines run on the CPU with ``threads`` (default ``torch.get_num_threads()``). ``model``
+    may also be a folder written by ``medseg export`` for those engines. The API and the masks are the
+    same whatever the engine."""
 
     def __init__(self, model: PromptableSegmenter, device: str | torch.device | None = None,
-                 batch_size: int = 32) -> None:
-        self.device = torch.device(device) if device is not None else default_device()
-        self.model = model.to(self.device).eval()
+                 batch_size: int = 32, engine: str = "torch", precision: str = "fp32",
+                 threads: int | None = None) -> None:
+        from ..engines import check_engine, engine_model
+
+        check_engine(engine, precision)
+        if engine != "torch" and device is not None and torch.device(device).type != "cpu":
+            raise InputError(f"engine {engine!r} runs on the CPU; use engine 'torch' for {device}")
+        self.device = torch.device("cpu") if engine != "torch" else (
+            torch.device(device) if device is not None else default_device())
+        if isinstance(model, torch.nn.Module):
+            model = model.to(self.device).eval()
+        self.model = engine_model(model, engine, precision, threads)
+        self.engine, self.precision = engine, precision
         self.batch_size = batch_size
         self.embedding: torch.Tensor | None = None
         self.features: dict[str, torch.Tensor] | None = None  # stride-4/8 maps of a high-resolution mask head
         self.record: Resized | None = None
+        self._prefetched: dict[tuple[str, str | None], tuple] = {}
 
     @torch.no_grad()
     def set_image(self, image: np.ndarray, modality: str | None = None) -> None:
         """image: (H, W) or (H, W, C) array of any dtype; ``modality`` ("CT", "MR") selects the
-        intensity window of ``preprocess.MODALITY_WINDOWS``."""
-        x, self.record = prepare_image(image, self.model.image_size, modality)
-        self.embedding, self.features = self.model.encode_features(x.to(self.device))
+        intensity window of ``preprocess.MODALITY_WINDOWS``. An image given to :meth:`prefetch`
+        before is not encoded again."""
+        state = self._prefetched.pop((array_digest(image), modality), None)
+        if state is None:
+            x, record = prepare_image(image, self.model.image_size, modality)
+            state = (*self.model.encode_features(x.to(self.device)), record)
+        self.embedding, self.features, self.record = state
+
+    @torch.no_grad()
+    def prefetch(self, images: list[np.ndarray], modality: str | None = None) -> None:
+        """Encode several images (e.g. the next slices of a volume) in one encoder batch; a later
+        ``set_image`` of one of them (same content, same modality) takes its result. Replaces what an
+        earlier call prefetched."""
+        prepared = [prepare_image(image, self.model.image_size, modality) for image in images]
+        self._prefetched = {}
+        if not prepared:
+            return
+        embedding, features = self.model.encode_features(torch.cat([x for x, _ in prepared]).to(self.device))
+        for i, (image, (_, record)) in enumerate(zip(images, prepared)):
+            maps = None if features is None else {k: v[i:i + 1] for k, v in features.items()}
+            self._prefetched[(array_digest(image), modality)] = (embedding[i:i + 1], maps, record)
 
     def set_embedding(self, embedding: torch.Tensor, original_hw: tuple[int, int]) -> None:
         """Reuse a cached embedding (1, 256, E, E) of an image of size (H, W)."""
@@ -142,6 +178,12 @@ class Predictor:
         if out.any():
             raise InputError(f"point {pts[out][0].tolist()} lies outside the image of {w}x{h} (width x height) pixels.")
         return pts, labels
+
+
+def array_digest(image: np.ndarray) -> str:
+    """Key of an image array as handed to ``Predictor.set_image`` (bytes, shape and dtype)."""
+    image = np.ascontiguousarray(image)
+    return hashlib.sha1(image.tobytes() + f"{image.shape}{image.dtype}".encode()).hexdigest()
 
 
 def _common_count(boxes, pts, mask_input) -> int:

@@ -45,8 +45,11 @@ def window_volume(volume: np.ndarray, modality: str | None) -> np.ndarray:
 
 
 def segment_volume(predictor: Predictor, volume: np.ndarray, box3d, modality: str | None = None,
-                   key_slice: int | None = None, propagate: bool = True, progress: bool = True) -> np.ndarray:
-    """Segment one object in a (Z, Y, X) volume; returns a uint8 (Z, Y, X) mask (1 = object)."""
+                   key_slice: int | None = None, propagate: bool = True, progress: bool = True,
+                   slice_batch: int = 4) -> np.ndarray:
+    """Segment one object in a (Z, Y, X) volume; returns a uint8 (Z, Y, X) mask (1 = object).
+
+    Slices go through the encoder ``slice_batch`` at a time (the next ones of the walk)."""
     if volume.ndim != 3:
         raise InputError(f"expected a (Z, Y, X) volume, got shape {volume.shape}")
     x0, y0, z0, x1, y1, z1 = check_box3d(box3d, volume.shape)
@@ -57,15 +60,20 @@ def segment_volume(predictor: Predictor, volume: np.ndarray, box3d, modality: st
     box2d = np.array([x0, y0, x1, y1], dtype=np.float64)
     out = np.zeros(volume.shape, dtype=np.uint8)
     bar = tqdm(total=z1 - z0 + 1, desc="slices", unit="slice", disable=not progress, leave=False)
+    ahead: set[int] = set()
 
-    def run(z: int, box: np.ndarray) -> np.ndarray:
+    def run(z: int, box: np.ndarray, step: int = 1) -> np.ndarray:
+        if z not in ahead and hasattr(predictor, "prefetch"):  # this slice and the walk's next ones, one batch
+            ahead.clear()
+            ahead.update(z + i * step for i in range(slice_batch) if z0 <= z + i * step <= z1)
+            predictor.prefetch([scaled[k] for k in sorted(ahead)])
         predictor.set_image(scaled[z])
         mask = predictor.predict(box=box).masks[0, 0]
         out[z] = mask
         bar.update(1)
         return mask
 
-    key_mask = run(key, box2d)
+    key_mask = run(key, box2d, -1 if propagate else 1)  # the walk goes down first
     if propagate:
         for step in (-1, 1):
             prev, z = key_mask, key + step
@@ -73,7 +81,7 @@ def segment_volume(predictor: Predictor, volume: np.ndarray, box3d, modality: st
                 box = mask_box(prev).astype(np.float64) if prev.any() else None
                 if box is None:
                     break
-                prev = run(z, box)
+                prev = run(z, box, step)
                 z += step
     else:
         for z in range(z0, z1 + 1):

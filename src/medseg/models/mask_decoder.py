@@ -14,7 +14,8 @@ class MaskDecoder(nn.Module):
 
     forward(image_embeddings (B or 1, C, E, E), image_pe (1, C, E, E), sparse (B, N, C),
     dense (B, C, E, E), multimask, features=None, query=None) -> logits (B, M, 4E, 4E), iou (B, M) with
-    M = 3 or 1. ``query`` (B, C), optional, is added to the single-mask output token (a per-modality
+    M = 3 (``multimask``) or 1, or all 4 with ``multimask=None`` (an exported graph returns them all).
+    ``query`` (B, C), optional, is added to the single-mask output token (a per-modality
     decoding query of the automatic head, :mod:`medseg.models.universal`).
     """
 
@@ -44,7 +45,7 @@ class MaskDecoder(nn.Module):
         return act2(up2(x) + self.fusion.from_stride4(features["stride4"]))
 
     def forward(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor,
-                dense: torch.Tensor, multimask: bool = False,
+                dense: torch.Tensor, multimask: bool | None = False,
                 features: dict[str, torch.Tensor] | None = None,
                 query: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         b = sparse.shape[0]
@@ -64,7 +65,7 @@ class MaskDecoder(nn.Module):
         bu, cu, hu, wu = upscaled.shape
         logits = (hyper @ upscaled.view(bu, cu, hu * wu)).view(bu, -1, hu, wu)
         iou = self.iou_prediction_head(iou_out)
-        keep = slice(1, None) if multimask else slice(0, 1)
+        keep = slice(None) if multimask is None else slice(1, None) if multimask else slice(0, 1)
         return logits[:, keep], iou[:, keep]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import pickle
 from pathlib import Path
@@ -104,3 +105,13 @@ def save_parts_fp16(state: dict[str, torch.Tensor], prefixes: tuple[str, ...], p
     write_bytes(path, save(part))
     write_bytes(provenance_path(path), (json.dumps(provenance, indent=1) + "\n").encode("utf-8"))
     return path
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of a model's state dict (names, dtypes, shapes and values)."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode("utf-8"))
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

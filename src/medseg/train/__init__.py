@@ -14,28 +14,24 @@ Modules: ``config`` (dataclasses, YAML, --set), ``datasets`` (prompted objects, 
 (``medseg train``: the only reader of the environment).
 """
 
-from medseg.train.config import (Config, DataConfig, ModelConfig, OptimConfig, TrainConfig, config_from_dict,
-                                 config_to_dict, load_config)
-from medseg.train.loop import train
-from medseg.train.objectives import OBJECTIVES, Objective, register_objective
+import importlib
 
-__all__ = [
-    "OBJECTIVES",
-    "Config",
-    "DataConfig",
-    "ModelConfig",
-    "Objective",
-    "OptimConfig",
-    "TrainConfig",
-    "config_from_dict",
-    "config_to_dict",
-    "load_config",
-    "register_objective",
-    "train",
-]
+# Attributes load on first use (PEP 562), so ``import medseg.train.cli`` (``medseg --help``) does not
+# import torch. Asking for the loop or the registry imports the loop, which imports every objective
+# module (they register themselves there).
+_HOMES = {**{name: "medseg.train.config" for name in ("Config", "DataConfig", "ModelConfig", "OptimConfig",
+                                                      "TrainConfig", "config_from_dict", "config_to_dict",
+                                                      "load_config")},
+          "train": "medseg.train.loop", "OBJECTIVES": "medseg.train.loop", "Objective": "medseg.train.loop",
+          "register_objective": "medseg.train.loop"}
 
-# Objectives register themselves on import; these live in their own modules.
-from medseg.train import cached as _cached  # noqa: E402,F401 - "supervised_cached"
-from medseg.train import unet as _unet  # noqa: E402,F401 - "unet"
-from medseg.train import distill as _distill  # noqa: E402,F401 - "distill"
-from medseg.train import universal as _universal  # noqa: E402,F401 - "universal"
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'medseg.train' has no attribute {name!r}")
+    module = importlib.import_module(_HOMES[name])
+    if name in ("OBJECTIVES", "Objective", "register_objective"):
+        module = importlib.import_module("medseg.train.objectives")
+    return getattr(module, name)

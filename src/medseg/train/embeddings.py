@@ -47,8 +47,10 @@ from medseg.data import preprocess
 from medseg.data.cases import Case, plane_2d
 from medseg.data.preprocess import prepare_image
 from medseg.infer import Predictor
+from medseg.infer.predictor import array_digest
 from medseg.io import read_image
 from medseg.io.outputs import write_bytes
+from medseg.models.weights import weights_digest
 
 FORMAT = 1
 CACHE_ENV = "MEDSEG_EMBEDDING_CACHE"
@@ -69,13 +71,7 @@ def _sha(*parts: object) -> str:
 
 def encoder_fingerprint(model: torch.nn.Module) -> str:
     """SHA-256 of the image encoder's state dict (names, dtypes, shapes and values)."""
-    encoder = getattr(model, "image_encoder", model)
-    digest = hashlib.sha256()
-    for name, tensor in encoder.state_dict().items():
-        t = tensor.detach().to("cpu").contiguous()
-        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode("utf-8"))
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+    return weights_digest(getattr(model, "image_encoder", model))
 
 
 def preprocess_fingerprint(size: int, modality: str | None) -> dict:
@@ -91,12 +87,6 @@ def file_digest(path: str | Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def array_digest(image: np.ndarray) -> str:
-    """Key of an image array as handed to ``Predictor.set_image`` (bytes, shape and dtype)."""
-    image = np.ascontiguousarray(image)
-    return hashlib.sha1(image.tobytes() + f"{image.shape}{image.dtype}".encode()).hexdigest()
 
 
 def load_plane(path: str | Path) -> np.ndarray:
