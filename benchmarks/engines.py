@@ -15,12 +15,13 @@ fp32), speed-up of the encoder over torch fp32 of the same model, and on every 2
 change against torch fp32 (``medseg evaluate``'s box protocol, one box per component) and mask
 agreement (mean and minimum Dice between the row's masks and torch fp32's, per case and class).
 
-End to end (fresh processes, medians of 3): ``medseg --help``; ``medseg predict`` of one image with a
-box; ``medseg predict FOLDER --task kvasir_seg`` on 50 kvasir images (seconds per image); ``medseg
-predict`` of one la_heart_mri volume (88 slices) from a 3D box, slice-wise.
+End to end (fresh processes): ``medseg --help`` and ``medseg predict`` of one image with a box
+(medians of 3); ``medseg predict FOLDER --task kvasir_seg`` on 50 kvasir images (seconds per image)
+and ``medseg predict`` of one la_heart_mri volume (88 slices) from a 3D box, slice-wise (one run each).
 
     python benchmarks/engines.py            # every test case (long: each row evaluates all 2D test splits)
     python benchmarks/engines.py --quick    # 3 cases per set, fewer runs: a smoke test
+    python benchmarks/engines.py --cases 0  # timing only (no Dice)
 
 JSON: ``{"rows": [{"model", "side", "engine", "precision", "encoder_ms", "decoder_ms", "click_ms",
 "peak_mb", "gflops_per_s", "roofline_fraction", "speedup", "dice": {SET: d}, "dice_delta": {SET: d},
@@ -160,12 +161,11 @@ def launch(spec: dict, timeout_s: float = 3600) -> dict:
 def end_to_end(data: Path, quick: bool) -> dict:
     medseg = [str(Path(sys.executable).parent / "medseg")]  # the console script a user runs
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", OMP_NUM_THREADS=str(THREADS))
-    runs = 1 if quick else 3
     out: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
 
-        def timed(args: list[str], clean: Path | None = None) -> float:
+        def timed(args: list[str], clean: Path | None = None, runs: int = 1 if quick else 3) -> float:
             times = []
             for _ in range(runs):
                 if clean is not None:
@@ -189,13 +189,13 @@ def end_to_end(data: Path, quick: bool) -> dict:
         for path in sorted((data / "kvasir_seg" / "images").iterdir())[:count]:
             shutil.copy(path, folder / path.name)
         labels = tmp / "labels"
-        seconds = timed(["predict", str(folder), "--task", "kvasir_seg", "--out", str(labels)], clean=labels)
+        seconds = timed(["predict", str(folder), "--task", "kvasir_seg", "--out", str(labels)], clean=labels, runs=1)
         out["predict_folder"] = {"images": count, "seconds": seconds, "seconds_per_image": round(seconds / count, 3),
                                  "mode": "--task kvasir_seg (automatic, universal model at 256)"}
         volume = data / "la_heart_mri" / "imagesTr" / "la_000.nii.gz"
         if volume.is_file():
             out["predict_volume_s"] = timed(["predict", str(volume), "--box", "10", "20", "0", "161", "112", "87",
-                                             "--out", str(tmp / "vol.nii.gz"), "--overwrite"])
+                                             "--out", str(tmp / "vol.nii.gz"), "--overwrite"], runs=1)
             out["volume"] = f"{volume.name}: a 3D box around the atrium over all 88 slices, slice-wise"
     return out
 
@@ -206,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="3 cases per set, fewer runs (a smoke test)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--cases", type=int, help="cases per test split (default: all; --quick: 3)")
+    parser.add_argument("--cases", type=int, help="cases per test split (default: all; --quick: 3; 0: no Dice, "
+                                                 "timing only)")
     parser.add_argument("--no-end-to-end", action="store_true")
     parser.add_argument("--json", type=Path, help="output (default benchmarks/results/engines[_quick].json)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -217,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     require_data(args.data)
     start = time.perf_counter()
     runs, decode_runs = (QUICK["runs"], QUICK["decode_runs"]) if args.quick else (RUNS, DECODE_RUNS)
-    cases = args.cases or (QUICK["cases"] if args.quick else None)
+    cases = args.cases if args.cases is not None else (QUICK["cases"] if args.quick else None)
     roofline = matmul_gflops(THREADS, 3 if args.quick else 9)
     print(f"matmul 2048^3 with {THREADS} threads: fp32 {roofline['fp32']} GFLOP/s, bf16 {roofline['bf16']} GFLOP/s")
     sets = {s: str(args.data / s) for s in SETS}
@@ -229,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             for engine, precision in VARIANTS:
                 spec = {"model": model, "engine": engine, "precision": precision, "threads": THREADS, "runs": runs,
                         "decode_runs": decode_runs, "probe_root": sets["kvasir_seg"], "cases": cases,
-                        "sets": sets if MODELS[model] else {}, "masks": masks,
+                        "sets": sets if MODELS[model] and cases != 0 else {}, "masks": masks,
                         "reference": (engine, precision) == ("torch", "fp32")}
                 if engine != "torch":
                     prepared = launch({**spec, "prepare": True})
@@ -244,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
                 fill(row, reference, roofline)
                 rows.append(row)
                 print_row(row)
-    result = {"threads": THREADS, "quick": args.quick, "cases_per_set": cases or "all", "matmul_gflops": roofline,
+    result = {"threads": THREADS, "quick": args.quick, "cases_per_set": "all" if cases is None else cases,
+              "matmul_gflops": roofline,
               "rows": rows}
     if not args.no_end_to_end:
         result["end_to_end"] = end_to_end(args.data, args.quick)

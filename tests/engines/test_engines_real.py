@@ -33,8 +33,9 @@ def _masks(predictor: Predictor, cases) -> list:
     # bf16 and int8 move boundary pixels: measured (2-core AMX CPU, one case per set) min 0.970 for
     # LiteMedSAM bf16 and 0.988 for HR-small, both on the fundus cup/disc, >= 0.993 on the other sets.
     # LiteMedSAM int8 (dynamic) is not held here: 0.89 on the fundus (see benchmarks/engines.py).
-    ("litemedsam", [("onnxruntime", "fp16", 0.99), ("openvino", "bf16", 0.96)]),
-    ("hr-small", [("openvino", "bf16", 0.98), ("onnxruntime", "int8", 0.98)]),
+    # (fp16 and the other bf16 paths agree as closely: benchmarks/engines.py; one each here for time)
+    ("litemedsam", [("openvino", "bf16", 0.96)]),
+    ("hr-small", [("onnxruntime", "int8", 0.98)]),
 ])
 def test_engines_agree_with_torch_fp32_on_real_images(shared_data, real_weights, name, variants):
     cases = [c for s in SETS for c in evenly_spaced(dataset_cases(shared_data / s, "test"), 1)]
