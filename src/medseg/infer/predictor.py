@@ -64,7 +64,7 @@ class Predictor:
         """image: (H, W) or (H, W, C) array of any dtype; ``modality`` ("CT", "MR") selects the
         intensity window of ``preprocess.MODALITY_WINDOWS``. An image given to :meth:`prefetch`
         before is not encoded again."""
-        state = self._prefetched.pop((array_digest(image), modality), None)
+        state = self._prefetched.pop((array_digest(image), modality), None) if self._prefetched else None
         if state is None:
             x, record = prepare_image(image, self.model.image_size, modality)
             state = (*self.model.encode_features(x.to(self.device)), record)
