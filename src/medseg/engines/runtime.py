@@ -26,11 +26,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..errors import InputError
 from ..models import PromptableSegmenter
-from .export import ExportInfo, export_model, require, weights_digest
+from ..models.sam import resize_square
+from ..models.weights import weights_digest
+from .export import ExportInfo, export_model, require
 from .graphs import pack_prompts
 
 ENGINES = ("torch", "onnxruntime", "openvino")
@@ -58,7 +59,7 @@ def engine_model(model: PromptableSegmenter | str | Path, engine: str = "torch",
             raise InputError(f"{model}: engine 'torch' runs a built model, not an exported folder; use "
                              f"--engine onnxruntime or openvino for an export")
         return model if precision == "fp32" else Bf16Model(model)
-    require("onnx" if engine == "onnxruntime" else "openvino", EXTRAS[engine])
+    require(engine, EXTRAS[engine])
     file_precision = "fp32" if precision == "bf16" else precision
     if isinstance(model, PromptableSegmenter):
         folder = cached_export(model, name, file_precision)
@@ -97,7 +98,6 @@ class Bf16Model:
     def __init__(self, model: PromptableSegmenter) -> None:
         self.model = model
         self.image_size, self.uses_features = model.image_size, model.uses_features
-        self.prompt_encoder = model.prompt_encoder
 
     def to(self, device):
         self.model.to(device)
@@ -122,7 +122,7 @@ class GraphModel:
 
     def __init__(self, folder: Path, engine: str, precision: str, threads: int) -> None:
         self.info = ExportInfo.read(Path(folder))
-        self.engine, self.precision, self.threads = engine, precision, threads
+        self.engine = engine
         self.image_size, self.uses_features = self.info.image_size, self.info.uses_features
         self.mask_size = self.info.mask_input_size
         open_graph = _ort_session if engine == "onnxruntime" else _openvino_model
@@ -153,9 +153,7 @@ class GraphModel:
         if masks is None:
             mask, has = np.zeros((n, 1, self.mask_size, self.mask_size), np.float32), np.zeros(1, np.float32)
         else:
-            if tuple(masks.shape[-2:]) != (self.mask_size, self.mask_size):
-                masks = F.interpolate(masks.float(), size=(self.mask_size,) * 2, mode="bilinear", align_corners=False)
-            mask, has = masks.detach().cpu().float().numpy(), np.ones(1, np.float32)
+            mask, has = resize_square(masks, self.mask_size).detach().cpu().float().numpy(), np.ones(1, np.float32)
         feeds = {"embedding": embedding.detach().cpu().float().numpy(), "point_coords": coords,
                  "point_labels": labels, "mask_input": mask, "has_mask_input": has}
         if self.uses_features:
@@ -163,11 +161,7 @@ class GraphModel:
         out = self._decoder(feeds)
         logits, iou = torch.from_numpy(out["logits"]), torch.from_numpy(out["iou"])
         keep = slice(1, None) if multimask else slice(0, 1)
-        logits, iou = logits[:, keep], iou[:, keep]
-        if logits.shape[-1] != self.image_size:
-            logits = F.interpolate(logits, size=(self.image_size, self.image_size), mode="bilinear",
-                                   align_corners=False)
-        return logits, iou
+        return resize_square(logits[:, keep], self.image_size), iou[:, keep]
 
 
 def _ort_session(path: Path, threads: int, precision: str):

@@ -10,6 +10,14 @@ from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
 
 
+def resize_square(maps: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, M, h, w) logits -> (N, M, size, size), bilinear; returned as they are when already that size.
+    The mask prompt going in (to 4E) and the logits coming out (to the model input S) of ``decode``."""
+    if tuple(maps.shape[-2:]) == (size, size):
+        return maps
+    return F.interpolate(maps, size=(size, size), mode="bilinear", align_corners=False)
+
+
 class PromptableSegmenter(nn.Module):
     """image_encoder + prompt_encoder + mask_decoder.
 
@@ -55,17 +63,12 @@ class PromptableSegmenter(nn.Module):
             raise ValueError("this model's mask head fuses encoder features: decode(..., features=...) from "
                              "encode_features(images)")
         if masks is not None:
-            size = tuple(4 * s for s in self.prompt_encoder.embedding_size)
-            if tuple(masks.shape[-2:]) != size:
-                masks = F.interpolate(masks, size=size, mode="bilinear", align_corners=False)
+            masks = resize_square(masks, 4 * self.prompt_encoder.embedding_size[0])
         sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=masks)
         extra = {"features": features} if self.uses_features else {}
         logits, iou = self.mask_decoder(embedding, self.prompt_encoder.get_dense_pe(), sparse, dense, multimask,
                                         **extra)
-        if logits.shape[-1] != self.image_size:
-            logits = F.interpolate(logits, size=(self.image_size, self.image_size), mode="bilinear",
-                                   align_corners=False)
-        return logits, iou
+        return resize_square(logits, self.image_size), iou
 
     def forward(self, images: torch.Tensor, boxes: torch.Tensor | None = None,
                 points: tuple[torch.Tensor, torch.Tensor] | None = None, masks: torch.Tensor | None = None,
