@@ -9,7 +9,7 @@ and, with no set active, ``target`` computes exactly what it computed before (bi
 
 :meth:`using` activates one set for a block of code (``None``: none). Parameters live in
 ``self.sets[key]`` (a ParameterDict of ``"<layer>.a"``-style names with the dots replaced), so a state
-dict holds ``sets.<key>.<layer>__a`` entries; :meth:`merged_weight` gives ``W + scale * B A`` for export.
+dict holds ``sets.<key>.<layer>__a`` entries.
 """
 
 from __future__ import annotations
@@ -43,20 +43,21 @@ class LowRankUpdates(nn.Module):
                 self._shapes[name] = (module.in_features, module.out_features)
                 module.register_forward_hook(partial(self._hook, name))
 
-    @property
-    def layer_names(self) -> list[str]:
-        return list(self._shapes)
+    def clear(self) -> None:
+        """Drop every set (the hooks stay, doing nothing)."""
+        self.sets, self.ranks, self.active = nn.ModuleDict(), {}, None
 
-    def add(self, key: str, rank: int) -> int:
-        """A new set of rank ``rank`` under ``key`` (B = 0: no change yet); returns its parameter count."""
+    def add(self, key: str, rank: int, device: torch.device | str | None = None) -> int:
+        """A new set of rank ``rank`` under ``key`` on ``device`` (B = 0: no change yet); returns its
+        parameter count."""
         if key in self.sets:
             raise ValueError(f"low-rank set {key!r} exists already")
         if rank < 1:
             raise ValueError(f"a low-rank update needs rank >= 1, got {rank}")
         params = nn.ParameterDict()
         for name, (n_in, n_out) in self._shapes.items():
-            params[_safe(name) + "__a"] = nn.Parameter(torch.randn(rank, n_in) / math.sqrt(n_in))
-            params[_safe(name) + "__b"] = nn.Parameter(torch.zeros(n_out, rank))
+            params[_safe(name) + "__a"] = nn.Parameter(torch.randn(rank, n_in, device=device) / math.sqrt(n_in))
+            params[_safe(name) + "__b"] = nn.Parameter(torch.zeros(n_out, rank, device=device))
         self.sets[key], self.ranks[key] = params, rank
         return sum(p.numel() for p in params.values())
 
@@ -78,9 +79,3 @@ class LowRankUpdates(nn.Module):
         a, b = params[_safe(name) + "__a"], params[_safe(name) + "__b"]
         scale = self.alpha / self.ranks[self.active]
         return output + scale * (inputs[0].to(a.dtype) @ a.t() @ b.t()).to(output.dtype)
-
-    def merged_weight(self, key: str, name: str, weight: torch.Tensor) -> torch.Tensor:
-        """``weight + scale * B A`` of layer ``name`` under set ``key`` (weight: (out, in))."""
-        params = self.sets[key]
-        a, b = params[_safe(name) + "__a"], params[_safe(name) + "__b"]
-        return weight + (self.alpha / self.ranks[key]) * (b @ a).to(weight.dtype)

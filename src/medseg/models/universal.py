@@ -139,8 +139,7 @@ class AutomaticHead(nn.Module):
         device = self.coarse_classifier.layers[0].weight.device
         task = TaskInfo(name, modality, classes, f"t{len(self.tasks)}", window, int(rank))
         if task.rank:
-            self.task_updates.add(task.key, task.rank)
-            self.task_updates.sets[task.key].to(device)
+            self.task_updates.add(task.key, task.rank, device)
         start = self.whole_image_box.to(device)[None].repeat(len(classes), 1, 1)
         self.class_tokens[task.key] = nn.Parameter(start + 0.02 * torch.randn_like(start))
         mkey = _modality_key(modality)
@@ -162,7 +161,7 @@ class AutomaticHead(nn.Module):
         except (ValueError, KeyError, TypeError) as exc:
             raise InputError(f"the checkpoint's task table is unreadable ({exc})") from None
         self.tasks, self.class_tokens, self.modality_tokens = {}, nn.ParameterDict(), nn.ParameterDict()
-        self.task_updates.sets, self.task_updates.ranks = nn.ModuleDict(), {}
+        self.task_updates.clear()
         for info in infos:
             added = self.add_task(info.name, info.modality, info.classes, info.window, info.rank)
             if added.key != info.key:
@@ -217,7 +216,8 @@ class AutomaticHead(nn.Module):
                 sparse: torch.Tensor, dense: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         """The decoder over the N queries -> logits (N, 1, 4E, 4E): queries of tasks with a low-rank update
         run under it, all others (in one group) under the shared decoder alone."""
-        keys = [self.task(tasks[b]).key if self.task(tasks[b]).rank else None for b in index[:, 0].tolist()]
+        own = {name: info.key if info.rank else None for name, info in self.tasks.items()}
+        keys = [own[tasks[b]] for b in index[:, 0].tolist()]
         if not any(keys):
             return self.decoder(image, image_pe, sparse, dense, multimask=False, query=query)[0]
         parts, order = [], []
