@@ -17,13 +17,13 @@ Modules: ``config`` (dataclasses, YAML, --set), ``datasets`` (prompted objects, 
 import importlib
 
 # Attributes load on first use (PEP 562), so ``import medseg.train.cli`` (``medseg --help``) does not
-# import torch. Asking for the loop or the registry imports the loop, which imports every objective
-# module (they register themselves there).
+# import torch. Anything but the configs imports the loop first, which imports every objective module
+# (they register themselves there).
 _HOMES = {**{name: "medseg.train.config" for name in ("Config", "DataConfig", "ModelConfig", "OptimConfig",
                                                       "TrainConfig", "config_from_dict", "config_to_dict",
                                                       "load_config")},
-          "train": "medseg.train.loop", "OBJECTIVES": "medseg.train.loop", "Objective": "medseg.train.loop",
-          "register_objective": "medseg.train.loop"}
+          "train": "medseg.train.loop",
+          **{name: "medseg.train.objectives" for name in ("OBJECTIVES", "Objective", "register_objective")}}
 
 __all__ = sorted(_HOMES)
 
@@ -31,7 +31,6 @@ __all__ = sorted(_HOMES)
 def __getattr__(name: str):
     if name not in _HOMES:
         raise AttributeError(f"module 'medseg.train' has no attribute {name!r}")
-    module = importlib.import_module(_HOMES[name])
-    if name in ("OBJECTIVES", "Objective", "register_objective"):
-        module = importlib.import_module("medseg.train.objectives")
-    return getattr(module, name)
+    if _HOMES[name] != "medseg.train.config":
+        importlib.import_module("medseg.train.loop")
+    return getattr(importlib.import_module(_HOMES[name]), name)
