@@ -39,22 +39,30 @@ def _device(name: str | None):
     return device
 
 
-def _predictor(args: argparse.Namespace):
-    from .infer import Predictor
+def _promptable_model(args: argparse.Namespace, kinds: tuple[str, ...] = ("promptable", "universal"),
+                      use: str = "prompted"):
+    """``--model`` (of ``kinds``) with its pretrained weights or ``--checkpoint`` (a note on stderr when
+    that leaves random weights); InputError naming what it cannot be (``use``) for another model."""
     from .models import build_model, list_models
     from .models.build import has_published_weights
 
-    device = _device(args.device)
-    _set_threads(args.threads)
-    promptable = list_models("promptable") + list_models("universal")
-    if args.model not in promptable:
+    allowed = [name for kind in kinds for name in list_models(kind)]
+    if args.model not in allowed:
         kind = "an automatic model that takes no prompt" if args.model in list_models() else "unknown"
-        raise InputError(f"model {args.model!r} is {kind}; promptable models: {', '.join(promptable)}")
+        raise InputError(f"model {args.model!r} cannot be {use}: it is {kind}; promptable models: {', '.join(allowed)}")
     pretrained = args.checkpoint is None and has_published_weights(args.model)
     if args.checkpoint is None and not pretrained:
         print(f"note: model {args.model!r} has no published weights and no --checkpoint: random weights",
               file=sys.stderr)
-    model = build_model(args.model, pretrained=pretrained, checkpoint=args.checkpoint, weights=args.weights)
+    return build_model(args.model, pretrained=pretrained, checkpoint=args.checkpoint, weights=args.weights)
+
+
+def _predictor(args: argparse.Namespace):
+    from .infer import Predictor
+
+    device = _device(args.device)
+    _set_threads(args.threads)
+    model = _promptable_model(args)
     if getattr(args, "task", None):
         from .infer.automatic import AutoSegmenter
 
@@ -292,14 +300,8 @@ def _is_volume(path) -> bool:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from .engines import export_model
-    from .models import build_model, list_models
-    from .models.build import has_published_weights
 
-    if args.model not in list_models("promptable"):
-        raise InputError(f"model {args.model!r} cannot be exported: promptable models are "
-                         f"{', '.join(list_models('promptable'))}")
-    pretrained = args.checkpoint is None and has_published_weights(args.model)
-    model = build_model(args.model, pretrained=pretrained, checkpoint=args.checkpoint, weights=args.weights)
+    model = _promptable_model(args, kinds=("promptable",), use="exported")
     info = export_model(model, args.out, args.model, args.precision, overwrite=args.overwrite)
     sizes = ", ".join(f"{f} {(args.out / f).stat().st_size / 1e6:.1f} MB" for f in (info.encoder_file, info.decoder_file))
     print(f"exported {args.model} ({args.precision}, weights {info.weights_sha256[:12]}) to {args.out}: {sizes}")
@@ -392,7 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", choices=("shipped", "published"), default="shipped",
                    help="without --checkpoint: the shipped (default) or the published decoder")
     p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
-                   help="fp32 (default), fp16 (weights stored as float16) or int8 (MatMul weights quantised)")
+                   help="fp32 (default), fp16 (weights stored as float16) or int8 (the encoder's MatMul weights "
+                        "quantised)")
     p.add_argument("--overwrite", action="store_true", help="replace the files of an earlier export in --out")
     p.set_defaults(func=cmd_export)
 
