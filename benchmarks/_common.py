@@ -48,7 +48,28 @@ def peak_rss_mb(code: str) -> float | None:
     proc = subprocess.run([str(timer), "-v", sys.executable, "-c", code], capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"peak-memory probe failed:\n{proc.stderr[-2000:]}")
-    match = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
+    return peak_mb_from_time(proc.stderr)
+
+
+def count_params_flops(encoder, x) -> dict:
+    """Parameters and FLOPs of ``encoder(x)``; the CPU flash-attention kernel that real (non-meta) CPU
+    inference dispatches to is counted like the other attention kernels."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+    def cpu_flash_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    counter = FlopCounterMode(display=False, custom_mapping={
+        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_flash_flops})
+    with counter:
+        encoder(x)
+    return {"params": sum(p.numel() for p in encoder.parameters()), "flops": counter.get_total_flops()}
+
+
+def peak_mb_from_time(stderr: str) -> float | None:
+    """Peak resident memory (MB) from the report of ``/usr/bin/time -v`` ("Maximum resident set size")."""
+    match = re.search(r"Maximum resident set size \(kbytes\): (\d+)", stderr)
     return int(match.group(1)) / 1024 if match else None
 
 

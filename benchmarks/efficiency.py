@@ -53,7 +53,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import signal
 import statistics
 import subprocess
@@ -63,7 +62,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, THREADS, set_threads, write_json  # noqa: E402
+from _common import REPO, THREADS, count_params_flops, peak_mb_from_time, set_threads, write_json  # noqa: E402
 
 RESOLUTIONS = (512, 1024, 2048)
 QUICK_RESOLUTIONS = (512, 1024)
@@ -159,22 +158,6 @@ def worker_infer(spec: dict) -> dict:
         if spec.get("count_flops"):  # fallback when the meta-device analysis failed: one real batch-1 forward
             result.update(count_params_flops(encoder, x[:1]))
     return result
-
-
-def count_params_flops(encoder, x) -> dict:
-    """Parameters and FLOPs of ``encoder(x)``; the CPU flash-attention kernel that real (non-meta) CPU
-    inference dispatches to is counted like the other attention kernels."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
-
-    def cpu_flash_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-        return sdpa_flop_count(query_shape, key_shape, value_shape)
-
-    counter = FlopCounterMode(display=False, custom_mapping={
-        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_flash_flops})
-    with counter:
-        encoder(x)
-    return {"params": sum(p.numel() for p in encoder.parameters()), "flops": counter.get_total_flops()}
 
 
 def worker_train(spec: dict) -> dict:
@@ -318,8 +301,7 @@ def kill_worker(proc: subprocess.Popen) -> None:
 
 
 def parse_worker_output(returncode: int, stdout: str, stderr: str) -> dict:
-    match = re.search(r"Maximum resident set size \(kbytes\): (\d+)", stderr)
-    peak_mb = int(match.group(1)) / 1024 if match else None
+    peak_mb = peak_mb_from_time(stderr)
     lines = [line for line in stdout.splitlines() if line.startswith(RESULT_TAG)]
     if lines:
         result = json.loads(lines[-1][len(RESULT_TAG):])

@@ -42,7 +42,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DEFAULT_DATA, REPO, THREADS, median_seconds, require_data, write_json  # noqa: E402
+from _common import (DEFAULT_DATA, REPO, THREADS, count_params_flops, median_seconds, peak_mb_from_time,  # noqa: E402
+                     require_data, write_json)
 
 MODELS = {"litemedsam": True, "hr-tiny": False, "hr-small": True}  # name -> has trained weights (Dice rows)
 VARIANTS = [("torch", "fp32"), ("torch", "bf16"), ("onnxruntime", "fp32"), ("onnxruntime", "fp16"),
@@ -87,7 +88,8 @@ def worker(spec: dict) -> dict:
     row = {"encoder_ms": round(1e3 * encoder_s, 1), "decoder_ms": round(1e3 * decoder_s, 2),
            "click_ms": round(1e3 * click_s, 1)}
     if spec["engine"] == "torch" and spec["precision"] == "fp32":
-        row["gflop"] = _encoder_gflop(model, x)
+        with torch.no_grad():
+            row["gflop"] = round(count_params_flops(model.image_encoder, x)["flops"] / 1e9, 3)
     if not spec["sets"]:
         return row
     dice_by_set, agreement = {}, {}
@@ -110,20 +112,6 @@ def worker(spec: dict) -> dict:
         if agree:
             agreement[set_name] = {"mean": round(float(np.mean(agree)), 4), "min": round(float(np.min(agree)), 4)}
     return {**row, "dice": dice_by_set, "agreement": agreement}
-
-
-def _encoder_gflop(model, x) -> float:
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
-
-    def cpu_flash(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-        return sdpa_flop_count(query_shape, key_shape, value_shape)
-
-    counter = FlopCounterMode(display=False, custom_mapping={
-        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_flash})
-    with counter, torch.no_grad():
-        model.encode_features(x)
-    return round(counter.get_total_flops() / 1e9, 3)
 
 
 def matmul_gflops(threads: int, runs: int) -> dict[str, float]:
@@ -151,9 +139,9 @@ def launch(spec: dict, timeout_s: float = 3600) -> dict:
     if proc.returncode != 0 or not lines:
         return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]}
     result = json.loads(lines[-1])
-    for line in proc.stderr.splitlines():
-        if "Maximum resident set size" in line:
-            result["peak_mb"] = round(int(line.split(":")[-1]) / 1024)
+    peak = peak_mb_from_time(proc.stderr)
+    if peak is not None:
+        result["peak_mb"] = round(peak)
     return result
 
 
