@@ -1,6 +1,6 @@
 """medseg: universal, efficient medical image segmentation.
 
-Layers, bottom to top: errors -> formats -> io -> viz -> data -> models -> engines -> infer -> eval -> train -> demo -> cli
+Layers, bottom to top: errors -> formats -> io -> viz -> data -> models -> engines -> infer -> eval -> train -> serve -> demo -> cli
 
 A module imports only from its own layer or the layers below it (``tests/test_layers.py`` reads
 every import, lazy ones included, and fails on an upward import or a circle):
@@ -19,6 +19,7 @@ every import, lazy ones included, and fails on an upward import or a circle):
 * ``infer``: the Predictor (encode once, prompt many times), volumes, files, automatic mode.
 * ``eval``: metrics, prompt protocols over a dataset, reports and figures.
 * ``train``: the one loop, its objectives, checkpoints, embedding caches, torchrun.
+* ``serve``: ``medseg serve``, the browser page and its JSON API over the Predictor.
 * ``demo``, ``cli``: the command line.
 """
 

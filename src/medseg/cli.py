@@ -308,6 +308,20 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import check_extra, run
+
+    check_extra()  # before the model loads: a missing extra is said at once
+    if not 0 < args.port < 65536:
+        raise InputError(f"--port {args.port}: give 1..65535")
+    if args.max_upload_mb <= 0:
+        raise InputError(f"--max-upload-mb {args.max_upload_mb}: give a positive size")
+    if args.root is not None and not args.root.is_dir():
+        raise InputError(f"--root {args.root}: not a folder; give the folder whose images the page may open")
+    return run(_predictor(args), model_name=args.model, host=args.host, port=args.port, root=args.root,
+               token=args.token, max_upload_mb=args.max_upload_mb, cache_size=args.cache_size)
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from .models import list_models
     from .models.build import SHIPPED_DECODERS, has_published_weights, has_shipped_tasks
@@ -398,6 +412,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "quantised)")
     p.add_argument("--overwrite", action="store_true", help="replace the files of an earlier export in --out")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("serve", help="interactive segmentation in the browser: a page and a JSON API (FastAPI)")
+    p.add_argument("--root", type=Path, help="folder whose images the page may open (default: uploads only)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; another needs the token)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--token", help="the token clients must send (default: generated when --host is not loopback)")
+    p.add_argument("--max-upload-mb", type=float, default=512.0, help="largest upload accepted (413 past it)")
+    p.add_argument("--cache-size", type=int, default=16, help="encoded slices kept (LRU); bounds the memory")
+    _model_args(p)
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("models", help="list the registered models")
     p.set_defaults(func=cmd_models)

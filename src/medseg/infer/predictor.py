@@ -84,6 +84,18 @@ class Predictor:
             maps = None if features is None else {k: v[i:i + 1] for k, v in features.items()}
             self._prefetched[(array_digest(image), modality)] = (embedding[i:i + 1], maps, record)
 
+    @property
+    def encoding(self) -> tuple:
+        """The current image's encoder state ``(embedding, features, resize record)``; hand it back to
+        :meth:`set_encoding` to switch images without running the encoder again (a server's cache)."""
+        if self.record is None:
+            raise RuntimeError("call set_image(image) before reading the encoding")
+        return self.embedding, self.features, self.record
+
+    def set_encoding(self, encoding: tuple) -> None:
+        """Make ``encoding`` (from :attr:`encoding`, with this predictor's model) the current image."""
+        self.embedding, self.features, self.record = encoding
+
     def set_embedding(self, embedding: torch.Tensor, original_hw: tuple[int, int]) -> None:
         """Reuse a cached embedding (1, 256, E, E) of an image of size (H, W)."""
         from ..data.preprocess import longest_side_shape

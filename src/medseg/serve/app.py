@@ -1,0 +1,246 @@
+"""The HTTP side of ``medseg serve``: a FastAPI app serving the page and the JSON API (imported only
+once :func:`medseg.serve.check_extra` found FastAPI).
+
+API (coordinates in the input's pixels; ``slice`` along Z, 0-based):
+
+* ``GET /api/health`` -> ``{"status": "ok", "model", "engine", "precision"}``
+* ``GET /api/files`` -> readable files under ``--root``; ``POST /api/images/open {"path"}`` opens one
+* ``POST /api/images`` (multipart field ``file``) -> ``{"image_id", "shape" [Z, Y, X], "modality", ...}``
+* ``GET /api/images/{id}`` -> the same; ``DELETE`` closes it
+* ``GET /api/images/{id}/slices/{z}.png?window=auto|soft|lung|bone`` -> the slice for display
+* ``GET /api/images/{id}/slices/{z}/labels.png`` -> the slice's label ids (8 or 16-bit grey PNG)
+* ``POST /api/images/{id}/segment`` ``{"box", "points", "labels", "slice", "object"}`` ->
+  ``{"mask": {"png_base64"}, "score", "object", "slice"}``
+* ``POST /api/images/{id}/undo``, ``/redo``; ``GET /api/images/{id}/session`` -> the prompts as JSON
+* ``GET /api/images/{id}/labels?format=png|nifti|mha|dicom-seg`` -> the label map file
+
+Every error is JSON ``{"error": message}`` with a 4xx status (413 past ``--max-upload-mb``, 401
+without the token when one is required); nothing returns a traceback.
+"""
+
+import base64
+import hmac
+import io
+import tempfile
+from importlib.resources import files as package_files
+from pathlib import Path
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException
+
+from ..errors import InputError
+from .files import list_root, read_under_root, read_upload
+from .state import Store, UnknownImage
+
+LABEL_FORMATS = {"png": ".png", "nifti": ".nii.gz", "mha": ".mha", "dicom-seg": ".dcm"}
+STATIC = package_files("medseg.serve") / "static"
+
+
+class OpenRequest(BaseModel):
+    path: str
+
+
+class SegmentRequest(BaseModel):
+    box: list[float] | None = None
+    points: list[list[float]] = []
+    labels: list[int] | None = None
+    slice: int | None = None
+    object: int = 1
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    """uint8/uint16 (Y, X) or uint8 (Y, X, 3) -> PNG bytes."""
+    from PIL import Image as PILImage
+
+    return _encode(PILImage.fromarray(array))
+
+
+def _encode(picture) -> bytes:
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def create_app(store: Store, *, model_name: str, root: Path | None = None, token: str | None = None,
+               max_upload_mb: float = 512.0):
+    """The app over ``store``. ``token``: required on every API request (``Authorization: Bearer T``,
+    or ``?token=T`` for the page's own requests) when given. ``root``: the folder ``/api/files`` lists
+    and ``/api/images/open`` reads from (None: uploads only)."""
+    max_bytes = int(max_upload_mb * 1e6)
+    app = FastAPI(title="medseg", docs_url=None, redoc_url=None, openapi_url=None)
+    predictor = store.predictor
+
+    def error(status: int, message: str) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status)
+
+    @app.exception_handler(InputError)
+    async def _input_error(_, exc: InputError):
+        return error(400, str(exc))
+
+    @app.exception_handler(UnknownImage)
+    async def _unknown(_, exc: UnknownImage):
+        return error(404, f"no open image {exc.args[0]!r}: it was closed or evicted; open it again")
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return error(400, f"bad request: {where}: {first.get('msg', 'invalid')}")
+
+    @app.exception_handler(HTTPException)
+    async def _http(_, exc: HTTPException):
+        return error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_, exc: Exception):
+        return error(500, f"internal error ({type(exc).__name__}); the server log has the details")
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        if token is not None and request.url.path.startswith("/api/"):
+            given = request.headers.get("authorization", "").removeprefix("Bearer ").strip() or \
+                request.query_params.get("token", "")
+            if not hmac.compare_digest(given.encode(), token.encode()):
+                return error(401, "this server needs its token: send 'Authorization: Bearer TOKEN' (printed at start)")
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > max_bytes + 1_000_000):
+            return error(413, f"request larger than the upload limit of {max_upload_mb:g} MB (--max-upload-mb)")
+        return await call_next(request)
+
+    @app.get("/", response_class=HTMLResponse)
+    def page():
+        return (STATIC / "index.html").read_text()
+
+    @app.get("/static/{name}")
+    def static(name: str):
+        kinds = {".js": "text/javascript", ".css": "text/css", ".png": "image/png"}
+        entry = STATIC / name
+        if "/" in name or name.startswith(".") or Path(name).suffix not in kinds or not entry.is_file():
+            return error(404, f"no static file {name!r}")
+        return Response(entry.read_bytes(), media_type=kinds[Path(name).suffix])
+
+    @app.get("/api/health")
+    def health():
+        return {"status": "ok", "model": model_name, "engine": predictor.engine, "precision": predictor.precision,
+                "root": root is not None, "cached_slices": len(store.encodings), "open_images": len(store.images)}
+
+    @app.get("/api/files")
+    def files():
+        if root is None:
+            return {"files": [], "root": False}
+        return {"files": list_root(root), "root": True}
+
+    @app.post("/api/images/open")
+    def open_from_root(request: OpenRequest):
+        if root is None:
+            raise InputError("this server has no --root folder: upload the file instead")
+        image, folder, dicom = read_under_root(root, request.path)
+        return store.add(request.path, image, folder, dicom).info()
+
+    @app.post("/api/images")
+    async def upload(request: Request):
+        form = await request.form(max_files=1, max_fields=4, max_part_size=max_bytes + 1)
+        item = form.get("file")
+        if item is None or isinstance(item, str):
+            raise InputError("send the image as the multipart form field 'file'")
+        data = await item.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            return error(413, f"{item.filename}: larger than the upload limit of {max_upload_mb:g} MB (--max-upload-mb)")
+        if not data:
+            raise InputError(f"{item.filename}: the file is empty")
+        image, folder, dicom = read_upload(item.filename or "upload", data, max_bytes)
+        return store.add(item.filename or "upload", image, folder, dicom).info()
+
+    @app.get("/api/images/{image_id}")
+    def info(image_id: str):
+        return store.get(image_id).info()
+
+    @app.delete("/api/images/{image_id}")
+    def close(image_id: str):
+        store.remove(image_id)
+        return {"closed": image_id}
+
+    @app.get("/api/images/{image_id}/slices/{z}.png")
+    def slice_png(image_id: str, z: int, window: str = "auto"):
+        return Response(png_bytes(store.get(image_id).display(z, window)), media_type="image/png")
+
+    @app.get("/api/images/{image_id}/slices/{z}/labels.png")
+    def labels_png(image_id: str, z: int):
+        opened = store.get(image_id)
+        ids = opened.labels[opened.check_slice(z)]
+        return Response(png_bytes(ids.astype(np.uint8) if ids.max(initial=0) < 256 else ids),
+                        media_type="image/png")
+
+    @app.post("/api/images/{image_id}/segment")
+    def segment(image_id: str, request: SegmentRequest):
+        opened = store.get(image_id)
+        z = opened.check_slice(request.slice)
+        if not 1 <= request.object <= 65535:
+            raise InputError(f"object {request.object}: give an object number 1..65535")
+        box = None if request.box is None else np.asarray(request.box, dtype=np.float64)
+        points = np.asarray(request.points, dtype=np.float64).reshape(-1, 2) if request.points else None
+        labels = None
+        if request.labels is not None:
+            labels = np.asarray(request.labels, dtype=np.int64)
+            if points is None or len(labels) != len(points):
+                raise InputError(f"labels: give one label per point ({0 if points is None else len(points)}), 1 positive 0 negative")
+        if box is None and points is None:
+            raise InputError("give a box [x0, y0, x1, y1] or at least one point")
+        if box is not None and box.shape != (4,):
+            raise InputError(f"box: give [x0, y0, x1, y1], got {request.box}")
+        mask, score = store.segment(opened, z, box, points, labels)
+        prompt = {"slice": z, "object": request.object, "box": request.box, "points": request.points,
+                  "labels": None if points is None else (request.labels or [1] * len(points))}
+        opened.paint(z, request.object, mask, prompt)
+        encoded = base64.b64encode(png_bytes(mask.astype(np.uint8) * 255)).decode()
+        return {"mask": {"png_base64": encoded, "shape": list(mask.shape)}, "score": round(score, 4),
+                "object": request.object, "slice": z, "pixels": int(mask.sum())}
+
+    @app.post("/api/images/{image_id}/undo")
+    def undo(image_id: str):
+        return {"slice": store.get(image_id).step(backwards=True)}
+
+    @app.post("/api/images/{image_id}/redo")
+    def redo(image_id: str):
+        return {"slice": store.get(image_id).step(backwards=False)}
+
+    @app.get("/api/images/{image_id}/session")
+    def session(image_id: str):
+        opened = store.get(image_id)
+        return {"image": opened.name, "shape": list(opened.shape), "model": model_name,
+                "objects": opened.objects, "prompts": opened.prompts}
+
+    @app.get("/api/images/{image_id}/labels")
+    def labels(image_id: str, format: str = "nifti"):
+        opened = store.get(image_id)
+        if format not in LABEL_FORMATS:
+            raise InputError(f"format {format!r}: give one of {', '.join(LABEL_FORMATS)}")
+        stem = Path(opened.name).name.split(".")[0] or "image"
+        filename = f"{stem}_labels{LABEL_FORMATS[format]}"
+        headers = {"Content-Disposition": f'attachment; filename="{filename}"'}
+        if format == "dicom-seg":
+            if opened.dicom_source is None:
+                raise InputError(f"{opened.name}: DICOM-SEG references a DICOM input; this image is "
+                                 f"{opened.image.meta.format}: export nifti, mha or png")
+            from ..io.dicomseg import dicom_seg_bytes
+
+            data = dicom_seg_bytes(opened.labels, opened.dicom_source, opened.objects)
+            return Response(data, media_type="application/dicom", headers=headers)
+        return Response(label_file(opened, LABEL_FORMATS[format]), media_type="application/octet-stream",
+                        headers=headers)
+
+    return app
+
+
+def label_file(opened, suffix: str) -> bytes:
+    """The label map written as ``suffix`` with the input's geometry, as bytes."""
+    from ..io import write_label
+
+    with tempfile.TemporaryDirectory(prefix="medseg-serve-") as tmp:
+        like = opened.image.meta if suffix != ".png" else None
+        path = write_label(opened.labels, Path(tmp) / f"labels{suffix}", like=like)
+        return path.read_bytes()

@@ -1,0 +1,195 @@
+"""What ``medseg serve`` holds: the open images, their label maps with undo/redo, the prompts that made
+them, and a bounded LRU cache of encoder states (one per image slice).
+
+Coordinates are the input's pixels as everywhere in medseg: boxes (x0, y0, x1, y1), points (x, y),
+slices ``z`` along the array's Z axis; label maps are integer (Z, Y, X), 0 = background, k = object k.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..data.cases import plane
+from ..errors import InputError
+from ..infer import Predictor
+from ..io import Image
+
+WINDOWS: dict[str, tuple[float, float]] = {  # CT presets: (level, width) in HU
+    "soft": (40.0, 400.0), "lung": (-600.0, 1500.0), "bone": (400.0, 1800.0)}
+HISTORY = 100  # undo steps kept per image
+
+
+class UnknownImage(KeyError):
+    """No open image has this id (expired from the store or never opened)."""
+
+
+@dataclass
+class OpenImage:
+    """One opened image: ``image`` (C, Z, Y, X), its label map (Z, Y, X) uint16, object names, the prompts
+    of every segment call (replayable by ``medseg predict --prompts``), undo/redo stacks of
+    ``(z, label slice before)``, and ``folder``: the server's private copy of the upload (removed on
+    eviction). ``dicom_source``: the DICOM file or series folder a DICOM-SEG export references."""
+
+    image_id: str
+    name: str
+    image: Image
+    folder: Path | None = None
+    dicom_source: Path | None = None
+    labels: np.ndarray = field(init=False)
+    objects: dict[int, str] = field(default_factory=dict)
+    prompts: list[dict] = field(default_factory=list)
+    undo: list[tuple[int, np.ndarray, list]] = field(default_factory=list)
+    redo: list[tuple[int, np.ndarray, list]] = field(default_factory=list)
+    auto_window: tuple[float, float] = (0.0, 1.0)
+
+    def __post_init__(self) -> None:
+        self.labels = np.zeros(self.image.spatial_shape, dtype=np.uint16)
+        finite = self.image.array.astype(np.float32)
+        lo, hi = np.percentile(finite, (0.5, 99.5)) if finite.size else (0.0, 1.0)
+        self.auto_window = (float(lo), float(hi) if hi > lo else float(lo) + 1.0)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.image.spatial_shape
+
+    @property
+    def modality(self) -> str | None:
+        return self.image.meta.modality
+
+    def info(self) -> dict:
+        z, y, x = self.shape
+        return {"image_id": self.image_id, "name": self.name, "shape": [z, y, x],
+                "channels": int(self.image.array.shape[0]), "modality": self.modality,
+                "format": self.image.meta.format, "dicom": self.dicom_source is not None,
+                "spacing": [float(s) for s in self.image.meta.spacing], "objects": self.objects,
+                "windows": ["auto", *WINDOWS] if self.image.array.shape[0] == 1 else ["auto"]}
+
+    def check_slice(self, z: int | None) -> int:
+        depth = self.shape[0]
+        z = 0 if z is None else int(z)
+        if not 0 <= z < depth:
+            raise InputError(f"slice {z} is outside the image's {depth} slice(s): give 0..{depth - 1}")
+        return z
+
+    def display(self, z: int, window: str = "auto") -> np.ndarray:
+        """Slice ``z`` as uint8 (Y, X) or (Y, X, 3) for the page: ``window`` "auto" (0.5-99.5
+        percentiles of the whole image), or a CT preset of :data:`WINDOWS`."""
+        arr = self.image.array[:, self.check_slice(z)].astype(np.float32)
+        if window == "auto":
+            lo, hi = self.auto_window
+        elif window in WINDOWS and arr.shape[0] == 1:
+            level, width = WINDOWS[window]
+            lo, hi = level - width / 2, level + width / 2
+        else:
+            raise InputError(f"window {window!r}: give one of {self.info()['windows']}")
+        out = (np.clip((arr - lo) / (hi - lo), 0, 1) * 255).round().astype(np.uint8)
+        return out[0] if out.shape[0] == 1 else np.moveaxis(out[:3], 0, -1)
+
+    def paint(self, z: int, obj: int, mask: np.ndarray, prompt: dict | None) -> None:
+        """Make ``mask`` (Y, X) bool object ``obj``'s pixels on slice ``z`` (its old pixels there cleared),
+        with an undo step."""
+        before = self.labels[z].copy()
+        self.undo.append((z, before, list(self.prompts)))
+        del self.undo[:-HISTORY]
+        self.redo.clear()
+        current = self.labels[z]
+        current[current == obj] = 0
+        current[mask] = obj
+        if prompt is not None:
+            self.prompts.append(prompt)
+        self.objects.setdefault(obj, f"object {obj}")
+
+    def step(self, backwards: bool) -> int:
+        """Undo (``backwards``) or redo one change; returns the slice it touched. Nothing to undo/redo
+        is an InputError."""
+        source, target = (self.undo, self.redo) if backwards else (self.redo, self.undo)
+        if not source:
+            raise InputError(f"nothing to {'undo' if backwards else 'redo'}")
+        z, labels, prompts = source.pop()
+        target.append((z, self.labels[z].copy(), list(self.prompts)))
+        self.labels[z] = labels
+        self.prompts = prompts
+        return z
+
+    def close(self) -> None:
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class Store:
+    """The open images (at most ``max_images``; the least recently used is closed first) and the LRU
+    cache of encoder states, at most ``cache_size`` slices. One lock serialises the model: a request
+    switches the predictor to its slice's encoding, then decodes."""
+
+    def __init__(self, predictor: Predictor, cache_size: int = 16, max_images: int = 32) -> None:
+        if cache_size < 1 or max_images < 1:
+            raise InputError("--cache-size and the image limit must be 1 or more")
+        self.predictor = predictor
+        self.cache_size, self.max_images = cache_size, max_images
+        self.images: OrderedDict[str, OpenImage] = OrderedDict()
+        self.encodings: OrderedDict[tuple[str, int], tuple] = OrderedDict()
+        self.lock = threading.RLock()
+        self.encoder_runs = 0
+
+    def add(self, name: str, image: Image, folder: Path | None = None, dicom_source: Path | None = None) -> OpenImage:
+        opened = OpenImage(secrets.token_hex(8), name, image, folder, dicom_source)
+        with self.lock:
+            self.images[opened.image_id] = opened
+            while len(self.images) > self.max_images:
+                _, old = self.images.popitem(last=False)
+                self._forget(old)
+        return opened
+
+    def get(self, image_id: str) -> OpenImage:
+        with self.lock:
+            if image_id not in self.images:
+                raise UnknownImage(image_id)
+            self.images.move_to_end(image_id)
+            return self.images[image_id]
+
+    def remove(self, image_id: str) -> None:
+        with self.lock:
+            self._forget(self.images.pop(image_id) if image_id in self.images else self.get(image_id))
+
+    def _forget(self, opened: OpenImage) -> None:
+        for key in [k for k in self.encodings if k[0] == opened.image_id]:
+            del self.encodings[key]
+        opened.close()
+
+    def encode(self, opened: OpenImage, z: int) -> None:
+        """Make slice ``z`` of ``opened`` the predictor's current image, from the cache or the encoder."""
+        key = (opened.image_id, z)
+        with self.lock:
+            if key in self.encodings:
+                self.encodings.move_to_end(key)
+                self.predictor.set_encoding(self.encodings[key])
+                return
+            self.predictor.set_image(plane(opened.image, z), opened.modality)
+            self.encoder_runs += 1
+            self.encodings[key] = self.predictor.encoding
+            while len(self.encodings) > self.cache_size:
+                self.encodings.popitem(last=False)
+
+    def segment(self, opened: OpenImage, z: int, box, points, labels) -> tuple[np.ndarray, float]:
+        """One prompt set on slice ``z`` -> (mask (Y, X) bool, predicted IoU). A single click without a
+        box asks for three candidates and keeps the one with the best predicted IoU."""
+        multimask = box is None and points is not None and len(points) == 1
+        with self.lock:
+            self.encode(opened, z)
+            result = self.predictor.predict(box=box, points=points, point_labels=labels, multimask=multimask)
+        best = int(np.argmax(result.scores[0]))
+        return result.masks[0, best], float(result.scores[0, best])
+
+    def close(self) -> None:
+        with self.lock:
+            for opened in self.images.values():
+                opened.close()
+            self.images.clear()
+            self.encodings.clear()

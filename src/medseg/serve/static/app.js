@@ -1,0 +1,208 @@
+// medseg serve's page: uses only the documented JSON API. Coordinates sent are the image's pixels.
+"use strict";
+const token = new URLSearchParams(location.search).get("token");
+const headers = token ? { Authorization: "Bearer " + token } : {};
+const withToken = (url) => (token ? url + (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token) : url);
+const COLOURS = [[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
+  [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212]];
+const $ = (id) => document.getElementById(id);
+const canvas = $("canvas"), ctx = canvas.getContext("2d");
+const state = { image: null, slice: 0, object: 1, picture: null, labels: null, prompts: {}, drag: null };
+
+function status(text) { $("status").textContent = text; }
+
+async function api(path, options = {}) {
+  const response = await fetch(withToken(path), { ...options, headers: { ...headers, ...(options.headers || {}) } });
+  if (!response.ok) {
+    let message = response.statusText;
+    try { message = (await response.json()).error; } catch (e) { /* not JSON */ }
+    throw new Error(message);
+  }
+  return response;
+}
+
+function loadPicture(url) {
+  return new Promise((resolve, reject) => {
+    const img = new Image();
+    img.onload = () => resolve(img);
+    img.onerror = () => reject(new Error("cannot load " + url));
+    img.src = withToken(url);
+  });
+}
+
+async function refresh() {
+  if (!state.image) return;
+  const id = state.image.image_id, z = state.slice, win = $("window").value || "auto";
+  const [picture, labels] = await Promise.all([
+    loadPicture(`/api/images/${id}/slices/${z}.png?window=${win}`),
+    loadPicture(`/api/images/${id}/slices/${z}/labels.png?v=${Date.now()}`)]);
+  state.picture = picture;
+  const off = document.createElement("canvas");
+  off.width = labels.width; off.height = labels.height;
+  const octx = off.getContext("2d");
+  octx.drawImage(labels, 0, 0);
+  state.labels = octx.getImageData(0, 0, off.width, off.height);
+  draw();
+}
+
+function draw() {
+  if (!state.picture) return;
+  ctx.drawImage(state.picture, 0, 0);
+  if (state.labels) {
+    const over = ctx.getImageData(0, 0, canvas.width, canvas.height), src = state.labels.data, dst = over.data;
+    for (let i = 0; i < src.length; i += 4) {
+      const id = src[i];
+      if (id === 0) continue;
+      const c = COLOURS[(id - 1) % COLOURS.length];
+      for (let k = 0; k < 3; k++) dst[i + k] = Math.round(0.55 * dst[i + k] + 0.45 * c[k]);
+    }
+    ctx.putImageData(over, 0, 0);
+  }
+  const p = currentPrompt();
+  ctx.lineWidth = Math.max(1, canvas.width / 400);
+  if (p.box) { ctx.strokeStyle = "#0f0"; ctx.strokeRect(p.box[0], p.box[1], p.box[2] - p.box[0], p.box[3] - p.box[1]); }
+  if (state.drag) { const d = state.drag; ctx.strokeStyle = "#ff0"; ctx.strokeRect(d.x0, d.y0, d.x1 - d.x0, d.y1 - d.y0); }
+  p.points.forEach((pt, i) => {
+    ctx.fillStyle = p.labels[i] ? "#0f0" : "#f00";
+    ctx.beginPath(); ctx.arc(pt[0], pt[1], Math.max(3, canvas.width / 150), 0, 2 * Math.PI); ctx.fill();
+  });
+}
+
+function currentPrompt() {
+  const key = `${state.object}:${state.slice}`;
+  state.prompts[key] = state.prompts[key] || { box: null, points: [], labels: [] };
+  return state.prompts[key];
+}
+
+function pixel(event) {
+  const r = canvas.getBoundingClientRect();
+  const x = (event.clientX - r.left) * canvas.width / r.width, y = (event.clientY - r.top) * canvas.height / r.height;
+  return [Math.min(canvas.width - 1, Math.max(0, Math.round(x))), Math.min(canvas.height - 1, Math.max(0, Math.round(y)))];
+}
+
+async function segment() {
+  const p = currentPrompt(), t0 = performance.now();
+  const body = { box: p.box, points: p.points, labels: p.labels, slice: state.slice, object: state.object };
+  const result = await (await api(`/api/images/${state.image.image_id}/segment`, {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) })).json();
+  await refresh();
+  status(`object ${result.object}: ${result.pixels} pixels, predicted IoU ${result.score} (${Math.round(performance.now() - t0)} ms)`);
+}
+
+function tool() { return document.querySelector("input[name=tool]:checked").value; }
+
+canvas.addEventListener("contextmenu", (e) => e.preventDefault());
+canvas.addEventListener("mousedown", (e) => {
+  if (!state.image) return;
+  const [x, y] = pixel(e);
+  if (tool() === "box" && e.button === 0 && !e.shiftKey) { state.drag = { x0: x, y0: y, x1: x, y1: y }; return; }
+  const p = currentPrompt();
+  p.points.push([x, y]); p.labels.push(e.button === 2 || e.shiftKey ? 0 : 1);
+  draw(); segment().catch((err) => status(err.message));
+});
+canvas.addEventListener("mousemove", (e) => {
+  if (!state.drag) return;
+  [state.drag.x1, state.drag.y1] = pixel(e); draw();
+});
+window.addEventListener("mouseup", () => {
+  const d = state.drag;
+  if (!d) return;
+  state.drag = null;
+  if (Math.abs(d.x1 - d.x0) < 2 || Math.abs(d.y1 - d.y0) < 2) { draw(); return; }
+  currentPrompt().box = [Math.min(d.x0, d.x1), Math.min(d.y0, d.y1), Math.max(d.x0, d.x1), Math.max(d.y0, d.y1)];
+  draw(); segment().catch((err) => status(err.message));
+});
+canvas.addEventListener("wheel", (e) => {
+  if (!state.image || state.image.shape[0] < 2) return;
+  e.preventDefault(); setSlice(state.slice + Math.sign(e.deltaY));
+});
+
+function setSlice(z) {
+  const depth = state.image.shape[0];
+  state.slice = Math.min(depth - 1, Math.max(0, z));
+  $("slice").value = state.slice; $("slice-label").textContent = `${state.slice} / ${depth - 1}`;
+  refresh().catch((err) => status(err.message));
+}
+$("slice").addEventListener("input", (e) => setSlice(Number(e.target.value)));
+$("window").addEventListener("change", () => refresh().catch((err) => status(err.message)));
+
+function showObjects() {
+  const select = $("object"), names = state.image ? state.image.objects : {};
+  const ids = new Set([...Object.keys(names).map(Number), state.object]);
+  select.innerHTML = "";
+  [...ids].sort((a, b) => a - b).forEach((id) => {
+    const option = document.createElement("option");
+    option.value = id; option.textContent = `${id}: ${names[id] || $("object-name").value || "object " + id}`;
+    select.appendChild(option);
+  });
+  select.value = state.object;
+}
+$("object").addEventListener("change", (e) => { state.object = Number(e.target.value); draw(); });
+$("new-object").addEventListener("click", () => {
+  const ids = [...$("object").options].map((o) => Number(o.value));
+  state.object = Math.max(0, ...ids) + 1; showObjects(); draw();
+});
+$("clear-prompts").addEventListener("click", () => { delete state.prompts[`${state.object}:${state.slice}`]; draw(); });
+
+async function step(kind) {
+  const result = await (await api(`/api/images/${state.image.image_id}/${kind}`, { method: "POST" })).json();
+  state.prompts = {};
+  if (result.slice !== state.slice) setSlice(result.slice); else await refresh();
+  status(`${kind} on slice ${result.slice}`);
+}
+$("undo").addEventListener("click", () => state.image && step("undo").catch((err) => status(err.message)));
+$("redo").addEventListener("click", () => state.image && step("redo").catch((err) => status(err.message)));
+document.addEventListener("keydown", (e) => {
+  if ((e.ctrlKey || e.metaKey) && e.key === "z" && state.image) step(e.shiftKey ? "redo" : "undo").catch((err) => status(err.message));
+});
+
+async function download(path, filename) {
+  const blob = await (await api(path)).blob();
+  const a = document.createElement("a");
+  a.href = URL.createObjectURL(blob); a.download = filename; a.click();
+  setTimeout(() => URL.revokeObjectURL(a.href), 1000);
+}
+document.querySelectorAll("button[data-format]").forEach((button) => button.addEventListener("click", () => {
+  if (!state.image) return;
+  const format = button.dataset.format, suffix = { png: ".png", nifti: ".nii.gz", mha: ".mha", "dicom-seg": ".dcm" }[format];
+  download(`/api/images/${state.image.image_id}/labels?format=${format}`, "labels" + suffix)
+    .then(() => status(`exported ${format}`)).catch((err) => status(err.message));
+}));
+$("export-session").addEventListener("click", () => state.image &&
+  download(`/api/images/${state.image.image_id}/session`, "session.json").catch((err) => status(err.message)));
+
+async function opened(response) {
+  state.image = await response.json();
+  state.slice = 0; state.prompts = {}; state.object = 1;
+  const [depth, height, width] = state.image.shape;
+  canvas.width = width; canvas.height = height;
+  $("volume-controls").hidden = depth < 2 && state.image.windows.length < 2;
+  $("slice").max = depth - 1;
+  $("window").innerHTML = state.image.windows.map((w) => `<option>${w}</option>`).join("");
+  $("export-dicom").disabled = !state.image.dicom;
+  showObjects(); setSlice(0);
+  status(`${state.image.name}: ${width}x${height}` + (depth > 1 ? `x${depth}` : "") + (state.image.modality ? ` ${state.image.modality}` : ""));
+}
+$("upload").addEventListener("change", (e) => {
+  const file = e.target.files[0];
+  if (!file) return;
+  const form = new FormData(); form.append("file", file);
+  status(`opening ${file.name}…`);
+  api("/api/images", { method: "POST", body: form }).then(opened).catch((err) => status(err.message));
+});
+$("files").addEventListener("change", (e) => {
+  if (!e.target.value) return;
+  status(`opening ${e.target.value}…`);
+  api("/api/images/open", { method: "POST", headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ path: e.target.value }) }).then(opened).catch((err) => status(err.message));
+});
+
+(async () => {
+  try {
+    const health = await (await api("/api/health")).json();
+    $("health").textContent = `${health.model} · ${health.engine} ${health.precision}`;
+    const listing = await (await api("/api/files")).json();
+    $("files").hidden = !listing.root;
+    listing.files.forEach((f) => { const o = document.createElement("option"); o.value = o.textContent = f.path; $("files").appendChild(o); });
+  } catch (err) { status(err.message); }
+})();
