@@ -38,6 +38,18 @@ def check_extra() -> None:
                          f"pip install 'medseg[serve]'") from None
 
 
+def _limit_malloc_arenas(arenas: int = 2) -> None:
+    """glibc gives each thread of the request pool a malloc arena of its own, which keeps freed tensor
+    memory per thread: cap them so a long-running server's memory follows its cache (no-op elsewhere)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(-8, arenas)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass
+
+
 def run(predictor, *, model_name: str, host: str = "127.0.0.1", port: int = 8000, root: Path | None = None,
         token: str | None = None, max_upload_mb: float = 512.0, cache_size: int = 16) -> int:
     """Serve until interrupted; prints the address (with the token when one is needed)."""
@@ -53,6 +65,7 @@ def run(predictor, *, model_name: str, host: str = "127.0.0.1", port: int = 8000
         token = token or secrets.token_urlsafe(24)
         print(f"warning: serving on {host}, reachable from other machines; every request needs the token",
               file=sys.stderr)
+    _limit_malloc_arenas()
     store = Store(predictor, cache_size=cache_size)
     app = create_app(store, model_name=model_name, root=None if root is None else Path(root),
                      token=token, max_upload_mb=max_upload_mb)

@@ -7,6 +7,7 @@ slices ``z`` along the array's Z axis; label maps are integer (Z, Y, X), 0 = bac
 
 from __future__ import annotations
 
+import copy
 import secrets
 import shutil
 import threading
@@ -125,8 +126,10 @@ class OpenImage:
 
 class Store:
     """The open images (at most ``max_images``; the least recently used is closed first) and the LRU
-    cache of encoder states, at most ``cache_size`` slices. One lock serialises the model: a request
-    switches the predictor to its slice's encoding, then decodes."""
+    cache of encoder states, at most ``cache_size`` slices. Two predictors share the one model: the
+    encoder's (``predictor``, under ``encode_lock``) and the decoder's (a copy with its own current
+    image, under ``decode_lock``), so a click on a cached slice does not wait for another client's
+    encoding."""
 
     def __init__(self, predictor: Predictor, cache_size: int = 16, max_images: int = 32) -> None:
         if cache_size < 1 or max_images < 1:
@@ -135,7 +138,9 @@ class Store:
         self.cache_size, self.max_images = cache_size, max_images
         self.images: OrderedDict[str, OpenImage] = OrderedDict()
         self.encodings: OrderedDict[tuple[str, int], tuple] = OrderedDict()
-        self.lock = threading.RLock()
+        self.decoder = copy.copy(predictor)  # same model and engine sessions, its own current image
+        self.lock = threading.RLock()  # the images and the cache
+        self.encode_lock, self.decode_lock = threading.Lock(), threading.Lock()
         self.encoder_runs = 0
 
     def add(self, name: str, image: Image, folder: Path | None = None, dicom_source: Path | None = None) -> OpenImage:
@@ -163,27 +168,31 @@ class Store:
             del self.encodings[key]
         opened.close()
 
-    def encode(self, opened: OpenImage, z: int) -> None:
-        """Make slice ``z`` of ``opened`` the predictor's current image, from the cache or the encoder."""
+    def encode(self, opened: OpenImage, z: int) -> tuple:
+        """The encoder state of slice ``z`` of ``opened``, from the cache or the encoder."""
         key = (opened.image_id, z)
-        with self.lock:
-            if key in self.encodings:
-                self.encodings.move_to_end(key)
-                self.predictor.set_encoding(self.encodings[key])
-                return
+        with self.encode_lock:
+            with self.lock:
+                if key in self.encodings:
+                    self.encodings.move_to_end(key)
+                    return self.encodings[key]
             self.predictor.set_image(plane(opened.image, z), opened.modality)
-            self.encoder_runs += 1
-            self.encodings[key] = self.predictor.encoding
-            while len(self.encodings) > self.cache_size:
-                self.encodings.popitem(last=False)
+            encoding = self.predictor.encoding
+            with self.lock:
+                self.encoder_runs += 1
+                self.encodings[key] = encoding
+                while len(self.encodings) > self.cache_size:
+                    self.encodings.popitem(last=False)
+            return encoding
 
     def segment(self, opened: OpenImage, z: int, box, points, labels) -> tuple[np.ndarray, float]:
         """One prompt set on slice ``z`` -> (mask (Y, X) bool, predicted IoU). A single click without a
         box asks for three candidates and keeps the one with the best predicted IoU."""
         multimask = box is None and points is not None and len(points) == 1
-        with self.lock:
-            self.encode(opened, z)
-            result = self.predictor.predict(box=box, points=points, point_labels=labels, multimask=multimask)
+        encoding = self.encode(opened, z)
+        with self.decode_lock:
+            self.decoder.set_encoding(encoding)
+            result = self.decoder.predict(box=box, points=points, point_labels=labels, multimask=multimask)
         best = int(np.argmax(result.scores[0]))
         return result.masks[0, best], float(result.scores[0, best])
 
