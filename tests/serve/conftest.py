@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
 import torch
 
 pytest.importorskip("fastapi", reason="medseg serve needs the [serve] extra")
 
-from fastapi.testclient import TestClient  # noqa: E402
-
 from medseg.infer import Predictor  # noqa: E402
 from medseg.models import build_model  # noqa: E402
-from medseg.serve.app import create_app  # noqa: E402
-from medseg.serve.state import Store  # noqa: E402
+from servekit import make_client  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -24,24 +19,11 @@ def tiny_predictor() -> Predictor:
     return Predictor(build_model("litemedsam-tiny"), device="cpu")
 
 
-def make_client(predictor, **kwargs) -> tuple[TestClient, Store]:
-    store = Store(predictor, cache_size=kwargs.pop("cache_size", 4))
-    return TestClient(create_app(store, model_name="litemedsam-tiny", **kwargs)), store
-
-
 @pytest.fixture
 def client(tiny_predictor, tmp_path):
     served, store = make_client(tiny_predictor, root=tmp_path, max_upload_mb=1)
     yield served
     store.close()
-
-
-def png_upload(array: np.ndarray, name: str = "picture.png") -> dict:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return {"file": (name, buffer.getvalue(), "image/png")}
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import make_client, png_upload
+from servekit import make_client, png_upload
 from medseg.io import read_image, read_label, write_image
 
 
