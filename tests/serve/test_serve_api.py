@@ -34,7 +34,8 @@ def test_upload_segment_undo_export(client, picture, tiny_predictor):
     shown = np.asarray(Image.open(io.BytesIO(client.get(f"/api/images/{image_id}/slices/0.png").content)))
     assert shown.shape == (60, 90)
 
-    answer = client.post(f"/api/images/{image_id}/segment", json={"box": [20, 10, 60, 50], "object": 1}).json()
+    answer = client.post(f"/api/images/{image_id}/segment",
+                         json={"box": [20, 10, 60, 50], "points": [], "labels": [], "object": 1}).json()
     mask = decode_png(answer["mask"]["png_base64"]) > 0
     assert mask.shape == (60, 90) and answer["pixels"] == mask.sum() > 0
     tiny_predictor.set_image(picture)

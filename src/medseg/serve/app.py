@@ -184,7 +184,7 @@ def create_app(store: Store, *, model_name: str, root: Path | None = None, token
         box = None if request.box is None else np.asarray(request.box, dtype=np.float64)
         points = np.asarray(request.points, dtype=np.float64).reshape(-1, 2) if request.points else None
         labels = None
-        if request.labels is not None:
+        if request.labels:  # [] with no points: the page's empty list
             labels = np.asarray(request.labels, dtype=np.int64)
             if points is None or len(labels) != len(points):
                 raise InputError(f"labels: give one label per point ({0 if points is None else len(points)}), 1 positive 0 negative")

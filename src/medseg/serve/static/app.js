@@ -108,7 +108,12 @@ window.addEventListener("mouseup", () => {
   const d = state.drag;
   if (!d) return;
   state.drag = null;
-  if (Math.abs(d.x1 - d.x0) < 2 || Math.abs(d.y1 - d.y0) < 2) { draw(); return; }
+  if (Math.abs(d.x1 - d.x0) < 2 || Math.abs(d.y1 - d.y0) < 2) {  // a click, not a drag: a positive point
+    const p = currentPrompt();
+    p.points.push([d.x0, d.y0]); p.labels.push(1);
+    draw(); segment().catch((err) => status(err.message));
+    return;
+  }
   currentPrompt().box = [Math.min(d.x0, d.x1), Math.min(d.y0, d.y1), Math.max(d.x0, d.x1), Math.max(d.y0, d.y1)];
   draw(); segment().catch((err) => status(err.message));
 });
@@ -176,6 +181,8 @@ async function opened(response) {
   state.slice = 0; state.prompts = {}; state.object = 1;
   const [depth, height, width] = state.image.shape;
   canvas.width = width; canvas.height = height;
+  const stage = $("stage"), fit = Math.min(stage.clientWidth / width, stage.clientHeight / height);
+  canvas.style.width = `${Math.floor(width * fit)}px`; canvas.style.height = `${Math.floor(height * fit)}px`;
   $("volume-controls").hidden = depth < 2 && state.image.windows.length < 2;
   $("slice").max = depth - 1;
   $("window").innerHTML = state.image.windows.map((w) => `<option>${w}</option>`).join("");
