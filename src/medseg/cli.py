@@ -134,6 +134,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .io import read_image
 
     image = read_image(args.input, modality=args.modality)  # a bad file fails before the model loads
+    if args.prompts is not None:
+        return _replay_prompts(args, image)
     predictor = _predictor(args)
     result = segment_file(predictor, image, boxes=args.box, points=args.point,
                           negative_points=args.negative_point, slices=args.slices, key_slice=args.key_slice,
@@ -145,6 +147,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print("predicted IoU: " + ", ".join(f"{s:.3f}" for s in result.scores))
     if ov:
         print(f"overlay -> {ov}")
+    return 0
+
+
+def _replay_prompts(args: argparse.Namespace, image) -> int:
+    """``--prompts session.json``: medseg serve's prompts, replayed in order, to the label map the page showed."""
+    import numpy as np
+
+    from .infer.files import FileResult
+    from .infer.session import read_session, replay
+
+    if args.box or args.point or args.negative_point:
+        raise InputError("--prompts replays a session's prompts; drop --box/--point/--negative-point")
+    session = read_session(args.prompts)
+    labels = replay(_predictor(args), image, session, args.prompts)
+    slices = [int(p.get("slice") or 0) for p in session["prompts"]]
+    out, ov = _write_outputs(FileResult(labels, image, slices[-1], []), args.out, args.overlay, args.overwrite)
+    print(f"replayed {len(slices)} prompt(s): {len(np.unique(labels)) - 1} object(s), {int((labels > 0).sum())} voxels -> {out}")
     return 0
 
 
@@ -365,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="volumes: prompt each slice with the box of the previous slice's mask instead of the fixed box")
     p.add_argument("--modality", help="CT or MR: selects the intensity window (default: from the file)")
     p.add_argument("--multimask", action="store_true", help="predict 3 candidates and keep the best scored")
+    p.add_argument("--prompts", type=Path, help="replay a session's prompts (medseg serve's 'Prompts JSON') to its label map")
     p.add_argument("--out", type=Path, help="mask file (.png for 2D; .nii.gz/.mha/.nrrd for volumes)")
     p.add_argument("--overlay", type=Path, help="PNG picture of the image with the mask and prompts")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files (never the input)")

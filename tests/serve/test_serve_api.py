@@ -166,3 +166,27 @@ def test_token_is_required_when_set(tiny_predictor):
     assert client.get("/api/files?token=s3cret").json() == {"files": [], "root": False}
     assert client.post("/api/images/open?token=s3cret", json={"path": "x.png"}).json()["error"].startswith("this server has no --root")
     store.close()
+
+
+def test_session_replays_to_the_same_labels(client, tmp_path, picture, capsys):
+    from medseg.cli import main
+
+    write_image(picture, tmp_path / "scan.png")
+    image_id = client.post("/api/images/open", json={"path": "scan.png"}).json()["image_id"]
+    for body in ({"box": [20, 10, 60, 50]}, {"points": [[70, 40]], "object": 2},
+                 {"points": [[70, 40], [75, 45]], "labels": [1, 0], "object": 2}, {"box": [5, 5, 30, 30], "object": 3}):
+        client.post(f"/api/images/{image_id}/segment", json=body)
+    client.post(f"/api/images/{image_id}/undo")  # the last prompt is undone: the session drops it too
+    (tmp_path / "session.json").write_text(client.get(f"/api/images/{image_id}/session").text)
+    (tmp_path / "served.png").write_bytes(client.get(f"/api/images/{image_id}/labels?format=png").content)
+    import torch
+
+    torch.manual_seed(0)  # the tiny model's random weights: the same as the server's (built the same way)
+    assert main(["predict", str(tmp_path / "scan.png"), "--model", "litemedsam-tiny", "--prompts",
+                 str(tmp_path / "session.json"), "--out", str(tmp_path / "replayed.png")]) == 0
+    assert "replayed 3 prompt(s): 2 object(s)" in capsys.readouterr().out
+    np.testing.assert_array_equal(read_label(tmp_path / "replayed.png").array, read_label(tmp_path / "served.png").array)
+    (tmp_path / "bad.json").write_text('{"prompts": [{"object": 1}]}')
+    assert main(["predict", str(tmp_path / "scan.png"), "--model", "litemedsam-tiny", "--prompts",
+                 str(tmp_path / "bad.json")]) == 2
+    assert "prompt 0 needs an integer 'object' and a 'box' or 'points'" in capsys.readouterr().err

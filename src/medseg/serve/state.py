@@ -20,6 +20,7 @@ import numpy as np
 from ..data.cases import plane
 from ..errors import InputError
 from ..infer import Predictor
+from ..infer.session import paint_object, segment_prompt
 from ..io import Image
 
 WINDOWS: dict[str, tuple[float, float]] = {  # CT presets: (level, width) in HU
@@ -100,9 +101,7 @@ class OpenImage:
         self.undo.append((z, before, list(self.prompts)))
         del self.undo[:-HISTORY]
         self.redo.clear()
-        current = self.labels[z]
-        current[current == obj] = 0
-        current[mask] = obj
+        paint_object(self.labels, z, obj, mask)
         if prompt is not None:
             self.prompts.append(prompt)
         self.objects.setdefault(obj, f"object {obj}")
@@ -186,15 +185,12 @@ class Store:
             return encoding
 
     def segment(self, opened: OpenImage, z: int, box, points, labels) -> tuple[np.ndarray, float]:
-        """One prompt set on slice ``z`` -> (mask (Y, X) bool, predicted IoU). A single click without a
-        box asks for three candidates and keeps the one with the best predicted IoU."""
-        multimask = box is None and points is not None and len(points) == 1
+        """One prompt set on slice ``z`` -> (mask (Y, X) bool, predicted IoU), by the rule of
+        :func:`medseg.infer.session.segment_prompt` (what ``medseg predict --prompts`` replays)."""
         encoding = self.encode(opened, z)
         with self.decode_lock:
             self.decoder.set_encoding(encoding)
-            result = self.decoder.predict(box=box, points=points, point_labels=labels, multimask=multimask)
-        best = int(np.argmax(result.scores[0]))
-        return result.masks[0, best], float(result.scores[0, best])
+            return segment_prompt(self.decoder, box, points, labels)
 
     def close(self) -> None:
         with self.lock:
