@@ -53,8 +53,13 @@ class OpenImage:
 
     def __post_init__(self) -> None:
         self.labels = np.zeros(self.image.spatial_shape, dtype=np.uint16)
-        finite = self.image.array.astype(np.float32)
-        lo, hi = np.percentile(finite, (0.5, 99.5)) if finite.size else (0.0, 1.0)
+        arr = self.image.array
+        if arr.dtype == np.uint8 and arr.shape[0] >= 3:  # a colour photograph: shown as it is
+            self.auto_window = (0.0, 255.0)
+            return
+        step = max(1, int(np.ceil((arr.size / 4e6) ** 0.5)))  # percentiles of at most ~4M voxels
+        sample = arr[..., ::step, ::step].astype(np.float32)
+        lo, hi = np.percentile(sample, (0.5, 99.5)) if sample.size else (0.0, 1.0)
         self.auto_window = (float(lo), float(hi) if hi > lo else float(lo) + 1.0)
 
     @property
@@ -82,7 +87,8 @@ class OpenImage:
 
     def display(self, z: int, window: str = "auto") -> np.ndarray:
         """Slice ``z`` as uint8 (Y, X) or (Y, X, 3) for the page: ``window`` "auto" (0.5-99.5
-        percentiles of the whole image), or a CT preset of :data:`WINDOWS`."""
+        percentiles of the whole image, sampled; a uint8 colour photograph as it is), or a CT preset of
+        :data:`WINDOWS`."""
         arr = self.image.array[:, self.check_slice(z)].astype(np.float32)
         if window == "auto":
             lo, hi = self.auto_window
