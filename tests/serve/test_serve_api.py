@@ -177,7 +177,7 @@ def test_session_replays_to_the_same_labels(client, tmp_path, picture, capsys):
                  {"points": [[70, 40], [75, 45]], "labels": [1, 0], "object": 2}, {"box": [5, 5, 30, 30], "object": 3}):
         client.post(f"/api/images/{image_id}/segment", json=body)
     client.post(f"/api/images/{image_id}/undo")  # the last prompt is undone: the session drops it too
-    (tmp_path / "session.json").write_text(client.get(f"/api/images/{image_id}/session").text)
+    (tmp_path / "session.json").write_text(client.get(f"/api/images/{image_id}/session").text, encoding="utf-8")
     (tmp_path / "served.png").write_bytes(client.get(f"/api/images/{image_id}/labels?format=png").content)
     import torch
 

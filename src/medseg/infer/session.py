@@ -47,7 +47,7 @@ def prompt_arrays(prompt: dict) -> tuple:
 def read_session(path: Path) -> dict:
     """The session JSON at ``path``, checked; InputError naming the file and the bad entry."""
     try:
-        session = json.loads(Path(path).read_text())
+        session = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise InputError(f"{path}: no such prompts file") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:

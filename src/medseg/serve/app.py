@@ -113,7 +113,7 @@ def create_app(store: Store, *, model_name: str, root: Path | None = None, token
 
     @app.get("/", response_class=HTMLResponse)
     def page():
-        return (STATIC / "index.html").read_text()
+        return (STATIC / "index.html").read_text(encoding="utf-8")
 
     @app.get("/static/{name}")
     def static(name: str):
