@@ -176,6 +176,9 @@ def test_session_replays_to_the_same_labels(client, tmp_path, picture, capsys):
     for body in ({"box": [20, 10, 60, 50]}, {"points": [[70, 40]], "object": 2},
                  {"points": [[70, 40], [75, 45]], "labels": [1, 0], "object": 2}, {"box": [5, 5, 30, 30], "object": 3}):
         client.post(f"/api/images/{image_id}/segment", json=body)
+        if "box" in body and body.get("object") is None:  # a brush stroke and an erasure between prompts
+            client.post(f"/api/images/{image_id}/brush", json={"strokes": [[80, 50], [85, 55]], "object": 1})
+            client.post(f"/api/images/{image_id}/brush", json={"strokes": [[30, 30]], "erase": True, "radius": 5})
     client.post(f"/api/images/{image_id}/undo")  # the last prompt is undone: the session drops it too
     (tmp_path / "session.json").write_text(client.get(f"/api/images/{image_id}/session").text, encoding="utf-8")
     (tmp_path / "served.png").write_bytes(client.get(f"/api/images/{image_id}/labels?format=png").content)
@@ -184,9 +187,30 @@ def test_session_replays_to_the_same_labels(client, tmp_path, picture, capsys):
     torch.manual_seed(0)  # the tiny model's random weights: the same as the server's (built the same way)
     assert main(["predict", str(tmp_path / "scan.png"), "--model", "litemedsam-tiny", "--prompts",
                  str(tmp_path / "session.json"), "--out", str(tmp_path / "replayed.png")]) == 0
-    assert "replayed 3 prompt(s): 2 object(s)" in capsys.readouterr().out
+    assert "replayed 5 prompt(s): 2 object(s)" in capsys.readouterr().out
     np.testing.assert_array_equal(read_label(tmp_path / "replayed.png").array, read_label(tmp_path / "served.png").array)
     (tmp_path / "bad.json").write_text('{"prompts": [{"object": 1}]}')
     assert main(["predict", str(tmp_path / "scan.png"), "--model", "litemedsam-tiny", "--prompts",
                  str(tmp_path / "bad.json")]) == 2
-    assert "prompt 0 needs an integer 'object' and a 'box' or 'points'" in capsys.readouterr().err
+    assert "prompt 0 needs an integer 'object' and a 'box', 'points' or brush 'strokes'" in capsys.readouterr().err
+
+
+def test_brush_and_eraser(client, picture):
+    image_id = client.post("/api/images", files=png_upload(picture)).json()["image_id"]
+    painted = client.post(f"/api/images/{image_id}/brush", json={"strokes": [[10, 10], [30, 10]], "radius": 2, "object": 3}).json()
+    labels = np.asarray(Image.open(io.BytesIO(client.get(f"/api/images/{image_id}/slices/0/labels.png").content)))
+    expected = np.zeros((60, 90), bool)
+    expected[8:13, 8:33] = True  # a 2-pixel brush along y = 10 from x = 10 to 30: rounded ends
+    for y, x in [(8, 8), (8, 9), (9, 8), (11, 8), (12, 8), (12, 9), (8, 31), (8, 32), (9, 32), (11, 32), (12, 32), (12, 31)]:
+        expected[y, x] = False
+    np.testing.assert_array_equal(labels == 3, expected)
+    assert painted["pixels"] == expected.sum()
+    client.post(f"/api/images/{image_id}/brush", json={"strokes": [[20, 10]], "radius": 1, "object": 3, "erase": True})
+    erased = np.asarray(Image.open(io.BytesIO(client.get(f"/api/images/{image_id}/slices/0/labels.png").content)))
+    assert (erased == 3).sum() == expected.sum() - 5 and erased[10, 20] == 0
+    client.post(f"/api/images/{image_id}/undo")
+    assert (np.asarray(Image.open(io.BytesIO(client.get(f"/api/images/{image_id}/slices/0/labels.png").content))) == 3).sum() == expected.sum()
+    for body, words in [({"strokes": [[100, 5]]}, "must lie in the image"), ({"strokes": []}, "give 1..10000 points"),
+                        ({"strokes": [[5, 5]], "radius": 0}, "radius 0")]:
+        answer = client.post(f"/api/images/{image_id}/brush", json=body)
+        assert answer.status_code == 400 and words in answer.json()["error"]

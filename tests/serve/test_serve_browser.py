@@ -1,6 +1,6 @@
 """The page in headless Chromium (Debian's ``chromium`` + ``chromium-driver``, driven by Selenium; nothing
-downloaded at run time): open a real CT volume from ``--root``, draw a box, click, see the mask's
-pixels change, undo, export a NIfTI and check its geometry. Screenshots go to
+downloaded at run time): open a real CT slice from ``--root``, draw a box, click, see the mask's
+pixels change, undo, paint with the brush, export a NIfTI and check its geometry. Screenshots go to
 ``$MEDSEG_TEST_ARTIFACTS`` (default: the test's tmp folder). Skipped with a reason without a browser,
 unless ``MEDSEG_REQUIRE_BROWSER=1`` (``.ci/run`` sets it after installing one)."""
 
@@ -54,7 +54,7 @@ def browser(tmp_path):
     driver.quit()
 
 
-def test_box_click_undo_export_in_the_page(browser, tmp_path):
+def test_box_click_undo_brush_export_in_the_page(browser, tmp_path):
     from pydicom.data import get_testdata_file
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
@@ -100,6 +100,13 @@ def test_box_click_undo_export_in_the_page(browser, tmp_path):
 
         browser.find_element(By.ID, "undo").click()
         wait_for(lambda: len(get(f"{base}/api/images/{image_id}/session")[1]["prompts"]) == 1, what="undo")
+
+        browser.find_element(By.CSS_SELECTOR, "input[name=tool][value=brush]").click()
+        ActionChains(browser).move_to_element_with_offset(canvas, int(30 * scale), int(30 * scale)).click_and_hold() \
+            .move_by_offset(int(20 * scale), 0).release().perform()
+        wait_for(lambda: "painted" in status.text, what="the brush stroke")
+        stroke = get(f"{base}/api/images/{image_id}/session")[1]["prompts"][-1]
+        assert len(stroke["strokes"]) >= 2 and stroke["erase"] is False
 
         browser.find_element(By.CSS_SELECTOR, "button[data-format=nifti]").click()
         saved = wait_for(lambda: [p for p in browser.downloads.glob("*.nii.gz")], what="the NIfTI download")[0]

@@ -2,8 +2,9 @@
 
 A session is what ``medseg serve`` records (``GET /api/images/{id}/session``) and ``medseg predict
 --prompts session.json`` replays: ``{"shape": [Z, Y, X], "prompts": [{"slice": z, "object": k,
-"box": [x0, y0, x1, y1] | null, "points": [[x, y], ...], "labels": [1, 0, ...] | null}, ...]}`` in the
-order they were given, coordinates in the input's pixels. Each prompt replaces object k's pixels on
+"box": [x0, y0, x1, y1] | null, "points": [[x, y], ...], "labels": [1, 0, ...] | null}`` or brush strokes
+``{"slice", "object", "strokes": [[x, y], ...], "radius": r, "erase": bool}``, ...]}`` in the order they
+were given, coordinates in the input's pixels. Each prompt replaces object k's pixels on
 slice z, so replaying them in order gives the label map the page showed.
 """
 
@@ -36,6 +37,37 @@ def paint_object(labels: np.ndarray, z: int, obj: int, mask: np.ndarray) -> None
     current[mask] = obj
 
 
+def stroke_mask(shape_yx: tuple[int, int], strokes, radius: float) -> np.ndarray:
+    """The pixels (Y, X) bool within ``radius`` of a brush stroke: ``strokes`` (K, 2) points (x, y), each
+    joined to the next by a line."""
+    pts = np.asarray(strokes, dtype=np.float64).reshape(-1, 2)
+    if len(pts) > 1:  # points every half pixel along each segment
+        steps = [np.linspace(a, b, max(2, int(np.ceil(2 * np.hypot(*(b - a)))) + 1)) for a, b in zip(pts[:-1], pts[1:])]
+        pts = np.concatenate(steps)
+    h, w = shape_yx
+    mask = np.zeros((h, w), dtype=bool)
+    r = int(np.ceil(radius))
+    dy, dx = np.mgrid[-r:r + 1, -r:r + 1]
+    disc = dy ** 2 + dx ** 2 <= radius ** 2
+    for x, y in np.unique(np.round(pts).astype(int), axis=0):
+        y0, y1, x0, x1 = max(0, y - r), min(h, y + r + 1), max(0, x - r), min(w, x + r + 1)
+        if y0 < y1 and x0 < x1:
+            mask[y0:y1, x0:x1] |= disc[y0 - y + r:y1 - y + r, x0 - x + r:x1 - x + r]
+    return mask
+
+
+def brush(labels: np.ndarray, z: int, obj: int, strokes, radius: float, erase: bool) -> np.ndarray:
+    """Paint object ``obj`` along ``strokes`` on slice ``z`` of labels (Z, Y, X), in place, or with
+    ``erase`` clear ``obj``'s pixels there; returns the stroke's pixels (Y, X) bool."""
+    mask = stroke_mask(labels.shape[1:], strokes, radius)
+    current = labels[z]
+    if erase:
+        current[mask & (current == obj)] = 0
+    else:
+        current[mask] = obj
+    return mask
+
+
 def prompt_arrays(prompt: dict) -> tuple:
     """A session prompt -> (box (4,) | None, points (K, 2) | None, labels (K,) | None) arrays."""
     box = None if prompt.get("box") is None else np.asarray(prompt["box"], dtype=np.float64)
@@ -57,8 +89,8 @@ def read_session(path: Path) -> dict:
         raise InputError(f"{path}: no 'prompts' list; save one from medseg serve's 'Prompts JSON'")
     for i, prompt in enumerate(prompts):
         if not isinstance(prompt, dict) or not isinstance(prompt.get("object", 1), int) or \
-                (prompt.get("box") is None and not prompt.get("points")):
-            raise InputError(f"{path}: prompt {i} needs an integer 'object' and a 'box' or 'points'")
+                (prompt.get("box") is None and not prompt.get("points") and not prompt.get("strokes")):
+            raise InputError(f"{path}: prompt {i} needs an integer 'object' and a 'box', 'points' or brush 'strokes'")
     return session
 
 
@@ -74,6 +106,10 @@ def replay(predictor: Predictor, image: Image, session: dict, source: Path | str
         z = int(prompt.get("slice") or 0)
         if not 0 <= z < shape[0]:
             raise InputError(f"{source}: prompt {i} is on slice {z}, outside the image's {shape[0]} slice(s)")
+        if prompt.get("strokes"):
+            brush(labels, z, int(prompt.get("object", 1)), prompt["strokes"], float(prompt.get("radius", 3)),
+                  bool(prompt.get("erase")))
+            continue
         if z != current:
             predictor.set_image(plane(image, z), image.meta.modality)
             current = z

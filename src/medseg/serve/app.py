@@ -11,6 +11,7 @@ API (coordinates in the input's pixels; ``slice`` along Z, 0-based):
 * ``GET /api/images/{id}/slices/{z}/labels.png`` -> the slice's label ids (8 or 16-bit grey PNG)
 * ``POST /api/images/{id}/segment`` ``{"box", "points", "labels", "slice", "object"}`` ->
   ``{"mask": {"png_base64"}, "score", "object", "slice"}``
+* ``POST /api/images/{id}/brush`` ``{"strokes": [[x, y], ...], "radius", "erase", "slice", "object"}``: paint or erase
 * ``POST /api/images/{id}/undo``, ``/redo``; ``GET /api/images/{id}/session`` -> the prompts as JSON
 * ``GET /api/images/{id}/labels?format=png|nifti|mha|dicom-seg`` -> the label map file
 
@@ -48,6 +49,14 @@ class SegmentRequest(BaseModel):
     box: list[float] | None = None
     points: list[list[float]] = []
     labels: list[int] | None = None
+    slice: int | None = None
+    object: int = 1
+
+
+class BrushRequest(BaseModel):
+    strokes: list[list[float]]
+    radius: float = 3.0
+    erase: bool = False
     slice: int | None = None
     object: int = 1
 
@@ -199,6 +208,22 @@ def create_app(store: Store, *, model_name: str, root: Path | None = None, token
         encoded = base64.b64encode(png_bytes(mask.astype(np.uint8) * 255)).decode()
         return {"mask": {"png_base64": encoded, "shape": list(mask.shape)}, "score": round(score, 4),
                 "object": request.object, "slice": z, "pixels": int(mask.sum())}
+
+    @app.post("/api/images/{image_id}/brush")
+    def brush(image_id: str, request: BrushRequest):
+        opened = store.get(image_id)
+        z = opened.check_slice(request.slice)
+        _, h, w = opened.shape
+        if not request.strokes or any(len(p) != 2 for p in request.strokes) or len(request.strokes) > 10000:
+            raise InputError("strokes: give 1..10000 points [x, y]")
+        if not 0.5 <= request.radius <= 200:
+            raise InputError(f"radius {request.radius}: give 0.5..200 pixels")
+        if not 1 <= request.object <= 65535:
+            raise InputError(f"object {request.object}: give an object number 1..65535")
+        if any(not (0 <= x <= w - 1 and 0 <= y <= h - 1) for x, y in request.strokes):
+            raise InputError(f"strokes: every point must lie in the image of {w}x{h} (width x height) pixels")
+        pixels = opened.brush(z, request.object, request.strokes, request.radius, request.erase)
+        return {"object": request.object, "slice": z, "pixels": pixels, "erase": request.erase}
 
     @app.post("/api/images/{image_id}/undo")
     def undo(image_id: str):

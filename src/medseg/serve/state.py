@@ -20,7 +20,7 @@ import numpy as np
 from ..data.cases import plane
 from ..errors import InputError
 from ..infer import Predictor
-from ..infer.session import paint_object, segment_prompt
+from ..infer.session import brush, paint_object, segment_prompt
 from ..io import Image
 
 WINDOWS: dict[str, tuple[float, float]] = {  # CT presets: (level, width) in HU
@@ -111,6 +111,18 @@ class OpenImage:
         if prompt is not None:
             self.prompts.append(prompt)
         self.objects.setdefault(obj, f"object {obj}")
+
+    def brush(self, z: int, obj: int, strokes, radius: float, erase: bool) -> int:
+        """A brush (or eraser) stroke on slice ``z`` with an undo step; returns the pixels it covered."""
+        self.undo.append((z, self.labels[z].copy(), list(self.prompts)))
+        del self.undo[:-HISTORY]
+        self.redo.clear()
+        covered = brush(self.labels, z, obj, strokes, radius, erase)
+        self.prompts.append({"slice": z, "object": obj, "strokes": [list(map(float, p)) for p in strokes],
+                             "radius": radius, "erase": erase})
+        if not erase:
+            self.objects.setdefault(obj, f"object {obj}")
+        return int(covered.sum())
 
     def step(self, backwards: bool) -> int:
         """Undo (``backwards``) or redo one change; returns the slice it touched. Nothing to undo/redo

@@ -7,7 +7,7 @@ const COLOURS = [[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [2
   [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212]];
 const $ = (id) => document.getElementById(id);
 const canvas = $("canvas"), ctx = canvas.getContext("2d");
-const state = { image: null, slice: 0, object: 1, picture: null, labels: null, prompts: {}, drag: null };
+const state = { image: null, slice: 0, object: 1, picture: null, labels: null, prompts: {}, drag: null, stroke: null };
 
 function status(text) { $("status").textContent = text; }
 
@@ -61,6 +61,11 @@ function draw() {
   const p = currentPrompt();
   ctx.lineWidth = Math.max(1, canvas.width / 400);
   if (p.box) { ctx.strokeStyle = "#0f0"; ctx.strokeRect(p.box[0], p.box[1], p.box[2] - p.box[0], p.box[3] - p.box[1]); }
+  if (state.stroke) {
+    ctx.strokeStyle = tool() === "eraser" ? "#fff" : "#0ff"; ctx.lineWidth = 2 * (Number($("radius").value) || 4);
+    ctx.beginPath(); state.stroke.forEach(([x, y], i) => (i ? ctx.lineTo(x, y) : ctx.moveTo(x, y))); ctx.stroke();
+    ctx.lineWidth = Math.max(1, canvas.width / 400);
+  }
   if (state.drag) { const d = state.drag; ctx.strokeStyle = "#ff0"; ctx.strokeRect(d.x0, d.y0, d.x1 - d.x0, d.y1 - d.y0); }
   p.points.forEach((pt, i) => {
     ctx.fillStyle = p.labels[i] ? "#0f0" : "#f00";
@@ -95,16 +100,32 @@ canvas.addEventListener("contextmenu", (e) => e.preventDefault());
 canvas.addEventListener("mousedown", (e) => {
   if (!state.image) return;
   const [x, y] = pixel(e);
+  if (tool() === "brush" || tool() === "eraser") { if (e.button === 0) { state.stroke = [[x, y]]; draw(); } return; }
   if (tool() === "box" && e.button === 0 && !e.shiftKey) { state.drag = { x0: x, y0: y, x1: x, y1: y }; return; }
   const p = currentPrompt();
   p.points.push([x, y]); p.labels.push(e.button === 2 || e.shiftKey ? 0 : 1);
   draw(); segment().catch((err) => status(err.message));
 });
 canvas.addEventListener("mousemove", (e) => {
+  if (state.stroke) { state.stroke.push(pixel(e)); draw(); return; }
   if (!state.drag) return;
   [state.drag.x1, state.drag.y1] = pixel(e); draw();
 });
+async function sendStroke(strokes) {
+  const body = { strokes, radius: Number($("radius").value) || 4, erase: tool() === "eraser", slice: state.slice,
+    object: state.object };
+  const result = await (await api(`/api/images/${state.image.image_id}/brush`, {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) })).json();
+  await refresh();
+  status(`object ${result.object}: ${result.erase ? "erased" : "painted"} ${result.pixels} pixels`);
+}
+
 window.addEventListener("mouseup", () => {
+  if (state.stroke) {
+    const strokes = state.stroke; state.stroke = null;
+    sendStroke(strokes).catch((err) => status(err.message));
+    return;
+  }
   const d = state.drag;
   if (!d) return;
   state.drag = null;
