@@ -214,3 +214,19 @@ def test_brush_and_eraser(client, picture):
                         ({"strokes": [[5, 5]], "radius": 0}, "radius 0")]:
         answer = client.post(f"/api/images/{image_id}/brush", json=body)
         assert answer.status_code == 400 and words in answer.json()["error"]
+
+
+def test_a_cached_click_does_not_wait_for_an_encoding(tiny_predictor, picture):
+    import threading
+
+    client, store = make_client(tiny_predictor)
+    image_id = client.post("/api/images", files=png_upload(picture)).json()["image_id"]
+    client.post(f"/api/images/{image_id}/segment", json={"box": [20, 10, 60, 50]})  # encodes slice 0
+    answers = []
+    with store.encode_lock:  # as while another client's image is being encoded
+        worker = threading.Thread(target=lambda: answers.append(
+            client.post(f"/api/images/{image_id}/segment", json={"points": [[40, 30]]})))
+        worker.start()
+        worker.join(timeout=60)
+        assert answers and answers[0].status_code == 200, "the click on a cached slice waited for the encoder"
+    store.close()

@@ -100,13 +100,16 @@ class OpenImage:
         out = (np.clip((arr - lo) / (hi - lo), 0, 1) * 255).round().astype(np.uint8)
         return out[0] if out.shape[0] == 1 else np.moveaxis(out[:3], 0, -1)
 
+    def _undo_step(self, z: int) -> None:
+        """Remember slice ``z`` and the prompts before a change (and forget what redo held)."""
+        self.undo.append((z, self.labels[z].copy(), list(self.prompts)))
+        del self.undo[:-HISTORY]
+        self.redo.clear()
+
     def paint(self, z: int, obj: int, mask: np.ndarray, prompt: dict | None) -> None:
         """Make ``mask`` (Y, X) bool object ``obj``'s pixels on slice ``z`` (its old pixels there cleared),
         with an undo step."""
-        before = self.labels[z].copy()
-        self.undo.append((z, before, list(self.prompts)))
-        del self.undo[:-HISTORY]
-        self.redo.clear()
+        self._undo_step(z)
         paint_object(self.labels, z, obj, mask)
         if prompt is not None:
             self.prompts.append(prompt)
@@ -114,9 +117,7 @@ class OpenImage:
 
     def brush(self, z: int, obj: int, strokes, radius: float, erase: bool) -> int:
         """A brush (or eraser) stroke on slice ``z`` with an undo step; returns the pixels it covered."""
-        self.undo.append((z, self.labels[z].copy(), list(self.prompts)))
-        del self.undo[:-HISTORY]
-        self.redo.clear()
+        self._undo_step(z)
         covered = brush(self.labels, z, obj, strokes, radius, erase)
         self.prompts.append({"slice": z, "object": obj, "strokes": [list(map(float, p)) for p in strokes],
                              "radius": radius, "erase": erase})
@@ -178,21 +179,33 @@ class Store:
 
     def remove(self, image_id: str) -> None:
         with self.lock:
-            self._forget(self.images.pop(image_id) if image_id in self.images else self.get(image_id))
+            if image_id not in self.images:
+                raise UnknownImage(image_id)
+            self._forget(self.images.pop(image_id))
 
     def _forget(self, opened: OpenImage) -> None:
         for key in [k for k in self.encodings if k[0] == opened.image_id]:
             del self.encodings[key]
         opened.close()
 
+    def _cached(self, key: tuple[str, int]) -> tuple | None:
+        with self.lock:
+            if key not in self.encodings:
+                return None
+            self.encodings.move_to_end(key)
+            return self.encodings[key]
+
     def encode(self, opened: OpenImage, z: int) -> tuple:
-        """The encoder state of slice ``z`` of ``opened``, from the cache or the encoder."""
+        """The encoder state of slice ``z`` of ``opened``, from the cache (without waiting for an encoding
+        in progress) or the encoder."""
         key = (opened.image_id, z)
+        cached = self._cached(key)
+        if cached is not None:
+            return cached
         with self.encode_lock:
-            with self.lock:
-                if key in self.encodings:
-                    self.encodings.move_to_end(key)
-                    return self.encodings[key]
+            cached = self._cached(key)  # encoded by another request while this one waited
+            if cached is not None:
+                return cached
             self.predictor.set_image(plane(opened.image, z), opened.modality)
             encoding = self.predictor.encoding
             with self.lock:
