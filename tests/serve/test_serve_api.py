@@ -114,6 +114,7 @@ def test_cache_is_bounded_and_reused(tiny_predictor, picture):
     ({"box": [1, 1, 5, 5], "slice": 2}, "slice 2 is outside"),
     ({"box": [1, 1, 5, 5], "object": 0}, "object 0"),
     ({"box": "nonsense"}, "bad request: body.box"),
+    ({"points": [[1, 2, 3], [4, 5, 6]]}, "each point as [x, y]"),
 ])
 def test_bad_prompts_are_clear_400s(client, picture, body, words):
     image_id = client.post("/api/images", files=png_upload(picture)).json()["image_id"]

@@ -34,6 +34,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from ..errors import InputError
+from ..infer.session import prompt_arrays
 from .files import list_root, read_under_root, read_upload
 from .state import Store, UnknownImage
 
@@ -65,12 +66,8 @@ def png_bytes(array: np.ndarray) -> bytes:
     """uint8/uint16 (Y, X) or uint8 (Y, X, 3) -> PNG bytes."""
     from PIL import Image as PILImage
 
-    return _encode(PILImage.fromarray(array))
-
-
-def _encode(picture) -> bytes:
     buffer = io.BytesIO()
-    picture.save(buffer, format="PNG", compress_level=1)
+    PILImage.fromarray(array).save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
 
 
@@ -190,20 +187,17 @@ def create_app(store: Store, *, model_name: str, root: Path | None = None, token
         z = opened.check_slice(request.slice)
         if not 1 <= request.object <= 65535:
             raise InputError(f"object {request.object}: give an object number 1..65535")
-        box = None if request.box is None else np.asarray(request.box, dtype=np.float64)
-        points = np.asarray(request.points, dtype=np.float64).reshape(-1, 2) if request.points else None
-        labels = None
-        if request.labels:  # [] with no points: the page's empty list
-            labels = np.asarray(request.labels, dtype=np.int64)
-            if points is None or len(labels) != len(points):
-                raise InputError(f"labels: give one label per point ({0 if points is None else len(points)}), 1 positive 0 negative")
-        if box is None and points is None:
+        if any(len(p) != 2 for p in request.points):
+            raise InputError("points: give each point as [x, y]")
+        if request.labels and len(request.labels) != len(request.points):  # [] with no points: the page's empty list
+            raise InputError(f"labels: give one label per point ({len(request.points)}), 1 positive 0 negative")
+        if request.box is None and not request.points:
             raise InputError("give a box [x0, y0, x1, y1] or at least one point")
-        if box is not None and box.shape != (4,):
+        if request.box is not None and len(request.box) != 4:
             raise InputError(f"box: give [x0, y0, x1, y1], got {request.box}")
-        mask, score = store.segment(opened, z, box, points, labels)
         prompt = {"slice": z, "object": request.object, "box": request.box, "points": request.points,
-                  "labels": None if points is None else (request.labels or [1] * len(points))}
+                  "labels": (request.labels or [1] * len(request.points)) if request.points else None}
+        mask, score = store.segment(opened, z, *prompt_arrays(prompt))  # as `medseg predict --prompts` replays it
         opened.paint(z, request.object, mask, prompt)
         encoded = base64.b64encode(png_bytes(mask.astype(np.uint8) * 255)).decode()
         return {"mask": {"png_base64": encoded, "shape": list(mask.shape)}, "score": round(score, 4),

@@ -4,12 +4,13 @@ unpickled; an upload is copied into a private temporary folder under a name the 
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
 from ..errors import InputError
-from ..formats import DICOM_SUFFIXES, PICTURE_SUFFIXES
+from ..formats import DICOM_SUFFIXES, PICTURE_SUFFIXES, READ_SUFFIXES
 from ..io import read_image
 from ..io._util import full_suffix
 
@@ -42,16 +43,11 @@ def read_upload(filename: str, data: bytes, max_bytes: int) -> tuple:
         image.meta.source = Path(filename)  # errors and exports name the user's file, not the copy
         dicom = path if image.meta.format in ("dicom", "dicom-series") else None
         return image, folder, dicom
-    except InputError as error:
-        import shutil
-
+    except BaseException as error:
         shutil.rmtree(folder, ignore_errors=True)
-        raise InputError(str(error).replace(str(folder / "series"), filename).replace(
-            str(folder / f"upload{suffix}"), filename)) from None
-    except BaseException:
-        import shutil
-
-        shutil.rmtree(folder, ignore_errors=True)
+        if isinstance(error, InputError):  # name the user's file, not the server's copy
+            raise InputError(str(error).replace(str(folder / "series"), filename).replace(
+                str(folder / f"upload{suffix}"), filename)) from None
         raise
 
 
@@ -101,8 +97,6 @@ def resolve_under(root: Path, relative: str) -> Path:
 
 def list_root(root: Path, limit: int = 2000) -> list[dict]:
     """The readable files under ``root`` (relative POSIX paths, sizes), links skipped, at most ``limit``."""
-    from ..formats import READ_SUFFIXES
-
     found, inside = [], root.resolve()
     for path in sorted(root.rglob("*")):
         if len(found) >= limit:
