@@ -24,7 +24,7 @@ and ``medseg predict`` of one la_heart_mri volume (88 slices) from a 3D box, sli
     python benchmarks/engines.py --cases 0  # timing only (no Dice)
 
 JSON: ``{"rows": [{"model", "side", "engine", "precision", "encoder_ms", "decoder_ms", "click_ms",
-"peak_mb", "gflops_per_s", "roofline_fraction", "speedup", "dice": {SET: d}, "dice_delta": {SET: d},
+"peak_mb", "gflops_per_s", "roofline_fraction", "decoder_gflop" (torch fp32 rows), "speedup", "dice": {SET: d}, "dice_delta": {SET: d},
 "agreement": {SET: {"mean", "min"}}}], "matmul_gflops": {"fp32", "bf16"}, "end_to_end": {...}}``.
 """
 
@@ -51,6 +51,19 @@ VARIANTS = [("torch", "fp32"), ("torch", "bf16"), ("onnxruntime", "fp32"), ("onn
 SETS = ["kvasir_seg", "ph2_derm", "dsb2018_nuclei", "busi", "drishti_gs1_odoc", "isbi2012_em"]
 RUNS, DECODE_RUNS = 7, 30
 QUICK = {"runs": 2, "decode_runs": 5, "cases": 3}
+
+
+class _Decode:
+    """``decode`` of one box as a callable module for the flop counter (parameters: the model's)."""
+
+    def __init__(self, model, box, features) -> None:
+        self.model, self.box, self.features = model, box, features
+
+    def __call__(self, embedding):
+        return self.model.decode(embedding, self.box, None, None, False, self.features)
+
+    def parameters(self):
+        return self.model.parameters()
 
 
 # ---- worker: one row in a fresh process ------------------------------------------------------------
@@ -90,6 +103,9 @@ def worker(spec: dict) -> dict:
     if spec["engine"] == "torch" and spec["precision"] == "fp32":
         with torch.no_grad():
             row["gflop"] = round(count_params_flops(model.image_encoder, x)["flops"] / 1e9, 3)
+        decoder = _Decode(model, box, features)
+        with torch.enable_grad():  # the flop counter's upsampling rule needs autograd on
+            row["decoder_gflop"] = round(count_params_flops(decoder, embedding)["flops"] / 1e9, 3)
     if not spec["sets"]:
         return row
     dice_by_set, agreement = {}, {}
