@@ -57,13 +57,14 @@ def _promptable_model(args: argparse.Namespace, kinds: tuple[str, ...] = ("promp
     return build_model(args.model, pretrained=pretrained, checkpoint=args.checkpoint, weights=args.weights)
 
 
-def _predictor(args: argparse.Namespace):
+def _predictor(args: argparse.Namespace, automatic: bool = False):
+    """The predictor the model arguments ask for; an AutoSegmenter with ``automatic`` or ``--task``."""
     from .infer import Predictor
 
     device = _device(args.device)
     _set_threads(args.threads)
     model = _promptable_model(args)
-    if getattr(args, "task", None):
+    if automatic or getattr(args, "task", None):
         from .infer.automatic import AutoSegmenter
 
         if (args.engine, args.precision) != ("torch", "fp32"):
@@ -160,7 +161,16 @@ def _replay_prompts(args: argparse.Namespace, image) -> int:
     if args.box or args.point or args.negative_point:
         raise InputError("--prompts replays a session's prompts; drop --box/--point/--negative-point")
     session = read_session(args.prompts)
-    labels = replay(_predictor(args), image, session, args.prompts)
+    tasks = [p["automatic"] for p in session["prompts"] if p.get("automatic")]
+    automatic = bool(tasks)
+    if automatic:  # the page's automatic mode: the same universal model
+        from .models.build import UNIVERSAL
+
+        if args.model not in (*UNIVERSAL, "litemedsam"):
+            raise InputError(f"{args.prompts}: it holds an automatic segmentation (task {tasks[0]!r}): replay it with "
+                             f"a universal model (--model universal, or --checkpoint of one with that task)")
+        _universal_default(args)
+    labels = replay(_predictor(args, automatic=automatic), image, session, args.prompts)
     slices = [int(p.get("slice") or 0) for p in session["prompts"]]
     out, ov = _write_outputs(FileResult(labels, image, slices[-1], []), args.out, args.overlay, args.overwrite)
     print(f"replayed {len(slices)} prompt(s): {len(np.unique(labels)) - 1} object(s), {int((labels > 0).sum())} voxels -> {out}")
@@ -337,7 +347,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise InputError(f"--max-upload-mb {args.max_upload_mb}: give a positive size")
     if args.root is not None and not args.root.is_dir():
         raise InputError(f"--root {args.root}: not a folder; give the folder whose images the page may open")
-    return run(_predictor(args), model_name=args.model, host=args.host, port=args.port, root=args.root,
+    from .models.build import UNIVERSAL
+
+    if (args.model, args.checkpoint, args.weights, args.engine, args.precision) == \
+            ("litemedsam", None, "shipped", "torch", "fp32"):
+        args.model = "universal"  # the same promptable path, plus the shipped automatic head's tasks
+    return run(_predictor(args, automatic=args.model in UNIVERSAL), model_name=args.model, host=args.host, port=args.port, root=args.root,
                token=args.token, max_upload_mb=args.max_upload_mb, cache_size=args.cache_size)
 
 

@@ -54,7 +54,7 @@ def test_upload_segment_undo_export(client, picture, tiny_predictor):
     after = client.get(f"/api/images/{image_id}/session").json()
     assert [p["object"] for p in after["prompts"]] == [1, 2] and after["objects"] == {"1": "object 1", "2": "object 2"}
 
-    assert client.post(f"/api/images/{image_id}/undo").json() == {"slice": 0}
+    assert client.post(f"/api/images/{image_id}/undo").json() == {"slice": 0, "plane": "axial"}
     undone = np.asarray(Image.open(io.BytesIO(client.get(f"/api/images/{image_id}/slices/0/labels.png").content)))
     np.testing.assert_array_equal(undone, labels)
     assert len(client.get(f"/api/images/{image_id}/session").json()["prompts"]) == 1
@@ -193,7 +193,7 @@ def test_session_replays_to_the_same_labels(client, tmp_path, picture, capsys):
     (tmp_path / "bad.json").write_text('{"prompts": [{"object": 1}]}')
     assert main(["predict", str(tmp_path / "scan.png"), "--model", "litemedsam-tiny", "--prompts",
                  str(tmp_path / "bad.json")]) == 2
-    assert "prompt 0 needs an integer 'object' and a 'box', 'points' or brush 'strokes'" in capsys.readouterr().err
+    assert "prompt 0 needs an integer 'object' and a 'box', 'points', brush 'strokes'" in capsys.readouterr().err
 
 
 def test_brush_and_eraser(client, picture):

@@ -64,9 +64,10 @@ class Case:
         return dataclasses.replace(self, patch=(z0, z1, y0, y1, x0, x1))
 
 
-def plane(image: Image, z: int = 0) -> np.ndarray:
-    """Slice ``z`` of an image's (C, Z, Y, X) array as (H, W) for one channel, else (H, W, C)."""
-    array = image.array[:, z]
+def plane(image: Image, z: int = 0, axis: int = 0) -> np.ndarray:
+    """Cut ``z`` of an image's (C, Z, Y, X) array across spatial ``axis`` (0: a Z slice, (Y, X); 1: a Y
+    row, (Z, X); 2: an X column, (Z, Y)) as (H, W) for one channel, else (H, W, C)."""
+    array = np.take(image.array, z, axis=1 + axis)
     return array[0] if array.shape[0] == 1 else np.moveaxis(array, 0, -1)
 
 

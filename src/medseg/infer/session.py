@@ -1,11 +1,21 @@
-"""Prompt sessions: one prompt set on one slice -> one object's mask, and the replay of a session's prompts.
+"""Prompt sessions: one prompt set on one cut -> one object's mask, and the replay of a session's prompts.
 
 A session is what ``medseg serve`` records (``GET /api/images/{id}/session``) and ``medseg predict
---prompts session.json`` replays: ``{"shape": [Z, Y, X], "prompts": [{"slice": z, "object": k,
-"box": [x0, y0, x1, y1] | null, "points": [[x, y], ...], "labels": [1, 0, ...] | null}`` or brush strokes
-``{"slice", "object", "strokes": [[x, y], ...], "radius": r, "erase": bool}``, ...]}`` in the order they
-were given, coordinates in the input's pixels. Each prompt replaces object k's pixels on
-slice z, so replaying them in order gives the label map the page showed.
+--prompts session.json`` replays: ``{"shape": [Z, Y, X], "prompts": [...]}``, the prompts in the order
+they were given, coordinates in the cut's pixels (x along its columns, y along its rows). Each prompt
+names its cut: ``"slice": i`` along ``"plane"`` (``"axial"``, the default: Z slices (Y, X);
+``"coronal"``: Y rows (Z, X); ``"sagittal"``: X columns (Z, Y); see :data:`PLANES`), and is one of
+
+* a prompt set ``{"object": k, "box": [x0, y0, x1, y1] | null, "points": [[x, y], ...], "labels": [1, 0, ...] | null}``:
+  object k's pixels on the cut become the mask it gives;
+* brush strokes ``{"object": k, "strokes": [[x, y], ...], "radius": r, "erase": bool}``;
+* a propagation ``{"object": k, "propagate": [lo, hi]}``: object k's mask on the cut walks over the cuts
+  lo..hi of the same plane (:func:`medseg.infer.volume.walk_slices`), each cut prompted with the box of
+  the previous one's mask;
+* an automatic segmentation ``{"automatic": task}``: every class c of the universal model's task
+  becomes object c on the cut (needs a universal model).
+
+Replaying them in order gives the label map the page showed.
 """
 
 from __future__ import annotations
@@ -19,6 +29,23 @@ from ..data.cases import plane
 from ..errors import InputError
 from ..io import Image
 from .predictor import Predictor
+from .volume import walk_slices
+
+PLANES = {"axial": 0, "coronal": 1, "sagittal": 2}  # plane name -> the label map's (Z, Y, X) axis it cuts
+
+
+def plane_axis(name: str | None) -> int:
+    """A plane's name (None: axial) -> the axis of (Z, Y, X) it cuts; InputError for another name."""
+    if name is None:
+        return 0
+    if name not in PLANES:
+        raise InputError(f"plane {name!r}: give one of {', '.join(PLANES)}")
+    return PLANES[name]
+
+
+def cuts(labels: np.ndarray, axis: int) -> np.ndarray:
+    """labels (Z, Y, X) as a view whose first axis runs over the cuts of ``axis`` (writes go through)."""
+    return np.moveaxis(labels, axis, 0)
 
 
 def segment_prompt(predictor: Predictor, box=None, points=None, labels=None) -> tuple[np.ndarray, float]:
@@ -56,6 +83,31 @@ def stroke_mask(shape_yx: tuple[int, int], strokes, radius: float) -> np.ndarray
     return mask
 
 
+def propagate(labels: np.ndarray, z: int, obj: int, lo: int, hi: int, segment_cut) -> list[int]:
+    """Walk object ``obj``'s mask on cut ``z`` of labels (N, H, W) (a :func:`cuts` view) over the cuts
+    ``lo..hi``, painting each, in place; ``segment_cut(i, box)`` -> (H, W) bool mask of cut ``i`` from a
+    box. Returns the cuts painted. InputError when ``obj`` has no pixels on cut ``z``."""
+    key_mask = labels[z] == obj
+    if not key_mask.any():
+        raise InputError(f"object {obj} has no pixels on slice {z}: segment it there first, then propagate")
+    if not 0 <= lo <= z <= hi < len(labels):
+        raise InputError(f"propagate over {lo}..{hi}: give a range that holds slice {z}, within 0..{len(labels) - 1}")
+
+    def run(i: int, box: np.ndarray, _step: int) -> np.ndarray:
+        mask = segment_cut(i, box)
+        paint_object(labels, i, obj, mask)
+        return mask
+
+    return walk_slices(key_mask, z, lo, hi, run)
+
+
+def paint_automatic(labels: np.ndarray, z: int, automatic: np.ndarray, classes) -> None:
+    """Every class id c of ``classes`` becomes object c on cut ``z`` of labels (N, H, W), from an
+    automatic label map (H, W), in place."""
+    for c in classes:
+        paint_object(labels, z, int(c), automatic == int(c))
+
+
 def brush(labels: np.ndarray, z: int, obj: int, strokes, radius: float, erase: bool) -> np.ndarray:
     """Paint object ``obj`` along ``strokes`` on slice ``z`` of labels (Z, Y, X), in place, or with
     ``erase`` clear ``obj``'s pixels there; returns the stroke's pixels (Y, X) bool."""
@@ -89,31 +141,57 @@ def read_session(path: Path) -> dict:
         raise InputError(f"{path}: no 'prompts' list; save one from medseg serve's 'Prompts JSON'")
     for i, prompt in enumerate(prompts):
         if not isinstance(prompt, dict) or not isinstance(prompt.get("object", 1), int) or \
-                (prompt.get("box") is None and not prompt.get("points") and not prompt.get("strokes")):
-            raise InputError(f"{path}: prompt {i} needs an integer 'object' and a 'box', 'points' or brush 'strokes'")
+                not any(prompt.get(k) for k in ("box", "points", "strokes", "propagate", "automatic")):
+            raise InputError(f"{path}: prompt {i} needs an integer 'object' and a 'box', 'points', brush 'strokes', "
+                             f"'propagate' or 'automatic'")
+        if prompt.get("propagate") is not None and (not isinstance(prompt["propagate"], list) or len(prompt["propagate"]) != 2):
+            raise InputError(f"{path}: prompt {i}: 'propagate' is [first slice, last slice]")
     return session
 
 
 def replay(predictor: Predictor, image: Image, session: dict, source: Path | str = "the prompts") -> np.ndarray:
-    """The label map (Z, Y, X) uint16 that ``session``'s prompts give on ``image``, in order."""
+    """The label map (Z, Y, X) uint16 that ``session``'s prompts give on ``image``, in order. Automatic
+    prompts need ``predictor`` to be a :class:`~medseg.infer.automatic.AutoSegmenter`."""
     shape = image.spatial_shape
     if session.get("shape") is not None and tuple(session["shape"]) != tuple(shape):
         raise InputError(f"{source}: the prompts were made on an image of shape {session['shape']} (Z, Y, X); "
                          f"{image.meta.source} has {list(shape)}: replay them on the image they were made on")
     labels = np.zeros(shape, dtype=np.uint16)
+    modality = image.meta.modality
     current = None
-    for i, prompt in enumerate(session["prompts"]):
-        z = int(prompt.get("slice") or 0)
-        if not 0 <= z < shape[0]:
-            raise InputError(f"{source}: prompt {i} is on slice {z}, outside the image's {shape[0]} slice(s)")
+
+    def encode(axis: int, i: int) -> None:
+        nonlocal current
+        if current != (axis, i):
+            predictor.set_image(plane(image, i, axis), modality)
+            current = (axis, i)
+
+    for n, prompt in enumerate(session["prompts"]):
+        axis = plane_axis(prompt.get("plane"))
+        view = cuts(labels, axis)
+        z, obj = int(prompt.get("slice") or 0), int(prompt.get("object") or 1)
+        if not 0 <= z < len(view):
+            raise InputError(f"{source}: prompt {n} is on slice {z}, outside the image's {len(view)} "
+                             f"{prompt.get('plane', 'axial')} slice(s)")
         if prompt.get("strokes"):
-            brush(labels, z, int(prompt.get("object", 1)), prompt["strokes"], float(prompt.get("radius", 3)),
-                  bool(prompt.get("erase")))
-            continue
-        if z != current:
-            predictor.set_image(plane(image, z), image.meta.modality)
-            current = z
-        box, points, point_labels = prompt_arrays(prompt)
-        mask, _ = segment_prompt(predictor, box, points, point_labels)
-        paint_object(labels, z, int(prompt.get("object", 1)), mask)
+            brush(view, z, obj, prompt["strokes"], float(prompt.get("radius", 3)), bool(prompt.get("erase")))
+        elif prompt.get("automatic"):
+            if not hasattr(predictor, "segment_embedding"):
+                raise InputError(f"{source}: prompt {n} is an automatic segmentation ({prompt['automatic']}): "
+                                 f"replay it with a universal model")
+            result = predictor.segment(plane(image, z, axis), prompt["automatic"])
+            paint_automatic(view, z, result.labels, result.classes)
+            current = None
+        elif prompt.get("propagate"):
+            lo, hi = (int(v) for v in prompt["propagate"])
+
+            def segment_cut(i: int, box: np.ndarray, axis=axis) -> np.ndarray:
+                encode(axis, i)
+                return segment_prompt(predictor, box)[0]
+
+            propagate(view, z, obj, lo, hi, segment_cut)
+        else:
+            encode(axis, z)
+            mask, _ = segment_prompt(predictor, *prompt_arrays(prompt))
+            paint_object(view, z, obj, mask)
     return labels

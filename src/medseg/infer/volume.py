@@ -6,9 +6,9 @@ inclusive. The whole volume is windowed once (CT window / MR percentiles, see
 by the Predictor.
 
 ``propagate=True`` (the default, as in the LiteMedSAM challenge inference) segments the key slice
-(the middle of the z range unless given) with the box, then walks outwards: each next slice is
-prompted with the bounding box of the previous slice's mask, and the walk stops where the mask
-runs out. ``propagate=False`` prompts every slice in the range with the same 2D box.
+(the middle of the z range unless given) with the box, then walks outwards (:func:`walk_slices`,
+which ``medseg serve`` uses too): each next slice is prompted with the bounding box of the previous
+slice's mask, and the walk stops where the mask runs out. ``propagate=False`` prompts every slice in the range with the same 2D box.
 """
 
 from __future__ import annotations
@@ -75,17 +75,25 @@ def segment_volume(predictor: Predictor, volume: np.ndarray, box3d, modality: st
 
     key_mask = run(key, box2d, -1 if propagate else 1)  # the walk goes down first
     if propagate:
-        for step in (-1, 1):
-            prev, z = key_mask, key + step
-            while z0 <= z <= z1:
-                box = mask_box(prev).astype(np.float64) if prev.any() else None
-                if box is None:
-                    break
-                prev = run(z, box, step)
-                z += step
+        walk_slices(key_mask, key, z0, z1, run)
     else:
         for z in range(z0, z1 + 1):
             if z != key:
                 run(z, box2d)
     bar.close()
     return out
+
+
+def walk_slices(key_mask: np.ndarray, key: int, lo: int, hi: int, run) -> list[int]:
+    """Propagate a mask from slice ``key`` over the slices ``lo..hi`` (inclusive): down to ``lo``, then up
+    to ``hi``, each next slice prompted with the box (x0, y0, x1, y1) of the previous slice's mask;
+    each direction stops where the mask runs out. ``run(z, box, step)`` segments slice ``z`` from
+    ``box`` and returns its (Y, X) bool mask. Returns the slices it ran, in order."""
+    done = []
+    for step in (-1, 1):
+        prev, z = key_mask, key + step
+        while lo <= z <= hi and prev.any():
+            prev = run(z, mask_box(prev).astype(np.float64), step)
+            done.append(z)
+            z += step
+    return done

@@ -3,16 +3,23 @@ once :func:`medseg.serve.check_extra` found FastAPI).
 
 API (coordinates in the input's pixels; ``slice`` along Z, 0-based):
 
-* ``GET /api/health`` -> ``{"status": "ok", "model", "engine", "precision"}``
+* ``GET /api/health`` -> ``{"status": "ok", "model", "engine", "precision", "automatic"}``
+* ``GET /api/tasks`` -> ``{"tasks": [{"name", "modality", "classes": {id: name}}]}``: the automatic mode's tasks
 * ``GET /api/files`` -> readable files under ``--root``; ``POST /api/images/open {"path"}`` opens one
 * ``POST /api/images`` (multipart field ``file``) -> ``{"image_id", "shape" [Z, Y, X], "modality", ...}``
 * ``GET /api/images/{id}`` -> the same; ``DELETE`` closes it
-* ``GET /api/images/{id}/slices/{z}.png?window=auto|soft|lung|bone`` -> the slice for display
-* ``GET /api/images/{id}/slices/{z}/labels.png`` -> the slice's label ids (8 or 16-bit grey PNG)
-* ``POST /api/images/{id}/segment`` ``{"box", "points", "labels", "slice", "object"}`` ->
+* ``GET /api/images/{id}/slices/{z}.png?window=auto|soft|lung|bone&plane=axial|coronal|sagittal`` -> the
+  cut for display (coronal: rows are Z, columns X; sagittal: rows Z, columns Y)
+* ``GET /api/images/{id}/slices/{z}/labels.png?plane=...&encoding=grey|rgb`` -> the cut's label ids (8 or
+  16-bit grey PNG; ``rgb``: red = id % 256, green = id // 256, what the page reads)
+* ``POST /api/images/{id}/segment`` ``{"box", "points", "labels", "slice", "plane", "object"}`` ->
   ``{"mask": {"png_base64"}, "score", "object", "slice"}``
-* ``POST /api/images/{id}/brush`` ``{"strokes": [[x, y], ...], "radius", "erase", "slice", "object"}``: paint or erase
-* ``POST /api/images/{id}/undo``, ``/redo``; ``GET /api/images/{id}/session`` -> the prompts as JSON
+* ``POST /api/images/{id}/automatic`` ``{"task", "slice", "plane"}`` -> every class of the task as objects:
+  ``{"objects": [{"object", "name", "pixels", "box"}], "slice"}`` (the box, to refine with clicks)
+* ``POST /api/images/{id}/propagate`` ``{"slice", "object", "first", "last", "plane"}``: the object's mask on
+  the slice walks over slices first..last (one undo step) -> ``{"slices": [...], "pixels"}``
+* ``POST /api/images/{id}/brush`` ``{"strokes": [[x, y], ...], "radius", "erase", "slice", "plane", "object"}``
+* ``POST /api/images/{id}/undo``, ``/redo`` -> ``{"slice", "plane"}``; ``GET /api/images/{id}/session`` -> the prompts as JSON
 * ``GET /api/images/{id}/labels?format=png|nifti|mha|dicom-seg`` -> the label map file
 
 Every error is JSON ``{"error": message}`` with a 4xx status (413 past ``--max-upload-mb``, 401
@@ -34,9 +41,10 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from ..errors import InputError
-from ..infer.session import prompt_arrays
+from ..infer.automatic import first_prompts
+from ..infer.session import PLANES, plane_axis, prompt_arrays
 from .files import list_root, read_under_root, read_upload
-from .state import Store, UnknownImage
+from .state import Store, UnknownImage, with_plane
 
 LABEL_FORMATS = {"png": ".png", "nifti": ".nii.gz", "mha": ".mha", "dicom-seg": ".dcm"}
 STATIC = package_files("medseg.serve") / "static"
@@ -46,20 +54,38 @@ class OpenRequest(BaseModel):
     path: str
 
 
-class SegmentRequest(BaseModel):
+class CutRequest(BaseModel):
+    slice: int | None = None
+    plane: str | None = None
+
+
+class SegmentRequest(CutRequest):
     box: list[float] | None = None
     points: list[list[float]] = []
     labels: list[int] | None = None
-    slice: int | None = None
     object: int = 1
 
 
-class BrushRequest(BaseModel):
+class BrushRequest(CutRequest):
     strokes: list[list[float]]
     radius: float = 3.0
     erase: bool = False
-    slice: int | None = None
     object: int = 1
+
+
+class AutomaticRequest(CutRequest):
+    task: str
+
+
+class PropagateRequest(CutRequest):
+    object: int = 1
+    first: int
+    last: int
+
+
+def check_object(obj: int) -> None:
+    if not 1 <= obj <= 65535:
+        raise InputError(f"object {obj}: give an object number 1..65535")
 
 
 def png_bytes(array: np.ndarray) -> bytes:
@@ -132,7 +158,13 @@ def create_app(store: Store, *, model_name: str, root: Path | None = None, token
     @app.get("/api/health")
     def health():
         return {"status": "ok", "model": model_name, "engine": predictor.engine, "precision": predictor.precision,
-                "root": root is not None, "cached_slices": len(store.encodings), "open_images": len(store.images)}
+                "automatic": bool(store.tasks), "root": root is not None, "cached_slices": len(store.encodings),
+                "open_images": len(store.images)}
+
+    @app.get("/api/tasks")
+    def tasks():
+        return {"tasks": [{"name": t.name, "modality": t.modality, "classes": {str(k): v for k, v in t.classes.items()}}
+                          for t in store.tasks.values()]}
 
     @app.get("/api/files")
     def files():
@@ -170,23 +202,32 @@ def create_app(store: Store, *, model_name: str, root: Path | None = None, token
         store.remove(image_id)
         return {"closed": image_id}
 
+    def cut_of(opened, request: CutRequest) -> tuple[int, int]:
+        axis = plane_axis(request.plane)
+        return axis, opened.check_slice(request.slice, axis)
+
     @app.get("/api/images/{image_id}/slices/{z}.png")
-    def slice_png(image_id: str, z: int, window: str = "auto"):
-        return Response(png_bytes(store.get(image_id).display(z, window)), media_type="image/png")
+    def slice_png(image_id: str, z: int, window: str = "auto", plane: str = "axial"):
+        return Response(png_bytes(store.get(image_id).display(z, window, plane_axis(plane))), media_type="image/png")
 
     @app.get("/api/images/{image_id}/slices/{z}/labels.png")
-    def labels_png(image_id: str, z: int):
+    def labels_png(image_id: str, z: int, plane: str = "axial", encoding: str = "grey"):
         opened = store.get(image_id)
-        ids = opened.labels[opened.check_slice(z)]
+        axis = plane_axis(plane)
+        ids = np.take(opened.labels, opened.check_slice(z, axis), axis=axis)
+        if encoding == "rgb":
+            rgb = np.stack([ids % 256, ids // 256, np.zeros_like(ids)], axis=-1).astype(np.uint8)
+            return Response(png_bytes(rgb), media_type="image/png")
+        if encoding != "grey":
+            raise InputError(f"encoding {encoding!r}: give grey or rgb")
         return Response(png_bytes(ids.astype(np.uint8) if ids.max(initial=0) < 256 else ids),
                         media_type="image/png")
 
     @app.post("/api/images/{image_id}/segment")
     def segment(image_id: str, request: SegmentRequest):
         opened = store.get(image_id)
-        z = opened.check_slice(request.slice)
-        if not 1 <= request.object <= 65535:
-            raise InputError(f"object {request.object}: give an object number 1..65535")
+        axis, z = cut_of(opened, request)
+        check_object(request.object)
         if any(len(p) != 2 for p in request.points):
             raise InputError("points: give each point as [x, y]")
         if request.labels and len(request.labels) != len(request.points):  # [] with no points: the page's empty list
@@ -197,8 +238,8 @@ def create_app(store: Store, *, model_name: str, root: Path | None = None, token
             raise InputError(f"box: give [x0, y0, x1, y1], got {request.box}")
         prompt = {"slice": z, "object": request.object, "box": request.box, "points": request.points,
                   "labels": (request.labels or [1] * len(request.points)) if request.points else None}
-        mask, score = store.segment(opened, z, *prompt_arrays(prompt))  # as `medseg predict --prompts` replays it
-        opened.paint(z, request.object, mask, prompt)
+        mask, score = store.segment(opened, axis, z, *prompt_arrays(prompt))  # as `medseg predict --prompts` replays it
+        opened.paint(axis, z, request.object, mask, with_plane(prompt, axis))
         encoded = base64.b64encode(png_bytes(mask.astype(np.uint8) * 255)).decode()
         return {"mask": {"png_base64": encoded, "shape": list(mask.shape)}, "score": round(score, 4),
                 "object": request.object, "slice": z, "pixels": int(mask.sum())}
@@ -206,26 +247,51 @@ def create_app(store: Store, *, model_name: str, root: Path | None = None, token
     @app.post("/api/images/{image_id}/brush")
     def brush(image_id: str, request: BrushRequest):
         opened = store.get(image_id)
-        z = opened.check_slice(request.slice)
-        _, h, w = opened.shape
+        axis, z = cut_of(opened, request)
+        h, w = opened.cut_shape(axis)
         if not request.strokes or any(len(p) != 2 for p in request.strokes) or len(request.strokes) > 10000:
             raise InputError("strokes: give 1..10000 points [x, y]")
         if not 0.5 <= request.radius <= 200:
             raise InputError(f"radius {request.radius}: give 0.5..200 pixels")
-        if not 1 <= request.object <= 65535:
-            raise InputError(f"object {request.object}: give an object number 1..65535")
+        check_object(request.object)
         if any(not (0 <= x <= w - 1 and 0 <= y <= h - 1) for x, y in request.strokes):
             raise InputError(f"strokes: every point must lie in the image of {w}x{h} (width x height) pixels")
-        pixels = opened.brush(z, request.object, request.strokes, request.radius, request.erase)
+        pixels = opened.brush(axis, z, request.object, request.strokes, request.radius, request.erase)
         return {"object": request.object, "slice": z, "pixels": pixels, "erase": request.erase}
+
+    @app.post("/api/images/{image_id}/automatic")
+    def automatic(image_id: str, request: AutomaticRequest):
+        opened = store.get(image_id)
+        axis, z = cut_of(opened, request)
+        result = store.automatic(opened, axis, z, request.task)
+        opened.paint_classes(axis, z, result.labels, result.classes,
+                             with_plane({"slice": z, "automatic": request.task}, axis))
+        boxes = first_prompts(result.labels)
+        return {"slice": z, "task": request.task, "objects": [
+            {"object": c, "name": name, "pixels": int((result.labels == c).sum()),
+             "box": boxes[c]["box"].tolist() if c in boxes else None} for c, name in result.classes.items()]}
+
+    @app.post("/api/images/{image_id}/propagate")
+    def propagate(image_id: str, request: PropagateRequest):
+        opened = store.get(image_id)
+        axis, z = cut_of(opened, request)
+        check_object(request.object)
+        done = store.propagate(opened, axis, z, request.object, request.first, request.last)
+        view = np.moveaxis(opened.labels, axis, 0)
+        return {"slice": z, "object": request.object, "slices": sorted(done),
+                "pixels": int((view[request.first:request.last + 1] == request.object).sum())}
+
+    def stepped(image_id: str, backwards: bool) -> dict:
+        axis, z = store.get(image_id).step(backwards=backwards)
+        return {"slice": z, "plane": list(PLANES)[axis]}
 
     @app.post("/api/images/{image_id}/undo")
     def undo(image_id: str):
-        return {"slice": store.get(image_id).step(backwards=True)}
+        return stepped(image_id, True)
 
     @app.post("/api/images/{image_id}/redo")
     def redo(image_id: str):
-        return {"slice": store.get(image_id).step(backwards=False)}
+        return stepped(image_id, False)
 
     @app.get("/api/images/{image_id}/session")
     def session(image_id: str):

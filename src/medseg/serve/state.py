@@ -1,8 +1,10 @@
 """What ``medseg serve`` holds: the open images, their label maps with undo/redo, the prompts that made
 them, and a bounded LRU cache of encoder states (one per image slice).
 
-Coordinates are the input's pixels as everywhere in medseg: boxes (x0, y0, x1, y1), points (x, y),
-slices ``z`` along the array's Z axis; label maps are integer (Z, Y, X), 0 = background, k = object k.
+Coordinates are the input's pixels as everywhere in medseg: boxes (x0, y0, x1, y1), points (x, y) in
+the cut's (columns, rows); a cut is slice ``z`` along an ``axis`` of (Z, Y, X) (0 axial (Y, X), 1
+coronal (Z, X), 2 sagittal (Z, Y): :data:`medseg.infer.session.PLANES`); label maps are integer
+(Z, Y, X), 0 = background, k = object k.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 from ..data.cases import plane
 from ..errors import InputError
 from ..infer import Predictor
-from ..infer.session import brush, paint_object, segment_prompt
+from ..infer.session import PLANES, brush, cuts, paint_automatic, paint_object, propagate, segment_prompt
 from ..io import Image
 
 WINDOWS: dict[str, tuple[float, float]] = {  # CT presets: (level, width) in HU
@@ -36,7 +38,7 @@ class UnknownImage(KeyError):
 class OpenImage:
     """One opened image: ``image`` (C, Z, Y, X), its label map (Z, Y, X) uint16, object names, the prompts
     of every segment call (replayable by ``medseg predict --prompts``), undo/redo stacks of
-    ``(z, label slice before)``, and ``folder``: the server's private copy of the upload (removed on
+    ``(axis, first cut, the cuts' labels before, prompts before)``, and ``folder``: the server's private copy of the upload (removed on
     eviction). ``dicom_source``: the DICOM file or series folder a DICOM-SEG export references."""
 
     image_id: str
@@ -47,8 +49,8 @@ class OpenImage:
     labels: np.ndarray = field(init=False)
     objects: dict[int, str] = field(default_factory=dict)
     prompts: list[dict] = field(default_factory=list)
-    undo: list[tuple[int, np.ndarray, list]] = field(default_factory=list)
-    redo: list[tuple[int, np.ndarray, list]] = field(default_factory=list)
+    undo: list[tuple[int, int, np.ndarray, list]] = field(default_factory=list)
+    redo: list[tuple[int, int, np.ndarray, list]] = field(default_factory=list)
     auto_window: tuple[float, float] = (0.0, 1.0)
 
     def __post_init__(self) -> None:
@@ -76,20 +78,30 @@ class OpenImage:
                 "channels": int(self.image.array.shape[0]), "modality": self.modality,
                 "format": self.image.meta.format, "dicom": self.dicom_source is not None,
                 "spacing": [float(s) for s in self.image.meta.spacing], "objects": self.objects,
-                "windows": ["auto", *WINDOWS] if self.image.array.shape[0] == 1 else ["auto"]}
+                "windows": ["auto", *WINDOWS] if self.image.array.shape[0] == 1 else ["auto"],
+                "planes": list(PLANES) if z > 1 else ["axial"]}
 
-    def check_slice(self, z: int | None) -> int:
-        depth = self.shape[0]
+    def check_slice(self, z: int | None, axis: int = 0) -> int:
+        """``z`` (None: 0) checked against the cuts of ``axis``; InputError outside them."""
+        depth, name = self.shape[axis], list(PLANES)[axis]
         z = 0 if z is None else int(z)
         if not 0 <= z < depth:
-            raise InputError(f"slice {z} is outside the image's {depth} slice(s): give 0..{depth - 1}")
+            raise InputError(f"slice {z} is outside the image's {depth} {name} slice(s): give 0..{depth - 1}")
         return z
 
-    def display(self, z: int, window: str = "auto") -> np.ndarray:
-        """Slice ``z`` as uint8 (Y, X) or (Y, X, 3) for the page: ``window`` "auto" (0.5-99.5
+    def cut_shape(self, axis: int = 0) -> tuple[int, int]:
+        """(H, W) of the cuts of ``axis``."""
+        return tuple(n for i, n in enumerate(self.shape) if i != axis)
+
+    def cut(self, z: int, axis: int = 0) -> np.ndarray:
+        """Cut ``z`` of ``axis`` of the image as the encoder takes it: (H, W) or (H, W, C)."""
+        return plane(self.image, self.check_slice(z, axis), axis)
+
+    def display(self, z: int, window: str = "auto", axis: int = 0) -> np.ndarray:
+        """Cut ``z`` of ``axis`` as uint8 (H, W) or (H, W, 3) for the page: ``window`` "auto" (0.5-99.5
         percentiles of the whole image, sampled; a uint8 colour photograph as it is), or a CT preset of
         :data:`WINDOWS`."""
-        arr = self.image.array[:, self.check_slice(z)].astype(np.float32)
+        arr = np.take(self.image.array, self.check_slice(z, axis), axis=1 + axis).astype(np.float32)
         if window == "auto":
             lo, hi = self.auto_window
         elif window in WINDOWS and arr.shape[0] == 1:
@@ -100,42 +112,54 @@ class OpenImage:
         out = (np.clip((arr - lo) / (hi - lo), 0, 1) * 255).round().astype(np.uint8)
         return out[0] if out.shape[0] == 1 else np.moveaxis(out[:3], 0, -1)
 
-    def _undo_step(self, z: int) -> None:
-        """Remember slice ``z`` and the prompts before a change (and forget what redo held)."""
-        self.undo.append((z, self.labels[z].copy(), list(self.prompts)))
+    def _undo_step(self, axis: int, lo: int, hi: int | None = None) -> None:
+        """Remember cuts ``lo..hi`` (one cut without ``hi``) of ``axis`` and the prompts before a change
+        (and forget what redo held)."""
+        hi = lo if hi is None else hi
+        self.undo.append((axis, lo, cuts(self.labels, axis)[lo:hi + 1].copy(), list(self.prompts)))
         del self.undo[:-HISTORY]
         self.redo.clear()
 
-    def paint(self, z: int, obj: int, mask: np.ndarray, prompt: dict | None) -> None:
-        """Make ``mask`` (Y, X) bool object ``obj``'s pixels on slice ``z`` (its old pixels there cleared),
-        with an undo step."""
-        self._undo_step(z)
-        paint_object(self.labels, z, obj, mask)
+    def paint(self, axis: int, z: int, obj: int, mask: np.ndarray, prompt: dict | None) -> None:
+        """Make ``mask`` (H, W) bool object ``obj``'s pixels on cut ``z`` of ``axis`` (its old pixels there
+        cleared), with an undo step."""
+        self._undo_step(axis, z)
+        paint_object(cuts(self.labels, axis), z, obj, mask)
         if prompt is not None:
             self.prompts.append(prompt)
         self.objects.setdefault(obj, f"object {obj}")
 
-    def brush(self, z: int, obj: int, strokes, radius: float, erase: bool) -> int:
-        """A brush (or eraser) stroke on slice ``z`` with an undo step; returns the pixels it covered."""
-        self._undo_step(z)
-        covered = brush(self.labels, z, obj, strokes, radius, erase)
-        self.prompts.append({"slice": z, "object": obj, "strokes": [list(map(float, p)) for p in strokes],
-                             "radius": radius, "erase": erase})
+    def paint_classes(self, axis: int, z: int, automatic: np.ndarray, classes: dict[int, str], prompt: dict) -> None:
+        """An automatic label map (H, W) on cut ``z``: class c becomes object c, named after the class
+        (one undo step)."""
+        self._undo_step(axis, z)
+        paint_automatic(cuts(self.labels, axis), z, automatic, classes)
+        self.prompts.append(prompt)
+        self.objects.update({int(c): name for c, name in classes.items()})
+
+    def brush(self, axis: int, z: int, obj: int, strokes, radius: float, erase: bool) -> int:
+        """A brush (or eraser) stroke on cut ``z`` of ``axis`` with an undo step; returns the pixels it covered."""
+        self._undo_step(axis, z)
+        covered = brush(cuts(self.labels, axis), z, obj, strokes, radius, erase)
+        prompt = {"slice": z, "object": obj, "strokes": [list(map(float, p)) for p in strokes],
+                  "radius": radius, "erase": erase}
+        self.prompts.append(with_plane(prompt, axis))
         if not erase:
             self.objects.setdefault(obj, f"object {obj}")
         return int(covered.sum())
 
-    def step(self, backwards: bool) -> int:
-        """Undo (``backwards``) or redo one change; returns the slice it touched. Nothing to undo/redo
-        is an InputError."""
+    def step(self, backwards: bool) -> tuple[int, int]:
+        """Undo (``backwards``) or redo one change; returns (axis, first cut) it touched. Nothing to
+        undo/redo is an InputError."""
         source, target = (self.undo, self.redo) if backwards else (self.redo, self.undo)
         if not source:
             raise InputError(f"nothing to {'undo' if backwards else 'redo'}")
-        z, labels, prompts = source.pop()
-        target.append((z, self.labels[z].copy(), list(self.prompts)))
-        self.labels[z] = labels
+        axis, lo, block, prompts = source.pop()
+        view = cuts(self.labels, axis)
+        target.append((axis, lo, view[lo:lo + len(block)].copy(), list(self.prompts)))
+        view[lo:lo + len(block)] = block
         self.prompts = prompts
-        return z
+        return axis, lo
 
     def close(self) -> None:
         if self.folder is not None:
@@ -195,10 +219,16 @@ class Store:
             self.encodings.move_to_end(key)
             return self.encodings[key]
 
-    def encode(self, opened: OpenImage, z: int) -> tuple:
-        """The encoder state of slice ``z`` of ``opened``, from the cache (without waiting for an encoding
-        in progress) or the encoder."""
-        key = (opened.image_id, z)
+    @property
+    def tasks(self) -> dict:
+        """The universal model's tasks ({name: TaskInfo}); empty when the served model has no automatic mode."""
+        return dict(self.predictor.tasks) if hasattr(self.predictor, "segment_embedding") else {}
+
+    def encode(self, opened: OpenImage, axis: int, z: int, modality: str | None = None) -> tuple:
+        """The encoder state of cut ``z`` of ``axis`` of ``opened`` under intensity window ``modality``
+        (None: the image's own), from the cache (without waiting for an encoding in progress) or the encoder."""
+        modality = opened.modality if modality is None else modality
+        key = (opened.image_id, axis, z, modality)
         cached = self._cached(key)
         if cached is not None:
             return cached
@@ -206,7 +236,7 @@ class Store:
             cached = self._cached(key)  # encoded by another request while this one waited
             if cached is not None:
                 return cached
-            self.predictor.set_image(plane(opened.image, z), opened.modality)
+            self.predictor.set_image(opened.cut(z, axis), modality)
             encoding = self.predictor.encoding
             with self.lock:
                 self.encoder_runs += 1
@@ -215,13 +245,43 @@ class Store:
                     self.encodings.popitem(last=False)
             return encoding
 
-    def segment(self, opened: OpenImage, z: int, box, points, labels) -> tuple[np.ndarray, float]:
-        """One prompt set on slice ``z`` -> (mask (Y, X) bool, predicted IoU), by the rule of
+    def segment(self, opened: OpenImage, axis: int, z: int, box, points, labels) -> tuple[np.ndarray, float]:
+        """One prompt set on cut ``z`` of ``axis`` -> (mask (H, W) bool, predicted IoU), by the rule of
         :func:`medseg.infer.session.segment_prompt` (what ``medseg predict --prompts`` replays)."""
-        encoding = self.encode(opened, z)
+        encoding = self.encode(opened, axis, z)
         with self.decode_lock:
             self.decoder.set_encoding(encoding)
             return segment_prompt(self.decoder, box, points, labels)
+
+    def automatic(self, opened: OpenImage, axis: int, z: int, task: str):
+        """Every class of ``task`` on cut ``z`` with no prompt -> :class:`~medseg.infer.automatic.AutoResult`
+        (InputError when the served model has no automatic mode or does not know ``task``)."""
+        if not self.tasks:
+            raise InputError("the served model has no automatic mode: serve a universal model "
+                             "(the default litemedsam on --engine torch --precision fp32, or --model universal)")
+        if task not in self.tasks:
+            raise InputError(f"task {task!r}: the served model knows {', '.join(self.tasks)}")
+        encoding = self.encode(opened, axis, z, self.decoder.modality_for(task))
+        with self.decode_lock:
+            self.decoder.set_encoding(encoding)
+            return self.decoder.segment_embedding(task)
+
+    def propagate(self, opened: OpenImage, axis: int, z: int, obj: int, lo: int, hi: int) -> list[int]:
+        """Walk object ``obj``'s mask on cut ``z`` over the cuts ``lo..hi`` of ``axis`` (each prompted with
+        the box of the previous cut's mask), as one undo step; returns the cuts it painted."""
+        opened.check_slice(lo, axis), opened.check_slice(hi, axis)
+        view = cuts(opened.labels, axis)
+        before = (view[lo:hi + 1].copy(), list(opened.prompts))
+        try:
+            done = propagate(view, z, obj, lo, hi, lambda i, box: self.segment(opened, axis, i, box, None, None)[0])
+        except BaseException:
+            view[lo:hi + 1] = before[0]  # nothing half-done
+            raise
+        opened.undo.append((axis, lo, *before))
+        del opened.undo[:-HISTORY]
+        opened.redo.clear()
+        opened.prompts.append(with_plane({"slice": z, "object": obj, "propagate": [lo, hi]}, axis))
+        return done
 
     def close(self) -> None:
         with self.lock:
@@ -229,3 +289,8 @@ class Store:
                 opened.close()
             self.images.clear()
             self.encodings.clear()
+
+
+def with_plane(prompt: dict, axis: int) -> dict:
+    """A session prompt with its plane named when it is not axial (axial prompts stay as they were)."""
+    return prompt if axis == 0 else {**prompt, "plane": list(PLANES)[axis]}
