@@ -16,7 +16,8 @@ process under ``/usr/bin/time -v`` and drives it over HTTP, as the page does:
     python benchmarks/serve_load.py [--quick] [--json OUT]
 
 JSON: ``{"open_s", "one_client": {"p50_ms", "p95_ms", "n"}, "four_clients": {"p50_ms", "p95_ms", "n",
-"first_click", "errors"}, "rss_mb_per_round": [...], "peak_mb", ...}``.
+"first_click", "errors"}, "rss_mb_per_round": [...], "cached_slices" (after the rounds), "peak_mb", ...}``.
+``tests/serve/test_serve_load.py`` runs ``--quick`` in CI.
 """
 
 from __future__ import annotations
@@ -155,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             for info in infos:
                 post_json(port, f"/api/images/{info['image_id']}/segment", {"points": [[12, 12]]})
             rounds.append(rss_mb(pid))
+        cached_slices = request(port, "/api/health")[1]["cached_slices"]
     finally:
         try:  # /usr/bin/time does not pass SIGTERM on: stop the server itself, then time reports
             os.kill(server_pid(server.pid), 15)
@@ -165,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
               "open_s": round(statistics.median(open_times), 3), "open_image": "dsb2018_nuclei train, 1024x1024 (timing only)",
               "one_client": percentiles(one), "four_clients": {**percentiles(cached), "first_click": percentiles(first),
                                                                "errors": len(errors)},
-              "rss_mb_per_round": rounds, "cache_size": 4, "images_cycled": len(infos),
+              "rss_mb_per_round": rounds, "cache_size": 4, "cached_slices": cached_slices, "images_cycled": len(infos),
               "peak_mb": peak_mb_from_time(stderr)}
     print(f"open a 1024x1024 image to its first mask: {result['open_s']:.2f} s (median of {len(open_times)})")
     print(f"one client, cached embedding: click p50 {result['one_client']['p50_ms']} ms, p95 {result['one_client']['p95_ms']} ms "

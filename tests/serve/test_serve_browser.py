@@ -117,3 +117,65 @@ def test_box_click_undo_brush_export_in_the_page(browser, tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=20)
+
+
+def test_planes_propagation_and_automatic_mode_in_the_page(browser, tmp_path):
+    """The shipped universal model: a volume cut in the coronal plane, a box there, its propagation over
+    the rows; then a picture segmented with no prompt (automatic mode), and a click that refines it."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    artifacts = Path(os.environ.get("MEDSEG_TEST_ARTIFACTS", tmp_path / "artifacts"))
+    artifacts.mkdir(parents=True, exist_ok=True)
+    root = tmp_path / "root"
+    root.mkdir()
+    zz, yy, xx = np.mgrid[:12, :64, :64]
+    volume = np.where(((zz - 6) / 5) ** 2 + ((yy - 32) / 18) ** 2 + ((xx - 32) / 18) ** 2 < 1, 200.0, 30.0)
+    write_image(volume.astype(np.float32), root / "ball.nii.gz")
+    write_image(np.where((yy[0] - 30) ** 2 + (xx[0] - 34) ** 2 < 300, 220, 40).astype(np.uint8), root / "spot.png")
+    port = free_port()
+    server, _ = start(["--port", str(port), "--root", str(root), "--model", "universal"])
+    base = f"http://127.0.0.1:{port}"
+    try:
+        get(f"{base}/api/health", attempts=300)
+        browser.get(base + "/")
+        status = browser.find_element(By.ID, "status")
+        wait_for(lambda: len(browser.find_elements(By.CSS_SELECTOR, "#files option")) == 3, what="the --root listing")
+        Select(browser.find_element(By.ID, "files")).select_by_value("ball.nii.gz")
+        wait_for(lambda: "64x64x12" in status.text, what="the volume to open")
+        image_id = browser.execute_script("return state.image.image_id")
+        Select(browser.find_element(By.ID, "plane")).select_by_value("coronal")
+        wait_for(lambda: browser.execute_script("return canvas.height === 12 && state.slice === 31"), what="the coronal cut")
+        canvas = browser.find_element(By.ID, "canvas")
+        sx, sy = canvas.size["width"] / 64, canvas.size["height"] / 12  # CSS pixels per voxel
+        ActionChains(browser).move_to_element_with_offset(canvas, int(-20 * sx), int(-4 * sy)).click_and_hold() \
+            .move_by_offset(int(40 * sx), int(8 * sy)).release().perform()
+        wait_for(lambda: "object 1:" in status.text, what="the coronal box mask")
+        browser.find_element(By.ID, "first").clear()
+        browser.find_element(By.ID, "first").send_keys("20")
+        browser.find_element(By.ID, "last").clear()
+        browser.find_element(By.ID, "last").send_keys("40")
+        browser.find_element(By.ID, "propagate").click()
+        wait_for(lambda: "voxels" in status.text, timeout=120, what="the propagation")
+        browser.save_screenshot(str(artifacts / "serve_coronal_propagated.png"))
+        prompts = get(f"{base}/api/images/{image_id}/session")[1]["prompts"]
+        assert prompts[0]["plane"] == "coronal" and prompts[0]["slice"] == 31 and prompts[0]["box"]
+        assert prompts[1] == {"slice": 31, "object": 1, "propagate": [20, 40], "plane": "coronal"}
+
+        Select(browser.find_element(By.ID, "files")).select_by_value("spot.png")
+        wait_for(lambda: "spot.png: 64x64" in status.text, what="the picture to open")
+        image_id = browser.execute_script("return state.image.image_id")
+        assert not browser.find_element(By.ID, "automatic-mode").get_attribute("hidden")
+        browser.find_element(By.ID, "automatic").click()
+        wait_for(lambda: " px" in status.text and "ms" in status.text, timeout=60, what="the automatic segmentation")
+        browser.save_screenshot(str(artifacts / "serve_automatic.png"))
+        session = get(f"{base}/api/images/{image_id}/session")[1]
+        assert session["prompts"][0]["automatic"] and session["objects"]  # every class of the task, named
+        ActionChains(browser).move_to_element_with_offset(canvas, 0, 0).click().perform()
+        wait_for(lambda: len(get(f"{base}/api/images/{image_id}/session")[1]["prompts"]) == 2, what="the refining click")
+        refined = get(f"{base}/api/images/{image_id}/session")[1]["prompts"][1]
+        assert refined["points"] and refined["object"] == int(next(iter(session["objects"])))
+    finally:
+        server.terminate()
+        server.wait(timeout=20)

@@ -7,7 +7,8 @@ const COLOURS = [[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [2
   [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212]];
 const $ = (id) => document.getElementById(id);
 const canvas = $("canvas"), ctx = canvas.getContext("2d");
-const state = { image: null, slice: 0, object: 1, picture: null, labels: null, prompts: {}, drag: null, stroke: null };
+const state = { image: null, plane: "axial", slice: 0, object: 1, picture: null, labels: null, prompts: {}, drag: null, stroke: null };
+const AXIS = { axial: 0, coronal: 1, sagittal: 2 };
 
 function status(text) { $("status").textContent = text; }
 
@@ -32,10 +33,10 @@ function loadPicture(url) {
 
 async function refresh() {
   if (!state.image) return;
-  const id = state.image.image_id, z = state.slice, win = $("window").value || "auto";
+  const id = state.image.image_id, z = state.slice, win = $("window").value || "auto", plane = state.plane;
   const [picture, labels] = await Promise.all([
-    loadPicture(`/api/images/${id}/slices/${z}.png?window=${win}`),
-    loadPicture(`/api/images/${id}/slices/${z}/labels.png?v=${Date.now()}`)]);
+    loadPicture(`/api/images/${id}/slices/${z}.png?window=${win}&plane=${plane}`),
+    loadPicture(`/api/images/${id}/slices/${z}/labels.png?plane=${plane}&encoding=rgb&v=${Date.now()}`)]);
   state.picture = picture;
   const off = document.createElement("canvas");
   off.width = labels.width; off.height = labels.height;
@@ -51,7 +52,7 @@ function draw() {
   if (state.labels) {
     const over = ctx.getImageData(0, 0, canvas.width, canvas.height), src = state.labels.data, dst = over.data;
     for (let i = 0; i < src.length; i += 4) {
-      const id = src[i];
+      const id = src[i] + 256 * src[i + 1];  // red: id % 256, green: id / 256
       if (id === 0) continue;
       const c = COLOURS[(id - 1) % COLOURS.length];
       for (let k = 0; k < 3; k++) dst[i + k] = Math.round(0.55 * dst[i + k] + 0.45 * c[k]);
@@ -74,7 +75,7 @@ function draw() {
 }
 
 function currentPrompt() {
-  const key = `${state.object}:${state.slice}`;
+  const key = `${state.object}:${state.plane}:${state.slice}`;
   state.prompts[key] = state.prompts[key] || { box: null, points: [], labels: [] };
   return state.prompts[key];
 }
@@ -87,7 +88,7 @@ function pixel(event) {
 
 async function segment() {
   const p = currentPrompt(), t0 = performance.now();
-  const body = { box: p.box, points: p.points, labels: p.labels, slice: state.slice, object: state.object };
+  const body = { box: p.box, points: p.points, labels: p.labels, slice: state.slice, plane: state.plane, object: state.object };
   const result = await (await api(`/api/images/${state.image.image_id}/segment`, {
     method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) })).json();
   await refresh();
@@ -113,7 +114,7 @@ canvas.addEventListener("mousemove", (e) => {
 });
 async function sendStroke(strokes) {
   const body = { strokes, radius: Number($("radius").value) || 4, erase: tool() === "eraser", slice: state.slice,
-    object: state.object };
+    plane: state.plane, object: state.object };
   const result = await (await api(`/api/images/${state.image.image_id}/brush`, {
     method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) })).json();
   await refresh();
@@ -144,7 +145,7 @@ canvas.addEventListener("wheel", (e) => {
 });
 
 function setSlice(z) {
-  const depth = state.image.shape[0];
+  const depth = state.image.shape[AXIS[state.plane]];
   state.slice = Math.min(depth - 1, Math.max(0, z));
   $("slice").value = state.slice; $("slice-label").textContent = `${state.slice} / ${depth - 1}`;
   refresh().catch((err) => status(err.message));
@@ -168,12 +169,13 @@ $("new-object").addEventListener("click", () => {
   const ids = [...$("object").options].map((o) => Number(o.value));
   state.object = Math.max(0, ...ids) + 1; showObjects(); draw();
 });
-$("clear-prompts").addEventListener("click", () => { delete state.prompts[`${state.object}:${state.slice}`]; draw(); });
+$("clear-prompts").addEventListener("click", () => { delete state.prompts[`${state.object}:${state.plane}:${state.slice}`]; draw(); });
 
 async function step(kind) {
   const result = await (await api(`/api/images/${state.image.image_id}/${kind}`, { method: "POST" })).json();
   state.prompts = {};
-  if (result.slice !== state.slice) setSlice(result.slice); else await refresh();
+  if (result.plane !== state.plane) setPlane(result.plane, result.slice);
+  else if (result.slice !== state.slice) setSlice(result.slice); else await refresh();
   status(`${kind} on slice ${result.slice}`);
 }
 $("undo").addEventListener("click", () => state.image && step("undo").catch((err) => status(err.message)));
@@ -197,18 +199,34 @@ document.querySelectorAll("button[data-format]").forEach((button) => button.addE
 $("export-session").addEventListener("click", () => state.image &&
   download(`/api/images/${state.image.image_id}/session`, "session.json").catch((err) => status(err.message)));
 
+function setPlane(plane, z) {
+  // the cut's size: axial (Y, X), coronal (Z, X), sagittal (Z, Y); shown with the voxels' true proportions
+  state.plane = plane; $("plane").value = plane;
+  const [depth, height, width] = state.image.shape, [sz, sy, sx] = state.image.spacing;
+  const [rows, cols, rowMm, colMm] = { axial: [height, width, sy, sx], coronal: [depth, width, sz, sx],
+    sagittal: [depth, height, sz, sy] }[plane];
+  canvas.width = cols; canvas.height = rows;
+  const aspect = rowMm > 0 && colMm > 0 ? rowMm / colMm : 1, stage = $("stage");
+  const fit = Math.min(stage.clientWidth / cols, stage.clientHeight / (rows * aspect));
+  canvas.style.width = `${Math.floor(cols * fit)}px`; canvas.style.height = `${Math.floor(rows * aspect * fit)}px`;
+  const count = state.image.shape[AXIS[plane]];
+  $("slice").max = count - 1; $("first").max = $("last").max = count - 1;
+  $("first").value = 0; $("last").value = count - 1;
+  setSlice(z === undefined ? Math.floor((count - 1) / 2) : z);
+}
+$("plane").addEventListener("change", (e) => { state.prompts = {}; setPlane(e.target.value); });
+
 async function opened(response) {
   state.image = await response.json();
-  state.slice = 0; state.prompts = {}; state.object = 1;
-  const [depth, height, width] = state.image.shape;
-  canvas.width = width; canvas.height = height;
-  const stage = $("stage"), fit = Math.min(stage.clientWidth / width, stage.clientHeight / height);
-  canvas.style.width = `${Math.floor(width * fit)}px`; canvas.style.height = `${Math.floor(height * fit)}px`;
+  state.prompts = {}; state.object = 1;
+  const depth = state.image.shape[0];
   $("volume-controls").hidden = depth < 2 && state.image.windows.length < 2;
-  $("slice").max = depth - 1;
+  $("plane").innerHTML = state.image.planes.map((p) => `<option value="${p}">${p}</option>`).join("");
+  $("plane").hidden = $("propagation").hidden = depth < 2;
   $("window").innerHTML = state.image.windows.map((w) => `<option>${w}</option>`).join("");
   $("export-dicom").disabled = !state.image.dicom;
-  showObjects(); setSlice(0);
+  showObjects(); setPlane("axial", 0);
+  const [, height, width] = state.image.shape;
   status(`${state.image.name}: ${width}x${height}` + (depth > 1 ? `x${depth}` : "") + (state.image.modality ? ` ${state.image.modality}` : ""));
 }
 $("upload").addEventListener("change", (e) => {
@@ -225,12 +243,42 @@ $("files").addEventListener("change", (e) => {
     body: JSON.stringify({ path: e.target.value }) }).then(opened).catch((err) => status(err.message));
 });
 
+async function automatic() {
+  const t0 = performance.now();
+  status(`segmenting every class of ${$("task").value}…`);
+  const result = await (await api(`/api/images/${state.image.image_id}/automatic`, {
+    method: "POST", headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ task: $("task").value, slice: state.slice, plane: state.plane }) })).json();
+  result.objects.forEach((o) => {  // each class's box: a click then refines it (box + clicks)
+    state.image.objects[o.object] = o.name;
+    state.prompts[`${o.object}:${state.plane}:${state.slice}`] = { box: o.box, points: [], labels: [] };
+  });
+  state.object = result.objects.length ? result.objects[0].object : state.object;
+  showObjects(); await refresh();
+  status(result.objects.map((o) => `${o.name}: ${o.pixels} px`).join(", ") + ` (${Math.round(performance.now() - t0)} ms)`);
+}
+$("automatic").addEventListener("click", () => state.image && automatic().catch((err) => status(err.message)));
+
+async function propagate() {
+  const first = Number($("first").value), last = Number($("last").value), t0 = performance.now();
+  status(`propagating object ${state.object} over slices ${first}..${last}…`);
+  const result = await (await api(`/api/images/${state.image.image_id}/propagate`, {
+    method: "POST", headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ slice: state.slice, plane: state.plane, object: state.object, first, last }) })).json();
+  await refresh();
+  status(`object ${result.object} on ${result.slices.length + 1} slices, ${result.pixels} voxels (${Math.round((performance.now() - t0) / 100) / 10} s)`);
+}
+$("propagate").addEventListener("click", () => state.image && propagate().catch((err) => status(err.message)));
+
 (async () => {
   try {
     const health = await (await api("/api/health")).json();
     $("health").textContent = `${health.model} · ${health.engine} ${health.precision}`;
     const listing = await (await api("/api/files")).json();
     $("files").hidden = !listing.root;
+    const tasks = (await (await api("/api/tasks")).json()).tasks;
+    $("automatic-mode").hidden = !tasks.length;
+    $("task").innerHTML = tasks.map((t) => `<option value="${t.name}">${t.name} (${Object.values(t.classes).join(", ")})</option>`).join("");
     listing.files.forEach((f) => { const o = document.createElement("option"); o.value = o.textContent = f.path; $("files").appendChild(o); });
   } catch (err) { status(err.message); }
 })();
