@@ -50,6 +50,10 @@ def test_planes_show_and_paint_their_own_cuts(client, tmp_path, ball):
     rgb = np.asarray(PILImage.open(io.BytesIO(client.get(
         f"/api/images/{image_id}/slices/2/labels.png?plane=sagittal&encoding=rgb").content)))
     assert rgb.shape == (10, 40, 3) and tuple(rgb[5, 5]) == (300 % 256, 300 // 256, 0)  # ids past 255 for the page
+    named = client.post(f"/api/images/{image_id}/objects", json={"object": 300, "name": " left atrium "}).json()
+    assert named == {"objects": {"1": "object 1", "300": "left atrium"}}
+    for bad in ({"object": 300, "name": ""}, {"object": 300, "name": "a\nb"}, {"object": 0, "name": "x"}):
+        assert client.post(f"/api/images/{image_id}/objects", json=bad).status_code == 400, bad
     assert client.post(f"/api/images/{image_id}/undo").json() == {"slice": 2, "plane": "sagittal"}
     for bad, words in [({"box": [1, 1, 5, 5], "plane": "oblique"}, "give one of axial, coronal, sagittal"),
                        ({"box": [1, 1, 5, 5], "plane": "coronal", "slice": 40}, "outside the image's 40 coronal")]:

@@ -19,6 +19,7 @@ API (coordinates in the input's pixels; ``slice`` along Z, 0-based):
 * ``POST /api/images/{id}/propagate`` ``{"slice", "object", "first", "last", "plane"}``: the object's mask on
   the slice walks over slices first..last (one undo step) -> ``{"slices": [...], "pixels"}``
 * ``POST /api/images/{id}/brush`` ``{"strokes": [[x, y], ...], "radius", "erase", "slice", "plane", "object"}``
+* ``POST /api/images/{id}/objects`` ``{"object", "name"}``: name an object (DICOM-SEG segment labels) -> the objects
 * ``POST /api/images/{id}/undo``, ``/redo`` -> ``{"slice", "plane"}``; ``GET /api/images/{id}/session`` -> the prompts as JSON
 * ``GET /api/images/{id}/labels?format=png|nifti|mha|dicom-seg`` -> the label map file
 
@@ -75,6 +76,11 @@ class BrushRequest(CutRequest):
 
 class AutomaticRequest(CutRequest):
     task: str
+
+
+class NameRequest(BaseModel):
+    object: int
+    name: str
 
 
 class PropagateRequest(CutRequest):
@@ -280,6 +286,16 @@ def create_app(store: Store, *, model_name: str, root: Path | None = None, token
         view = np.moveaxis(opened.labels, axis, 0)
         return {"slice": z, "object": request.object, "slices": sorted(done),
                 "pixels": int((view[request.first:request.last + 1] == request.object).sum())}
+
+    @app.post("/api/images/{image_id}/objects")
+    def name_object(image_id: str, request: NameRequest):
+        opened = store.get(image_id)
+        check_object(request.object)
+        name = request.name.strip()
+        if not 1 <= len(name) <= 64 or not name.isprintable():
+            raise InputError("name: give 1..64 printable characters")
+        opened.objects[request.object] = name
+        return {"objects": opened.objects}
 
     def stepped(image_id: str, backwards: bool) -> dict:
         axis, z = store.get(image_id).step(backwards=backwards)

@@ -159,15 +159,25 @@ function showObjects() {
   select.innerHTML = "";
   [...ids].sort((a, b) => a - b).forEach((id) => {
     const option = document.createElement("option");
-    option.value = id; option.textContent = `${id}: ${names[id] || $("object-name").value || "object " + id}`;
+    option.value = id; option.textContent = `${id}: ${names[id] || "object " + id}`;
     select.appendChild(option);
   });
   select.value = state.object;
 }
-$("object").addEventListener("change", (e) => { state.object = Number(e.target.value); draw(); });
+$("object").addEventListener("change", (e) => {
+  state.object = Number(e.target.value); $("object-name").value = state.image.objects[state.object] || ""; draw();
+});
+$("object-name").addEventListener("change", async (e) => {  // the name goes into the DICOM-SEG's segment label
+  if (!state.image || !e.target.value.trim()) return;
+  try {
+    const result = await (await api(`/api/images/${state.image.image_id}/objects`, { method: "POST",
+      headers: { "Content-Type": "application/json" }, body: JSON.stringify({ object: state.object, name: e.target.value }) })).json();
+    state.image.objects = result.objects; showObjects(); status(`object ${state.object}: ${result.objects[state.object]}`);
+  } catch (err) { status(err.message); }
+});
 $("new-object").addEventListener("click", () => {
   const ids = [...$("object").options].map((o) => Number(o.value));
-  state.object = Math.max(0, ...ids) + 1; showObjects(); draw();
+  state.object = Math.max(0, ...ids) + 1; $("object-name").value = ""; showObjects(); draw();
 });
 $("clear-prompts").addEventListener("click", () => { delete state.prompts[`${state.object}:${state.plane}:${state.slice}`]; draw(); });
 
