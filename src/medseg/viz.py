@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 # Tint colours (RGB) for object / class 1, 2, 3, ... of an overlay.
 PALETTE = np.array([(255, 64, 64), (64, 200, 255), (255, 210, 0), (80, 255, 120), (200, 90, 255),
@@ -49,6 +48,8 @@ def overlay(image: np.ndarray, masks: np.ndarray | list, boxes=None, points=None
             alpha: float = 0.45) -> np.ndarray:
     """Draw masks (K, H, W) (or one (H, W) label map with ids 1..K) on an image; boxes (N, 4)
     x0, y0, x1, y1 in green; positive points (x, y) green, negative red. Returns uint8 (H, W, 3)."""
+    from scipy import ndimage
+
     canvas = display_rgb(image).astype(np.float32)
     masks = np.asarray(masks)
     if masks.ndim == 2:

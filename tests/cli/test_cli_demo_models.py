@@ -131,3 +131,13 @@ def test_console_script_help(tmp_path):
     bad = subprocess.run([*cmd, "predict"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert bad.returncode == 2 and "input" in bad.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_predict_path_leaves_heavy_readers_for_when_they_are_needed():
+    """`medseg predict` on a picture imports only what it uses: scipy.ndimage (prompts from masks, overlays),
+    pydicom (DICOM files) and matplotlib (figures) load at their first use, not at start-up."""
+    code = ("import sys, medseg.cli, medseg.infer.files, medseg.io, medseg.viz, medseg.io.outputs, medseg.models; "
+            "print(','.join(m for m in ('scipy.ndimage', 'pydicom', 'matplotlib') if m in sys.modules))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == ""

@@ -228,3 +228,6 @@ def test_slices_encoded_in_batches_give_the_masks_of_one_at_a_time(tiny_model, v
                              slice_batch=4)
     assert max(calls) == 4 and sum(calls) < 2 * Z
     assert (one == batched).mean() > 0.999
+    calls.clear()
+    default = segment_volume(Counting(tiny_model, device="cpu"), volume, box3d, propagate=False, progress=False)
+    assert calls == [] and (default == one).all()  # on the CPU one slice at a time: no batch is faster there

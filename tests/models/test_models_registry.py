@@ -89,6 +89,32 @@ def test_model_forward(name, built):
             torch.testing.assert_close(iou_f, iou_d)
 
 
+@pytest.mark.parametrize("name", _fast_models())
+def test_inference_path_matches_the_training_path(name):
+    """Without autograd the model runs faster kernels (BatchNorm folded into its convolution, TinyViT's
+    window attention as one matmul-plus-bias) and the Predictor's channels-last layout; the numbers must
+    be those of the plain path that training runs. BatchNorm statistics are randomised so the folding
+    is exercised (fresh ones are the identity)."""
+    torch.manual_seed(0)
+    model = build_model(name)
+    g = torch.Generator().manual_seed(3)
+    for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        n = bn.num_features
+        bn.running_mean.copy_(torch.randn(n, generator=g) * 0.3)
+        bn.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+        bn.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+        bn.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
+    size = model.image_size
+    images = torch.rand(2, 3, size, size, generator=g)
+    boxes = _boxes(2, size)
+    logits, iou = model(images, boxes=boxes)  # autograd on: the training path
+    model.to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        fast_logits, fast_iou = model(images, boxes=boxes)
+    torch.testing.assert_close(fast_logits, logits.detach(), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(fast_iou, iou.detach(), atol=1e-4, rtol=1e-4)
+
+
 # Parameters a prompt type does not reach: box-only prompts use no point, padding or mask embedding;
 # click + mask prompts (no box) use no box-corner and no "no mask" embedding. Together they reach
 # every parameter.

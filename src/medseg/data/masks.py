@@ -14,7 +14,6 @@ from collections.abc import Collection
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from medseg.errors import InputError
 
@@ -67,6 +66,7 @@ def components(mask: np.ndarray, min_size: int = MIN_SIZE) -> tuple[np.ndarray, 
         in scipy's raster-scan order of first pixel), kept lists the labels with at least
         ``min_size`` pixels, in increasing order. The order is deterministic.
     """
+    from scipy import ndimage
     binary = as_binary(mask, (2, 3))
     structure = ndimage.generate_binary_structure(binary.ndim, binary.ndim)
     labels, count = ndimage.label(binary, structure=structure)

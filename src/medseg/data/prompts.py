@@ -12,7 +12,6 @@ Coordinate conventions (shared with the predictor):
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 from medseg.data.masks import MIN_SIZE, as_binary, components
 from medseg.errors import InputError
@@ -36,6 +35,7 @@ def is_lone_click(box, points, mask_input) -> bool:
 
 def mask_box(mask: np.ndarray) -> np.ndarray:
     """Tight box (4,) float32 (x0, y0, x1, y1), inclusive, of all foreground of a (H, W) mask."""
+    from scipy import ndimage
     found = ndimage.find_objects(as_binary(mask).astype(np.uint8))
     if not found:
         raise InputError("the mask has no foreground: there is no box to draw around it")
@@ -62,6 +62,7 @@ def boxes_from_mask(mask: np.ndarray, min_size: int = MIN_SIZE) -> np.ndarray:
         (N, 4) float32 array of (x0, y0, x1, y1), inclusive pixel coordinates of the input
         image, one row per kept component in the order of :func:`components`. N may be 0.
     """
+    from scipy import ndimage
     labels, kept = components(as_binary(mask), min_size)
     slices = ndimage.find_objects(labels)
     boxes = np.zeros((len(kept), 4), dtype=np.float32)
@@ -75,6 +76,7 @@ def boxes3d_from_mask(mask: np.ndarray, min_size: int = MIN_SIZE) -> np.ndarray:
 
     Returns (N, 6) float32 rows of (x0, y0, z0, x1, y1, z1), inclusive voxel indices.
     """
+    from scipy import ndimage
     labels, kept = components(as_binary(mask, (3,)), min_size)
     slices = ndimage.find_objects(labels)
     boxes = np.zeros((len(kept), 6), dtype=np.float32)
@@ -90,6 +92,7 @@ def deepest_point(component: np.ndarray) -> tuple[int, int]:
     array counts as border. Among equally deep pixels the one closest to the centroid of
     the component wins; remaining ties go to the first in raster order (row, then column).
     """
+    from scipy import ndimage
     depth = ndimage.distance_transform_edt(np.pad(component, 1))[1:-1, 1:-1]
     deepest = np.argwhere(depth == depth.max())  # (K, 2) rows of (y, x), raster order
     centroid = np.argwhere(component).mean(axis=0)
@@ -110,6 +113,7 @@ def points_from_mask(mask: np.ndarray, min_size: int = MIN_SIZE) -> np.ndarray:
         component in the order of :func:`components` (the same order as
         :func:`boxes_from_mask`). Each click lies on a pixel of its own component.
     """
+    from scipy import ndimage
     labels, kept = components(as_binary(mask), min_size)
     slices = ndimage.find_objects(labels)
     points = np.zeros((len(kept), 2), dtype=np.float32)

@@ -12,17 +12,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pydicom
 
 from medseg.errors import InputError
 from medseg.formats import DICOM_SUFFIXES
 from medseg.io._util import check_voxels, native, reading
 from medseg.io.meta import Meta, check_affine, decompose_affine, itk_to_affine
 
-try:  # pydicom >= 3
-    from pydicom.pixels import apply_modality_lut
-except ImportError:  # pragma: no cover - pydicom 2.x
-    from pydicom.pixel_data_handlers.util import apply_modality_lut
+
+def _pydicom():
+    """pydicom and its modality-LUT function, imported when a DICOM file is first read (not at start-up)."""
+    import pydicom
+
+    try:  # pydicom >= 3
+        from pydicom.pixels import apply_modality_lut
+    except ImportError:  # pragma: no cover - pydicom 2.x
+        from pydicom.pixel_data_handlers.util import apply_modality_lut
+    return pydicom, apply_modality_lut
 
 
 
@@ -83,6 +88,7 @@ def _geometry_source(ds) -> str:
 
 def read_dicom_file(path: Path, max_voxels: int | None) -> tuple[np.ndarray, Meta]:
     """Read one DICOM file (single- or multi-frame) into ``(C, Z, Y, X)``."""
+    pydicom, apply_modality_lut = _pydicom()
     with reading(path, "DICOM"):
         ds = pydicom.dcmread(str(path))
         if "PixelData" not in ds:
@@ -154,7 +160,7 @@ def read_dicom_series(folder: Path, max_voxels: int | None) -> tuple[np.ndarray,
         )
     with reading(folder, "a DICOM series"):
         names = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_ids[0])
-        first = pydicom.dcmread(names[0], stop_before_pixels=True)
+        first = _pydicom()[0].dcmread(names[0], stop_before_pixels=True)
         samples = int(first.get("SamplesPerPixel", 1) or 1)
         check_voxels(folder, (samples, len(names), int(first.Rows), int(first.Columns)),
                      max_voxels, "DICOM series")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
 from medseg.errors import InputError
@@ -30,6 +29,8 @@ def read_nifti(path: Path, max_voxels: int | None) -> tuple[np.ndarray, Meta]:
     or non-finite one is an InputError. An RGB24 / RGBA32 file (one record of colour fields per
     voxel) gives C = 3 channels, alpha dropped as for pictures.
     """
+    import nibabel as nib  # imported when a NIfTI is first read or written (not at start-up)
+
     with reading(path, "NIfTI"):
         img = nib.load(str(path), mmap=False)
         if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
@@ -106,6 +107,8 @@ def write_nifti(path: Path, arr: np.ndarray, like: Meta | None) -> None:
     its RAS+ affine is stored as qform and sform with code 1 (scanner). Without ``like``, the
     identity affine. Intensity scaling and display range fields are reset.
     """
+    import nibabel as nib  # imported when a NIfTI is first read or written (not at start-up)
+
     if arr.ndim == 4 and arr.shape[0] == 1:
         arr = arr[0]
     data = arr.transpose(2, 1, 0) if arr.ndim == 3 else arr.transpose(3, 2, 1, 0)

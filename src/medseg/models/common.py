@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -48,3 +49,14 @@ class ConvBN(nn.Sequential):
         self.add_module("bn", nn.BatchNorm2d(out_ch))
         nn.init.constant_(self.bn.weight, bn_init)
         nn.init.zeros_(self.bn.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, in, H, W) -> (B, out, H', W'). In inference (eval mode, no autograd) the BatchNorm is folded
+        into the convolution's weight and bias, one pass instead of two; training runs both as they are."""
+        if self.training or torch.is_grad_enabled():
+            return self.bn(self.c(x))
+        bn, conv = self.bn, self.c
+        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+        weight = conv.weight * scale.view(-1, 1, 1, 1).to(conv.weight.dtype)
+        bias = bn.bias - bn.running_mean * scale
+        return F.conv2d(x, weight, bias.to(weight.dtype), conv.stride, conv.padding, conv.dilation, conv.groups)
