@@ -67,10 +67,7 @@ def _predictor(args: argparse.Namespace, automatic: bool = False):
     if automatic or getattr(args, "task", None):
         from .infer.automatic import AutoSegmenter
 
-        if (args.engine, args.precision) != ("torch", "fp32"):
-            raise InputError("--task (automatic mode) runs on --engine torch --precision fp32 for now; the ONNX "
-                             "engines serve box and click prompts")
-        return AutoSegmenter(model, device=device)
+        return AutoSegmenter(model, device=device, engine=args.engine, precision=args.precision, threads=args.threads)
     return Predictor(model, device=device, engine=args.engine, precision=args.precision, threads=args.threads)
 
 
@@ -349,8 +346,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise InputError(f"--root {args.root}: not a folder; give the folder whose images the page may open")
     from .models.build import UNIVERSAL
 
-    if (args.model, args.checkpoint, args.weights, args.engine, args.precision) == \
-            ("litemedsam", None, "shipped", "torch", "fp32"):
+    if (args.model, args.checkpoint, args.weights) == ("litemedsam", None, "shipped"):
         args.model = "universal"  # the same promptable path, plus the shipped automatic head's tasks
     return run(_predictor(args, automatic=args.model in UNIVERSAL), model_name=args.model, host=args.host, port=args.port, root=args.root,
                token=args.token, max_upload_mb=args.max_upload_mb, cache_size=args.cache_size)

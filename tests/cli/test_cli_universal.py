@@ -94,3 +94,17 @@ def test_evaluate_auto_scores_every_class(checkpoint, tmp_path, capsys):
     no_task = [a for a in args[:-2] if a not in ("--task", "fundus")]
     assert main(no_task) == 2  # --auto without --task
     assert "needs both --auto and --task" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("engine, precision", [("onnxruntime", "fp32"), ("openvino", "fp32")])
+def test_predict_task_on_an_onnx_engine_gives_the_torch_label_map(checkpoint, images, tmp_path, engine, precision):
+    """--task with --engine: the encoder (and prompt decoder) run on the engine, the automatic head in torch."""
+    pytest.importorskip(engine)
+    base = ["predict", str(images / "eye0.png"), "--task", "fundus", "--model", "universal-tiny",
+            "--checkpoint", str(checkpoint)]
+    ref, out = tmp_path / "ref.png", tmp_path / "out.png"
+    assert main(base + ["--out", str(ref)]) == 0
+    assert main(base + ["--out", str(out), "--engine", engine, "--precision", precision, "--threads", "1"]) == 0
+    a, b = (np.array(Image.open(p)) for p in (ref, out))
+    assert len(np.unique(a)) > 1, "the reference map must hold more than one label for the check to mean anything"
+    assert a.shape == b.shape and (a == b).mean() > 0.98

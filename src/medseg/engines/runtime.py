@@ -127,7 +127,13 @@ class GraphModel:
         self.mask_size = self.info.mask_input_size
         open_graph = _ort_session if engine == "onnxruntime" else _openvino_model
         self._encoder = open_graph(Path(folder) / self.info.encoder_file, threads, precision)
-        self._decoder = open_graph(Path(folder) / self.info.decoder_file, threads, precision)
+        self._open_decoder = lambda: open_graph(Path(folder) / self.info.decoder_file, threads, precision)
+        self._decoder_run = None  # opened at the first prompt: automatic mode never needs it
+
+    def _decoder(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._decoder_run is None:
+            self._decoder_run = self._open_decoder()
+        return self._decoder_run(feeds)
 
     def to(self, device):
         if torch.device(device).type != "cpu":

@@ -70,7 +70,7 @@ def evaluate_auto(segmenter, dataset_dir: str | Path, task: str, split: str = "t
     "hd95", "nsd"}], "per_class": {id: mean Dice}, "mean_dice", "errors": [...]}``; mean Dice is over
     cases and classes. Unreadable cases are listed in ``errors`` (and skipped), never scored as 0.
     """
-    info = segmenter.model.automatic.task(task)  # an unknown task fails before any case is read
+    info = segmenter.universal.automatic.task(task)  # an unknown task fails before any case is read
     cases, missing = evaluation_cases(dataset_dir, split, limit)
     rows, errors = score_label_maps(lambda case: segmenter.segment(_plane_of(case), task).labels, cases,
                                     list(info.classes), progress, desc=f"auto {task}")

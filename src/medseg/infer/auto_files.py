@@ -59,7 +59,7 @@ def predict_auto(segmenter, source: str | Path, task: str, out: Path | None = No
     from medseg.viz import overlay as draw, save_png
 
     source = Path(source)
-    info = segmenter.model.automatic.task(task)  # unknown task: fail before reading anything
+    info = segmenter.universal.automatic.task(task)  # unknown task: fail before reading anything
     if source.is_dir():
         inputs = sorted(p for p in source.iterdir() if _suffix_ok(p))
         if not inputs:

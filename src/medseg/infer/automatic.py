@@ -35,28 +35,33 @@ class AutoResult:
 
 class AutoSegmenter(Predictor):
     """A :class:`Predictor` over a universal model: ``segment(image, task)`` needs no prompt;
-    ``predict`` / ``refine`` take prompts on the last image as usual."""
+    ``predict`` / ``refine`` take prompts on the last image as usual.
 
-    def __init__(self, model, device: str | torch.device | None = None) -> None:
+    ``engine`` / ``precision`` / ``threads`` are the Predictor's: they run the image encoder and the
+    prompt decoder (an ONNX engine exports both once); the automatic head reads the embedding in torch."""
+
+    def __init__(self, model, device: str | torch.device | None = None, engine: str = "torch",
+                 precision: str = "fp32", threads: int | None = None) -> None:
         from medseg.models.universal import UniversalSegmenter
 
         if not isinstance(model, UniversalSegmenter):
             raise InputError("automatic segmentation needs a universal model (e.g. --model universal with a "
                              "--checkpoint trained by the 'universal' objective)")
-        super().__init__(model, device)
+        super().__init__(model, device, engine=engine, precision=precision, threads=threads)
+        self.universal = model.to(self.device).eval()  # the head runs in torch, whatever runs the encoder
 
     @property
     def tasks(self):
-        return self.model.tasks
+        return self.universal.tasks
 
     def modality_for(self, task: str) -> str | None:
         """The intensity window the task was trained with ("CT", "MR" or None: min-max only)."""
-        return self.model.automatic.task(task).window
+        return self.universal.automatic.task(task).window
 
     @torch.no_grad()
     def segment(self, image: np.ndarray, task: str) -> AutoResult:
         """image (H, W) or (H, W, C) -> every class of ``task`` (an InputError names an unknown task)."""
-        info = self.model.automatic.task(task)
+        info = self.universal.automatic.task(task)
         self.set_image(image, self.modality_for(task))
         return self.segment_embedding(task, info)
 
@@ -65,8 +70,8 @@ class AutoSegmenter(Predictor):
         """Segment the image last given to ``set_image`` / ``set_embedding``."""
         from medseg.models.universal import label_map
 
-        info = info or self.model.automatic.task(task)
-        logits, _, _ = self.model.segment(self.embedding, [task])
+        info = info or self.universal.automatic.task(task)
+        logits, _, _ = self.universal.segment(self.embedding.to(self.device), [task])
         full = logits_to_input_size(logits[:, 0][None].float(), self.record)[0]   # (K, H, W)
         labels = label_map(full, list(info.classes)).to(torch.uint8)
         return AutoResult(labels.cpu().numpy(), torch.sigmoid(full).cpu().numpy(), dict(info.classes), task)

@@ -258,7 +258,7 @@ class Store:
         (InputError when the served model has no automatic mode or does not know ``task``)."""
         if not self.tasks:
             raise InputError("the served model has no automatic mode: serve a universal model "
-                             "(the default litemedsam on --engine torch --precision fp32, or --model universal)")
+                             "(the default shipped litemedsam, or --model universal)")
         if task not in self.tasks:
             raise InputError(f"task {task!r}: the served model knows {', '.join(self.tasks)}")
         encoding = self.encode(opened, axis, z, self.decoder.modality_for(task))
