@@ -113,3 +113,26 @@ def test_check_affine_accepts_regular_and_refuses_degenerate(tmp_path):
     for bad in (np.zeros((4, 4)), np.diag([1.0, 1.0, 0.0, 1.0]), np.full((4, 4), np.inf)):
         with pytest.raises(InputError, match="x.nii"):
             check_affine(tmp_path / "x.nii", bad)
+
+
+def test_nifti_unit_sform_placeholder_takes_pixdim_as_itk_does(tmp_path):
+    """ACDC's files: sform_code 2 with a 1 mm sform, the real voxel size (1.5625 x 1.5625 x 10 mm) in
+    pixdim. Read as ITK reads them (pixdim's spacing, the sform's directions), with a warning naming the
+    file; a label written like it reads back on the same grid."""
+    from medseg.io import write_label
+
+    img = nib.Nifti1Image(np.zeros((6, 5, 4), np.int16), np.eye(4))
+    img.header["qform_code"] = 0
+    img.set_sform(np.diag([-1.0, -1.0, 1.0, 1.0]), code=2)
+    img.header.set_zooms((1.5625, 1.5625, 10.0))
+    path = tmp_path / "acdc_like.nii.gz"
+    nib.save(img, str(path))
+    with pytest.warns(UserWarning, match="acdc_like.nii.gz.*contradict pixdim"):
+        image = read_image(path)
+    np.testing.assert_allclose(image.meta.spacing, (10.0, 1.5625, 1.5625))
+    np.testing.assert_allclose(image.meta.affine[:3, :3], np.diag([-1.5625, -1.5625, 10.0]))
+    out = tmp_path / "label.nii.gz"
+    write_label(np.ones(image.spatial_shape, np.uint8), out, like=image.meta)
+    with pytest.warns(UserWarning):
+        label = read_label(out)
+    np.testing.assert_allclose(label.meta.affine, image.meta.affine)

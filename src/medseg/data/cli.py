@@ -1,4 +1,4 @@
-"""``medseg data check`` and ``medseg data convert``: the dataset commands.
+"""``medseg data check``, ``medseg data convert`` and ``medseg data plan``: the dataset commands.
 
 ``add_data_parser(subparsers)`` adds them to the ``medseg`` parser; each command function takes the
 parsed ``argparse.Namespace`` and returns the exit code (0 fine, 1 check found errors, 2 bad input).
@@ -52,6 +52,35 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Fingerprint a 3D dataset's split, print its plan (and write --json: the plan and its fingerprint)."""
+    import json
+
+    from medseg.data.datasets import dataset_cases, dataset_files
+    from medseg.data.layouts import open_dataset
+    from medseg.data.planning import PATCH_VOXELS, fingerprint, make_plan
+    from medseg.io.outputs import plan_outputs, write_text
+
+    try:
+        overwrite = getattr(args, "overwrite", False)
+        plan_outputs({"--json": args.json}, protected=dataset_files(args.dir), overwrite=overwrite)
+        if args.patch_voxels is not None and args.patch_voxels < 16 ** 3:
+            raise InputError(f"--patch-voxels {args.patch_voxels}: give at least 4096 (16^3)")
+        modality = args.modality or open_dataset(args.dir, warn=False).modality
+        cases = dataset_cases(args.dir, args.split, limit=args.limit)
+        fp = fingerprint(cases, modality=modality, progress=not getattr(args, "no_progress", False))
+        plan = make_plan(fp, patch_voxels=args.patch_voxels or PATCH_VOXELS)
+    except InputError as exc:
+        print(f"medseg data plan: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.dir} ({args.split}: {len(cases)} volumes, modality {modality or 'not given (z-score)'})")
+    print(plan.describe())
+    if args.json is not None:
+        text = json.dumps({"plan": plan.to_dict(), "fingerprint": fp.to_dict()}, indent=1)
+        print(f"wrote {write_text(args.json, text + chr(10))}")
+    return 0
+
+
 def add_data_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``data check`` and ``data convert`` to ``subparsers``; returns the ``data`` parser.
 
@@ -79,4 +108,16 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     p.add_argument("--dataset-id", type=int, help="nnU-Net dataset id (default: next free one)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("plan", help="3D planning: target spacing, normalisation and patch size from a fingerprint")
+    p.add_argument("dir", type=Path, help="3D dataset folder (imagesTr/ + labelsTr/, nnU-Net raw, ...)")
+    p.add_argument("--split", default="train", help="split to plan from (default: train; never test)")
+    p.add_argument("--modality", help="CT (clip + foreground z-score) or another (z-score per volume); "
+                                      "default: what the dataset says")
+    p.add_argument("--patch-voxels", type=int, help="voxel budget of patch x batch (default 96^3)")
+    p.add_argument("--limit", type=int, help="read only the first N volumes of the split")
+    p.add_argument("--json", type=Path, help="also write the plan and its fingerprint as JSON")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_plan)
     return data

@@ -41,7 +41,7 @@ def read_nifti(path: Path, max_voxels: int | None) -> tuple[np.ndarray, Meta]:
         fields = len(stored.names) if stored.names else 1
         check_voxels(path, tuple(img.shape) + (fields,), max_voxels, "NIfTI")
         data = native(np.asanyarray(img.dataobj))
-        affine = np.array(img.affine, dtype=float)
+        affine = _pixdim_affine(path, header, np.array(img.affine, dtype=float))
     check_affine(path, affine, _nifti_affine_source(header))
     if data.dtype.names:
         data = _colour_channels(path, data)  # (X, Y, Z, 3)
@@ -59,6 +59,28 @@ def read_nifti(path: Path, max_voxels: int | None) -> tuple[np.ndarray, Meta]:
                 format="nifti", dtype=dtype_name(stored), shape=tuple(arr.shape[1:]),
                 _nifti_header=header)
     return arr, meta
+
+
+def _pixdim_affine(path: Path, header, affine: np.ndarray) -> np.ndarray:
+    """nibabel's affine, except where the sform is a unit-length placeholder that contradicts ``pixdim``
+    (ACDC's files: a 1 mm sform beside pixdim 1.5625 x 1.5625 x 10 mm): then pixdim's spacing with the
+    sform's directions and origin, as ITK (and so nnU-Net) reads such a file, with a warning naming the
+    file. An sform with voxel sizes of its own is the standard's geometry and is kept."""
+    import warnings
+
+    if int(header["sform_code"]) <= 0 or not np.isfinite(affine).all():
+        return affine
+    pixdim = np.abs(np.asarray(header["pixdim"][1:4], dtype=float))
+    lengths = np.linalg.norm(affine[:3, :3], axis=0)
+    if (pixdim <= 0).any() or not np.isfinite(pixdim).all() or not np.allclose(lengths, 1.0, atol=1e-6) \
+            or np.allclose(lengths, pixdim, rtol=1e-3, atol=1e-6):
+        return affine
+    fixed = affine.copy()
+    fixed[:3, :3] = affine[:3, :3] / lengths * pixdim
+    warnings.warn(f"{path}: the sform's voxel sizes ({', '.join(f'{v:g}' for v in lengths)} mm) contradict "
+                  f"pixdim ({', '.join(f'{v:g}' for v in pixdim)} mm); using pixdim's, as ITK does. {GEOMETRY_FIX} "
+                  f"if that is wrong.", stacklevel=2)
+    return fixed
 
 
 def _nifti_affine_source(header) -> str:
