@@ -97,9 +97,13 @@ def test_evaluate_auto_scores_every_class(checkpoint, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("engine, precision", [("onnxruntime", "fp32"), ("openvino", "fp32")])
-def test_predict_task_on_an_onnx_engine_gives_the_torch_label_map(checkpoint, images, tmp_path, engine, precision):
+def test_predict_task_on_an_onnx_engine_gives_the_torch_label_map(checkpoint, images, tmp_path, engine, precision,
+                                                                  monkeypatch):
     """--task with --engine: the encoder (and prompt decoder) run on the engine, the automatic head in torch."""
+    from medseg.engines import runtime
+
     pytest.importorskip(engine)
+    monkeypatch.setattr(runtime, "EXPORT_CACHE", tmp_path / "exports")  # never the user's cache
     base = ["predict", str(images / "eye0.png"), "--task", "fundus", "--model", "universal-tiny",
             "--checkpoint", str(checkpoint)]
     ref, out = tmp_path / "ref.png", tmp_path / "out.png"

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import builtins
+import os
 
 import numpy as np
 import pytest
 
 from medseg.data.masks import dice
-from medseg.engines import engine_model, export_model
+from medseg.engines import engine_model, export_model, runtime
 from medseg.errors import InputError
 from medseg.infer import Predictor
 
@@ -82,6 +83,24 @@ def test_the_export_for_an_engine_is_made_once_and_reused(export_cache):
     Predictor(model, engine="openvino", precision="bf16")  # bf16 runs the fp32 graphs
     assert sorted(p.name for p in export_cache.iterdir()) == made
     assert (export_cache / made[0] / "encoder.onnx").stat().st_mtime_ns == stamp
+
+
+def test_the_export_cache_keeps_the_most_recently_used(export_cache, monkeypatch):
+    """Weights that change every run (a fresh random model) must not fill the disk: past CACHED_EXPORTS
+    the least recently used export goes; one just used stays."""
+    from medseg.engines.runtime import cached_export
+    from medseg.models import build_model
+
+    monkeypatch.setattr(runtime, "CACHED_EXPORTS", 2)
+    first = build_model("litemedsam-tiny").eval()
+    a = cached_export(first, "a", "fp32")
+    b = cached_export(build_model("litemedsam-tiny").eval(), "b", "fp32")
+    os.utime(a, (1, 1)), os.utime(b, (2, 2))  # a is older; using it again makes it the newest
+    assert cached_export(first, "a", "fp32") == a
+    (export_cache / ".export-leftover").mkdir()
+    os.utime(export_cache / ".export-leftover", (3, 3))  # an interrupted export, long ago
+    c = cached_export(build_model("litemedsam-tiny").eval(), "c", "fp32")
+    assert sorted(p.name for p in export_cache.iterdir()) == sorted([a.name, c.name])
 
 
 def test_engine_errors(monkeypatch):

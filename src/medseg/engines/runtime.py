@@ -14,7 +14,8 @@ iou (N, M)), all torch tensors on the CPU, so every engine gives the Predictor t
   (``fp32`` pins float32: OpenVINO would otherwise pick bf16 by itself on an AMX CPU).
 
 A torch model handed to an ONNX engine is exported once into ``~/.cache/medseg/exports/`` (keyed by
-its weights' SHA-256 and the precision) and reused after; an exported folder can be given directly.
+its weights' SHA-256 and the precision; the 8 most recently used are kept) and reused after; an
+exported folder can be given directly.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ PRECISIONS = {"torch": ("fp32", "bf16"), "onnxruntime": ("fp32", "fp16", "int8")
               "openvino": ("fp32", "bf16", "fp16", "int8")}
 EXTRAS = {"onnxruntime": "onnx", "openvino": "openvino"}
 EXPORT_CACHE = Path("~/.cache/medseg/exports")
+CACHED_EXPORTS = 8  # exports kept in EXPORT_CACHE, most recently used first
 GRAPH_OUTPUTS = ("embedding", "stride4", "stride8", "logits", "iou")
 
 
@@ -73,12 +75,16 @@ def engine_model(model: PromptableSegmenter | str | Path, engine: str = "torch",
 
 
 def cached_export(model: PromptableSegmenter, name: str, precision: str, cache: Path | None = None) -> Path:
-    """The export of ``model`` at ``precision`` in the export cache, made now if absent (atomically)."""
+    """The export of ``model`` at ``precision`` in the export cache, made now if absent (atomically). The
+    cache keeps the ``CACHED_EXPORTS`` most recently used exports and deletes older ones when it adds one
+    (weights that change from run to run, e.g. a fresh random model, would otherwise fill the disk)."""
     root = (cache or EXPORT_CACHE).expanduser()
     folder = root / f"{type(model).__name__}-{weights_digest(model)[:20]}-{precision}"
     if (folder / "export.json").is_file():
+        os.utime(folder)  # most recently used
         return folder
     root.mkdir(parents=True, exist_ok=True)
+    _prune_exports(root, keep=CACHED_EXPORTS - 1)
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=root))
     try:
         export_model(model, tmp, name, precision)
@@ -90,6 +96,18 @@ def cached_export(model: PromptableSegmenter, name: str, precision: str, cache: 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def _prune_exports(root: Path, keep: int) -> None:
+    """Delete all but the ``keep`` most recently used export folders of the cache ``root`` (and leftovers
+    of interrupted exports older than an hour)."""
+    import time
+
+    exports = sorted((p for p in root.iterdir() if p.is_dir() and (p / "export.json").is_file()),
+                     key=lambda p: p.stat().st_mtime, reverse=True)
+    stale = [p for p in root.glob(".export-*") if time.time() - p.stat().st_mtime > 3600]
+    for old in exports[max(keep, 0):] + stale:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 class Bf16Model:
