@@ -137,3 +137,23 @@ def test_automatic_mode_paints_every_class_then_clicks_refine(universal, tiny_pr
     refused = plain.post(f"/api/images/{image_id}/automatic", json={"task": "blobs"})
     assert refused.status_code == 400 and "no automatic mode" in refused.json()["error"]
     plain_store.close()
+
+
+def test_automatic_mode_on_an_onnx_engine_paints_what_torch_paints(universal, tmp_path, picture, monkeypatch):
+    """`medseg serve --engine onnxruntime` keeps *Segment all*: the encoder runs on the engine, the head in torch."""
+    pytest.importorskip("onnxruntime")
+    from medseg.engines import runtime
+
+    monkeypatch.setattr(runtime, "EXPORT_CACHE", tmp_path / "exports")
+    torch_predictor, _ = universal
+    onnx_predictor = AutoSegmenter(torch_predictor.universal, device="cpu", engine="onnxruntime", threads=1)
+    write_image(picture, tmp_path / "scan.png")
+    labels = []
+    for predictor in (torch_predictor, onnx_predictor):
+        client, store = make_client(predictor, root=tmp_path)
+        assert client.get("/api/health").json()["automatic"] is True
+        image_id = client.post("/api/images/open", json={"path": "scan.png"}).json()["image_id"]
+        assert client.post(f"/api/images/{image_id}/automatic", json={"task": "blobs"}).status_code == 200
+        labels.append(np.asarray(PILImage.open(io.BytesIO(client.get(f"/api/images/{image_id}/labels?format=png").content))))
+        store.close()
+    assert labels[0].any() and (labels[0] == labels[1]).mean() > 0.99
