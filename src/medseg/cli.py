@@ -134,6 +134,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     image = read_image(args.input, modality=args.modality)  # a bad file fails before the model loads
     if args.prompts is not None:
         return _replay_prompts(args, image)
+    if args.model.startswith("unet3d"):
+        return _predict_volume_auto(args, image)
     predictor = _predictor(args)
     result = segment_file(predictor, image, boxes=args.box, points=args.point,
                           negative_points=args.negative_point, slices=args.slices, key_slice=args.key_slice,
@@ -143,6 +145,33 @@ def cmd_predict(args: argparse.Namespace) -> int:
     print(f"{n} object(s), {int((result.labels > 0).sum())} voxels -> {out}")
     if result.scores:
         print("predicted IoU: " + ", ".join(f"{s:.3f}" for s in result.scores))
+    if ov:
+        print(f"overlay -> {ov}")
+    return 0
+
+
+def _predict_volume_auto(args: argparse.Namespace, image) -> int:
+    """``--model unet3d --checkpoint W``: a planned 3D model segments the volume with no prompt (sliding window)."""
+    import numpy as np
+
+    from .infer.files import FileResult
+    from .infer.sliding import segment_volume_auto
+    from .models import build_model
+
+    if args.box or args.point or args.negative_point:
+        raise InputError(f"model {args.model!r} segments with no prompt; drop --box/--point")
+    if args.checkpoint is None:
+        raise InputError(f"model {args.model!r} has no shipped weights yet: give --checkpoint from a 'volume' run "
+                         f"(`medseg train configs/unet3d_hippocampus.yaml`)")
+    if image.array.shape[1] == 1:
+        raise InputError(f"{args.input}: a 2D picture; model {args.model!r} segments volumes")
+    _set_threads(args.threads)
+    model = build_model(args.model, checkpoint=args.checkpoint).to(_device(args.device))
+    labels = segment_volume_auto(model, image, mirror=args.mirror)
+    result = FileResult(labels.astype(np.uint8 if labels.max() < 256 else np.uint16), image, labels.shape[0] // 2, [])
+    out, ov = _write_outputs(result, args.out, args.overlay, args.overwrite)
+    counts = ", ".join(f"class {c}: {int((labels == c).sum())}" for c in model.plan.classes)
+    print(f"{counts} voxels -> {out}")
     if ov:
         print(f"overlay -> {ov}")
     return 0
@@ -395,6 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="volumes: prompt each slice with the box of the previous slice's mask instead of the fixed box")
     p.add_argument("--modality", help="CT or MR: selects the intensity window (default: from the file)")
     p.add_argument("--multimask", action="store_true", help="predict 3 candidates and keep the best scored")
+    p.add_argument("--mirror", action="store_true",
+                   help="--model unet3d: average the 8 mirrored predictions (test-time augmentation)")
     p.add_argument("--prompts", type=Path, help="replay a session's prompts (medseg serve's 'Prompts JSON') to its label map")
     p.add_argument("--out", type=Path, help="mask file (.png for 2D; .nii.gz/.mha/.nrrd for volumes)")
     p.add_argument("--overlay", type=Path, help="PNG picture of the image with the mask and prompts")

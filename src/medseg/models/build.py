@@ -89,6 +89,22 @@ def build_unet_tiny():
     return UNetSegmenter(64, channels=(8, 16, 32), strides=(2, 2), num_res_units=0)
 
 
+def build_unet3d():
+    """Automatic 3D MONAI U-Net (channels 16-256, 4 downsamplings): one input channel, its classes set by the
+    'volume' objective's plan (``medseg.train.volume``); no published weights."""
+    from .unet import UNetSegmenter
+
+    return UNetSegmenter(None, spatial_dims=3, in_channels=1, out_channels=2)
+
+
+def build_unet3d_tiny():
+    """A small automatic 3D U-Net for tests (channels 8-32, 2 downsamplings)."""
+    from .unet import UNetSegmenter
+
+    return UNetSegmenter(None, channels=(8, 16, 32), strides=(2, 2), num_res_units=0, spatial_dims=3,
+                         in_channels=1, out_channels=2)
+
+
 PROMPTABLE: dict[str, Callable[[], PromptableSegmenter]] = {
     "litemedsam": build_litemedsam,
     "litemedsam-tiny": build_litemedsam_tiny,
@@ -96,7 +112,8 @@ PROMPTABLE: dict[str, Callable[[], PromptableSegmenter]] = {
     "hr-tiny": build_hr_tiny,
     "hr-test": build_hr_test,
 }
-AUTOMATIC: dict[str, Callable] = {"unet": build_unet, "unet-tiny": build_unet_tiny}
+AUTOMATIC: dict[str, Callable] = {"unet": build_unet, "unet-tiny": build_unet_tiny, "unet3d": build_unet3d,
+                                  "unet3d-tiny": build_unet3d_tiny}
 # Universal models (medseg.models.universal): a promptable base + an automatic head whose mask decoder
 # starts as a copy of the base's; pretrained = the base's published (or distilled) weights, no tasks yet.
 UNIVERSAL: dict[str, str] = {"universal": "litemedsam", "universal-hr": "hr-small", "universal-tiny": "litemedsam-tiny"}
@@ -206,7 +223,10 @@ def build_model(name: str = "litemedsam", pretrained: bool = False,
             raise CheckpointError(f"model {name!r} has no published weights; pass checkpoint=... instead.")
         path = PRETRAINED[name]()
     if path is not None:
-        _load_strictly(model, load_state_dict(path), f"{path}: does not fit model {name!r}")
+        state = load_state_dict(path)
+        if hasattr(model, "adopt_state"):  # e.g. a 3D U-Net takes the checkpoint's plan and classes first
+            model.adopt_state(state)
+        _load_strictly(model, state, f"{path}: does not fit model {name!r}")
     if pretrained and checkpoint is None and weights == "shipped" and name in SHIPPED_DECODERS:
         decoder = SHIPPED_DECODERS[name]
         _load_parts(model, load_state_dict(decoder), DECODER_PARTS, f"{decoder}: shipped decoder for {name!r}")

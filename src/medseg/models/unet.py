@@ -14,6 +14,8 @@ It trains in :func:`medseg.train.train` with the "unet" objective, which calls t
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import torch
 from torch import nn
@@ -22,22 +24,65 @@ from medseg.data.preprocess import logits_to_input_size, prepare_image
 
 
 class UNetSegmenter(nn.Module):
-    """images (B, 3, S, S) in [0, 1] -> logits (B, 1, S, S); ``S`` = ``image_size``, a multiple of 2**len(strides)."""
+    """A MONAI U-Net, 2D or 3D by ``spatial_dims`` (one class: MONAI's own switch).
 
-    def __init__(self, image_size: int = 256, channels: tuple[int, ...] = (16, 32, 64, 128, 256),
-                 strides: tuple[int, ...] = (2, 2, 2, 2), num_res_units: int = 1) -> None:
+    2D (the default): images (B, 3, S, S) in [0, 1] -> logits (B, 1, S, S); ``S`` = ``image_size``, a
+    multiple of 2**len(strides). 3D: volumes (B, C, Z, Y, X), preprocessed by the model's
+    :class:`~medseg.data.planning.Plan`, -> logits (B, K + 1, Z, Y, X) for background and K classes;
+    ``image_size`` is None (any patch whose sides are multiples of 2**len(strides)). The plan is kept in
+    the weights (buffer ``plan_json``, UTF-8 JSON), so a checkpoint preprocesses as its training did.
+    """
+
+    def __init__(self, image_size: int | None = 256, channels: tuple[int, ...] = (16, 32, 64, 128, 256),
+                 strides: tuple[int, ...] = (2, 2, 2, 2), num_res_units: int = 1, spatial_dims: int = 2,
+                 in_channels: int = 3, out_channels: int = 1) -> None:
         from monai.networks.nets import UNet
 
         super().__init__()
-        if image_size % 2 ** len(strides):
+        if image_size is not None and image_size % 2 ** len(strides):
             raise ValueError(f"image_size {image_size} is not a multiple of {2 ** len(strides)}")
-        self.net = UNet(spatial_dims=2, in_channels=3, out_channels=1, channels=channels, strides=strides,
-                        num_res_units=num_res_units)
-        self.image_size = image_size
+        self._net_args = dict(spatial_dims=spatial_dims, in_channels=in_channels, channels=channels, strides=strides,
+                              num_res_units=num_res_units)
+        self.net = UNet(out_channels=out_channels, **self._net_args)
+        self.image_size, self.spatial_dims = image_size, spatial_dims
+        self.divisor = 2 ** len(strides)
+        self.register_buffer("plan_json", torch.zeros(0, dtype=torch.uint8))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) -> logits (B, 1, S, S)."""
+        """(B, C, *spatial) -> logits (B, out_channels, *spatial)."""
         return self.net(images)
+
+    @property
+    def plan(self):
+        """The 3D :class:`~medseg.data.planning.Plan` this model was trained with, or None."""
+        from medseg.data.planning import Plan
+
+        if self.plan_json.numel() == 0:
+            return None
+        return Plan.from_dict(json.loads(bytes(self.plan_json.tolist()).decode("utf-8")))
+
+    @property
+    def out_channels(self) -> int:
+        return self.net.out_channels
+
+    def set_plan(self, plan) -> None:
+        """Keep ``plan`` in the weights; a 3D model's output becomes background + the plan's classes (a new,
+        untrained last layer when their number changes)."""
+        data = json.dumps(plan.to_dict(), sort_keys=True).encode("utf-8")
+        device = self.plan_json.device
+        self.plan_json = torch.tensor(list(data), dtype=torch.uint8, device=device)
+        if self.spatial_dims == 3 and self.out_channels != len(plan.classes) + 1:
+            from monai.networks.nets import UNet
+
+            self.net = UNet(out_channels=len(plan.classes) + 1, **self._net_args).to(device).train(self.training)
+
+    def adopt_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Before ``state`` (a checkpoint) loads strictly: take its plan, and so its number of classes."""
+        stored = state.get("plan_json")
+        if stored is not None and stored.numel():
+            from medseg.data.planning import Plan
+
+            self.set_plan(Plan.from_dict(json.loads(bytes(stored.tolist()).decode("utf-8"))))
 
 
 def predict_mask(model: UNetSegmenter, image: np.ndarray, modality: str | None = None,

@@ -52,6 +52,9 @@ class DataConfig:
     cache: bool = True               # keep prepared frames in memory after first use
     augment: bool = False            # flips, quarter turns, rotation/zoom, intensity (medseg.data.augment)
     foreground_ids: list[int] = field(default_factory=list)  # objective "unet": label ids that are foreground (empty: any > 0)
+    patches_per_epoch: int = 250     # objective "volume": random patches drawn per epoch
+    foreground_fraction: float = 0.33  # objective "volume": share of patches centred on a foreground voxel
+    patch_voxels: int | None = None  # objective "volume": voxel budget of the plan (default medseg.data.planning's)
 
 
 @dataclass

@@ -1,0 +1,174 @@
+"""Objective "volume": automatic 3D segmentation of planned patches (a 3D U-Net), in the same loop.
+
+* planning: the train split's fingerprint gives the :class:`~medseg.data.planning.Plan` (target spacing,
+  normalisation, patch size, classes; ``data.modality``, ``data.patch_voxels``), unless the model already
+  carries one (fine-tuning a checkpoint keeps its plan); the plan goes into the model's weights, so every
+  checkpoint preprocesses as the run did;
+* items: ``data.patches_per_epoch`` patches a epoch, each drawn from (seed, epoch, index): a case, a
+  centre (a foreground voxel for ``data.foreground_fraction`` of them, else anywhere), and a mirroring of
+  each axis with probability 1/2 (draw the parameters, then the fixed transform); ``{"image": (C, pz, py,
+  px) float32, "target": (1, pz, py, px) int64 class indices, "index": i}``; volumes smaller than the
+  patch are zero-padded (target 0);
+* loss: Dice + cross-entropy over background and the plan's classes (MONAI ``DiceCELoss``);
+* validation: each val volume whole, by sliding window (:mod:`medseg.infer.sliding`) in the plan's frame;
+  the mean over volumes and classes of the Dice of each class (1 where a class is absent from both).
+
+Config: ``model.name: unet3d``, ``model.pretrained: false``, ``model.trainable: all`` (see
+``configs/unet3d_hippocampus.yaml``).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from medseg.data.cases import load_case
+from medseg.data.datasets import dataset_cases
+from medseg.data.planning import PATCH_VOXELS, Plan, fingerprint, make_plan, preprocess
+from medseg.errors import InputError
+from medseg.train.config import Config
+from medseg.train.objectives import Objective, RunContext, register_objective
+
+
+def planned_volumes(cases, plan: Plan, progress: bool = True) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Every case preprocessed by ``plan``: [(image (C, Z, Y, X) float32, label (Z, Y, X) int64 class index)],
+    the label's ids mapped to indices (0 background, k for ``plan.classes[k - 1]``)."""
+    lookup = {c: k + 1 for k, c in enumerate(plan.classes)}
+    out = []
+    for case in tqdm(cases, desc="preprocess", unit="volume", disable=not progress, leave=False):
+        image, label = load_case(case)
+        x, y, _ = preprocess(image, label, plan)
+        unknown = sorted(set(np.unique(y).tolist()) - {0} - set(lookup))
+        if unknown:
+            raise InputError(f"{case.mask_path}: label ids {unknown} are not among the plan's classes "
+                             f"{plan.classes}; plan from a split that holds every class")
+        index = np.zeros(y.shape, dtype=np.int64)
+        for cid, k in lookup.items():
+            index[y == cid] = k
+        out.append((x, index))
+    return out
+
+
+def crop(array: np.ndarray, centre, patch) -> np.ndarray:
+    """The ``patch``-sized block of ``array`` (..., Z, Y, X) around ``centre``, zero-padded past the edges."""
+    lead = array.shape[:-3]
+    out = np.zeros(lead + tuple(patch), dtype=array.dtype)
+    src, dst = [], []
+    for c, p, n in zip(centre, patch, array.shape[-3:]):
+        start = int(c) - p // 2
+        lo, hi = max(start, 0), min(start + p, n)
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - start, hi - start))
+    out[(..., *dst)] = array[(..., *src)]
+    return out
+
+
+class Patches(Dataset):
+    """``count`` random patches of ``volumes`` a epoch (module docstring); ``set_epoch`` redraws them."""
+
+    def __init__(self, volumes, patch, count: int, foreground_fraction: float, seed: int) -> None:
+        if not volumes:
+            raise InputError("no volumes to train on")
+        self.volumes, self.patch, self.count, self.fraction, self.seed, self.epoch = \
+            volumes, tuple(patch), count, foreground_fraction, seed, 0
+        self.foreground = [np.argwhere(y > 0) for _, y in volumes]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> dict:
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        case = int(rng.integers(len(self.volumes)))
+        x, y = self.volumes[case]
+        fg = self.foreground[case]
+        if len(fg) and rng.random() < self.fraction:
+            centre = fg[int(rng.integers(len(fg)))]
+        else:
+            centre = [int(rng.integers(n)) for n in y.shape]
+        flips = [axis for axis in range(3) if rng.random() < 0.5]
+        image, target = crop(x, centre, self.patch), crop(y, centre, self.patch)
+        if flips:
+            image = np.flip(image, [a + 1 for a in flips]).copy()
+            target = np.flip(target, flips).copy()
+        return {"image": torch.from_numpy(image), "target": torch.from_numpy(target)[None], "index": index}
+
+
+class WholeVolumes(Dataset):
+    """The val volumes by index; :meth:`VolumeObjective.validate` reads them whole."""
+
+    def __init__(self, volumes) -> None:
+        self.volumes = volumes
+
+    def __len__(self) -> int:
+        return len(self.volumes)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"index": index}
+
+
+@register_objective("volume")
+class VolumeObjective(Objective):
+    """Automatic 3D segmentation of planned patches, Dice + cross-entropy."""
+
+    def __init__(self, config: Config) -> None:
+        if config.model.trainable != "all":
+            raise InputError(f"config key 'model.trainable': objective 'volume' trains the whole network; "
+                             f"set it to 'all', got {config.model.trainable!r}")
+        super().__init__(config)
+        self.val_volumes: list = []
+        self.plan: Plan | None = None
+
+    def make_datasets(self, run: RunContext) -> tuple[Dataset, Dataset | None]:
+        d, seed = self.config.data, self.config.train.seed
+        model = run.model
+        if getattr(model, "spatial_dims", None) != 3:
+            raise InputError(f"objective 'volume' trains a 3D model (model.name: unet3d), not {self.config.model.name!r}")
+        train_cases = dataset_cases(d.root, d.train_split, d.limit)
+        plan = model.plan
+        if plan is None:
+            fp = fingerprint(train_cases, modality=d.modality, progress=run.progress)
+            plan = make_plan(fp, patch_voxels=d.patch_voxels or PATCH_VOXELS, divisor=max(16, model.divisor))
+        model.set_plan(plan)
+        self.plan = plan
+        train = Patches(planned_volumes(train_cases, plan, run.progress), plan.patch_size, d.patches_per_epoch,
+                        d.foreground_fraction, seed)
+        if not d.val_split:
+            return train, None
+        self.val_volumes = planned_volumes(dataset_cases(d.root, d.val_split, d.val_limit or d.limit), plan,
+                                           run.progress)
+        return train, WholeVolumes(self.val_volumes)
+
+    def loss(self, forward: Callable, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """batch: image (B, C, pz, py, px), target (B, 1, pz, py, px) class indices -> Dice + CE."""
+        from monai.losses import DiceCELoss
+
+        logits = forward(lambda f: f.model(batch["image"])).float()
+        loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=self.config.train.dice_weight,
+                             lambda_ce=self.config.train.pixel_weight)
+        loss = loss_fn(logits, batch["target"])
+        return loss, {"dice_ce": loss.detach()}
+
+    @torch.no_grad()
+    def validate(self, model: torch.nn.Module, loader: DataLoader) -> dict[str, float]:
+        """Mean over val volumes and classes of each class's Dice (sliding window, the plan's frame)."""
+        from medseg.infer.sliding import sliding_logits
+
+        device = next(model.parameters()).device
+        scores = []
+        for batch in loader:
+            for index in batch["index"].tolist():
+                x, y = self.val_volumes[index]
+                pred = sliding_logits(model, torch.from_numpy(x)[None].to(device), self.plan.patch_size)
+                pred = pred.argmax(1)[0].cpu().numpy()
+                for k in range(1, len(self.plan.classes) + 1):
+                    a, b = pred == k, y == k
+                    total = a.sum() + b.sum()
+                    scores.append(1.0 if total == 0 else 2.0 * (a & b).sum() / total)
+        return {"dice": float(np.mean(scores)) if scores else 0.0, "cases": len(scores)}
