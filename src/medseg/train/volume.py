@@ -14,7 +14,8 @@
   the mean over volumes and classes of the Dice of each class (1 where a class is absent from both).
 
 Config: ``model.name: unet3d``, ``model.pretrained: false``, ``model.trainable: all`` (see
-``configs/unet3d_hippocampus.yaml``).
+``configs/unet3d_hippocampus.yaml``). The batch is ``train.batch_size`` as for every objective; the plan's
+``batch_size`` is what fits its voxel budget, a value to copy there (hippocampus: 6; la_heart_mri: 1).
 """
 
 from __future__ import annotations
