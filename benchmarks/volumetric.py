@@ -1,7 +1,8 @@
 """3D automatic segmentation (issue #14, first rows): a planned MONAI 3D U-Net trained from scratch in a
-fixed wall-clock budget on a 3D set's train split (best epoch by val Dice), scored on its test split.
+fixed wall-clock budget on a 3D set's train split (best epoch by val Dice; the batch is the plan's, the
+rest of ``configs/unet3d_hippocampus.yaml`` as it is), scored on its test split.
 
-    python benchmarks/volumetric.py [--datasets msd_hippocampus] [--budget 480] [--quick] [--json OUT]
+    python benchmarks/volumetric.py [--datasets msd_hippocampus la_heart_mri] [--budget 480] [--quick] [--json OUT]
 
 For each dataset: the plan (``medseg data plan``), training steps and seconds, the val curve, and on
 every test volume, for every class, Dice, HD95 (mm) and NSD (2 mm) on the input's grid (the prediction
@@ -55,7 +56,7 @@ def evaluate(checkpoint: Path, root: Path, limit: int | None) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--datasets", nargs="+", default=["msd_hippocampus"])
+    parser.add_argument("--datasets", nargs="+", default=["msd_hippocampus", "la_heart_mri"])
     parser.add_argument("--budget", type=float, default=480.0, help="training seconds per dataset (default 480)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--quick", action="store_true", help="60 s of training, 4 test volumes: a smoke test")
@@ -69,7 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for name in args.datasets:
         root = args.data / name
-        config = load_config(CONFIG, [f"data.root={root}", "train.progress=false"])
+        from medseg.data.datasets import dataset_cases
+        from medseg.data.planning import fingerprint, make_plan
+
+        batch = make_plan(fingerprint(dataset_cases(root, "train"), progress=False)).batch_size  # the plan's budget
+        config = load_config(CONFIG, [f"data.root={root}", "train.progress=false", f"train.batch_size={batch}"])
         with tempfile.TemporaryDirectory() as tmp:
             run = timed_train(config, Path(tmp) / "run", budget)
             from medseg.models import build_model
