@@ -134,7 +134,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     image = read_image(args.input, modality=args.modality)  # a bad file fails before the model loads
     if args.prompts is not None:
         return _replay_prompts(args, image)
-    if args.model.startswith("unet3d"):
+    from .models.build import VOLUMETRIC
+
+    if args.model in VOLUMETRIC:
         return _predict_volume_auto(args, image)
     predictor = _predictor(args)
     result = segment_file(predictor, image, boxes=args.box, points=args.point,

@@ -114,6 +114,7 @@ PROMPTABLE: dict[str, Callable[[], PromptableSegmenter]] = {
 }
 AUTOMATIC: dict[str, Callable] = {"unet": build_unet, "unet-tiny": build_unet_tiny, "unet3d": build_unet3d,
                                   "unet3d-tiny": build_unet3d_tiny}
+VOLUMETRIC = ("unet3d", "unet3d-tiny")  # automatic models of volumes: `medseg predict` runs them by sliding window
 # Universal models (medseg.models.universal): a promptable base + an automatic head whose mask decoder
 # starts as a copy of the base's; pretrained = the base's published (or distilled) weights, no tasks yet.
 UNIVERSAL: dict[str, str] = {"universal": "litemedsam", "universal-hr": "hr-small", "universal-tiny": "litemedsam-tiny"}

@@ -55,11 +55,7 @@ class UNetSegmenter(nn.Module):
     @property
     def plan(self):
         """The 3D :class:`~medseg.data.planning.Plan` this model was trained with, or None."""
-        from medseg.data.planning import Plan
-
-        if self.plan_json.numel() == 0:
-            return None
-        return Plan.from_dict(json.loads(bytes(self.plan_json.tolist()).decode("utf-8")))
+        return _decode_plan(self.plan_json)
 
     @property
     def out_channels(self) -> int:
@@ -78,11 +74,18 @@ class UNetSegmenter(nn.Module):
 
     def adopt_state(self, state: dict[str, torch.Tensor]) -> None:
         """Before ``state`` (a checkpoint) loads strictly: take its plan, and so its number of classes."""
-        stored = state.get("plan_json")
-        if stored is not None and stored.numel():
-            from medseg.data.planning import Plan
+        plan = _decode_plan(state.get("plan_json"))
+        if plan is not None:
+            self.set_plan(plan)
 
-            self.set_plan(Plan.from_dict(json.loads(bytes(stored.tolist()).decode("utf-8"))))
+
+def _decode_plan(stored: torch.Tensor | None):
+    """The Plan held by a ``plan_json`` buffer (UTF-8 JSON bytes), or None for an absent or empty one."""
+    if stored is None or stored.numel() == 0:
+        return None
+    from medseg.data.planning import Plan
+
+    return Plan.from_dict(json.loads(bytes(stored.tolist()).decode("utf-8")))
 
 
 def predict_mask(model: UNetSegmenter, image: np.ndarray, modality: str | None = None,
