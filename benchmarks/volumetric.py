@@ -6,8 +6,8 @@ rest of ``configs/unet3d_hippocampus.yaml`` as it is), scored on its test split.
 
 For each dataset: the plan (``medseg data plan``), training steps and seconds, the val curve, and on
 every test volume, for every class, Dice, HD95 (mm) and NSD (2 mm) on the input's grid (the prediction
-put back by ``restore_label``), inference seconds per volume (sliding window, no mirroring) and the
-training's peak memory is left to ``/usr/bin/time -v`` of the whole script. JSON: ``{"datasets": {NAME:
+put back by ``restore_label``) and inference seconds per volume (sliding window, no mirroring); run it
+under ``/usr/bin/time -v`` for the peak memory. JSON: ``{"datasets": {NAME:
 {"unet3d": {"dice", "hd95", "nsd", "per_class", "infer_s", "steps", "train_s", "val_curve", "plan"}}}}``.
 The other rows of the issue (the 3D ViT with and without MAE pre-training, nnU-Net v2) are not built yet.
 """
@@ -29,15 +29,13 @@ from _common import DEFAULT_DATA, REPO, set_threads, require_data, timed_train, 
 CONFIG = REPO / "configs" / "unet3d_hippocampus.yaml"
 
 
-def evaluate(checkpoint: Path, root: Path, limit: int | None) -> dict:
+def evaluate(model, root: Path, limit: int | None) -> dict:
     """Test-split Dice / HD95 / NSD per class (mean over volumes, then classes) and seconds per volume."""
     from medseg.data.cases import load_case
     from medseg.data.datasets import dataset_cases, evenly_spaced
     from medseg.eval.metrics import case_metrics
     from medseg.infer.sliding import segment_volume_auto
-    from medseg.models import build_model
 
-    model = build_model("unet3d", checkpoint=checkpoint)
     per_class: dict[int, list[dict]] = {c: [] for c in model.plan.classes}
     seconds = []
     for case in evenly_spaced(dataset_cases(root, "test"), limit):
@@ -64,23 +62,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     require_data(args.data)
     set_threads()
+    from medseg.data.datasets import dataset_cases
+    from medseg.data.planning import fingerprint, make_plan
+    from medseg.models import build_model
     from medseg.train import load_config
 
     budget = 60.0 if args.quick else args.budget
     results = {}
     for name in args.datasets:
         root = args.data / name
-        from medseg.data.datasets import dataset_cases
-        from medseg.data.planning import fingerprint, make_plan
-
         batch = make_plan(fingerprint(dataset_cases(root, "train"), progress=False)).batch_size  # the plan's budget
         config = load_config(CONFIG, [f"data.root={root}", "train.progress=false", f"train.batch_size={batch}"])
         with tempfile.TemporaryDirectory() as tmp:
             run = timed_train(config, Path(tmp) / "run", budget)
-            from medseg.models import build_model
-
-            plan = build_model("unet3d", checkpoint=run["checkpoint"]).plan
-            scores = evaluate(run["checkpoint"], root, 4 if args.quick else None)
+            model = build_model("unet3d", checkpoint=run["checkpoint"])
+            plan = model.plan
+            scores = evaluate(model, root, 4 if args.quick else None)
         results[name] = {"unet3d": {**scores, "steps": run["steps"], "epochs": run["epochs"],
                                     "train_s": round(run.get("seconds", budget), 1),
                                     "best_val_dice": run["best_val_dice"], "plan": plan.to_dict()}}

@@ -199,7 +199,7 @@ def resample_image(array: np.ndarray, shape, coarse_axes=()) -> np.ndarray:
         zoom = [n / o for n, o in zip(shape, channel.shape)]
         fine = [1.0 if a in coarse_axes else z for a, z in enumerate(zoom)]
         result = ndimage.zoom(channel, fine, order=3, mode="nearest", grid_mode=True)
-        if any(a in coarse_axes for a in range(3)) and tuple(result.shape) != tuple(shape):
+        if coarse_axes and tuple(result.shape) != tuple(shape):
             rest = [n / o for n, o in zip(shape, result.shape)]
             result = ndimage.zoom(result, rest, order=1, mode="nearest", grid_mode=True)
         out.append(result.astype(np.float32))

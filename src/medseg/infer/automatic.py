@@ -48,7 +48,7 @@ class AutoSegmenter(Predictor):
             raise InputError("automatic segmentation needs a universal model (e.g. --model universal with a "
                              "--checkpoint trained by the 'universal' objective)")
         super().__init__(model, device, engine=engine, precision=precision, threads=threads)
-        self.universal = model.to(self.device).eval()  # the head runs in torch, whatever runs the encoder
+        self.universal = model  # moved and put in eval mode by the Predictor; the head runs in torch whatever the engine
 
     @property
     def tasks(self):

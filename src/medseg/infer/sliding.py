@@ -31,11 +31,7 @@ def sliding_logits(model: torch.nn.Module, x: torch.Tensor, patch: tuple[int, in
     if not mirror:
         return run(x)
     flips = [(), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4)]
-    total = None
-    for dims in flips:
-        out = run(x.flip(dims)).flip(dims) if dims else run(x)
-        total = out if total is None else total + out
-    return total / len(flips)
+    return sum(run(x.flip(dims)).flip(dims) for dims in flips) / len(flips)
 
 
 @torch.no_grad()
