@@ -51,7 +51,7 @@ class Predictor:
             torch.device(device) if device is not None else default_device())
         if isinstance(model, torch.nn.Module):
             model = model.to(self.device).eval()
-            if self.device.type == "cpu":  # NHWC convolutions: LiteMedSAM's encoder 1.6x, its decoder 1.5x here
+            if self.device.type == "cpu":  # NHWC convolutions (with the inference kernels: benchmarks/torch_path.py)
                 model = model.to(memory_format=torch.channels_last)
         self.model = engine_model(model, engine, precision, threads)
         self.engine, self.precision = engine, precision

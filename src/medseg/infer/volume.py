@@ -51,8 +51,8 @@ def segment_volume(predictor: Predictor, volume: np.ndarray, box3d, modality: st
     """Segment one object in a (Z, Y, X) volume; returns a uint8 (Z, Y, X) mask (1 = object).
 
     Slices go through the encoder ``slice_batch`` at a time (the next ones of the walk); by default 4 on
-    a GPU and 1 on the CPU, where a batch is slower per slice (LiteMedSAM on 2 cores: 0.66 s a slice
-    alone, 0.96 s in a batch of 4: the activations outgrow the caches)."""
+    a GPU and 1 on the CPU, where a batch is slower per slice (LiteMedSAM on 2 cores, benchmarks/torch_path.py:
+    0.69 s a slice alone, 0.92 s in a batch of 4: the activations outgrow the caches)."""
     batch = slice_batch or (1 if getattr(predictor, "device", torch.device("cpu")).type == "cpu" else 4)
     if volume.ndim != 3:
         raise InputError(f"expected a (Z, Y, X) volume, got shape {volume.shape}")
