@@ -69,7 +69,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         modality = args.modality or open_dataset(args.dir, warn=False).modality
         cases = dataset_cases(args.dir, args.split, limit=args.limit)
         fp = fingerprint(cases, modality=modality, progress=not getattr(args, "no_progress", False))
-        plan = make_plan(fp, patch_voxels=args.patch_voxels or PATCH_VOXELS)
+        plan = make_plan(fp, patch_voxels=args.patch_voxels or PATCH_VOXELS, target_spacing=args.spacing)
     except InputError as exc:
         print(f"medseg data plan: error: {exc}", file=sys.stderr)
         return 2
@@ -115,6 +115,8 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     p.add_argument("--modality", help="CT (clip + foreground z-score) or another (z-score per volume); "
                                       "default: what the dataset says")
     p.add_argument("--patch-voxels", type=int, help="voxel budget of patch x batch (default 96^3)")
+    p.add_argument("--spacing", type=float, nargs=3, metavar=("Z", "Y", "X"),
+                   help="target spacing in mm instead of the median (coarser: a patch holds more of the organ)")
     p.add_argument("--limit", type=int, help="read only the first N volumes of the split")
     p.add_argument("--json", type=Path, help="also write the plan and its fingerprint as JSON")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
