@@ -43,9 +43,9 @@ def segment_volume_auto(model: torch.nn.Module, image, mirror: bool = False,
     if plan is None:
         raise InputError("this model carries no 3D plan: train it with the 'volume' objective "
                          "(`medseg train configs/unet3d_hippocampus.yaml`) or give its --checkpoint")
-    if image.array.shape[0] != model.net.in_channels:
+    if image.array.shape[0] != model.in_channels:
         raise InputError(f"{image.meta.source or 'the volume'}: has {image.array.shape[0]} channel(s); the model "
-                         f"was trained on {model.net.in_channels}")
+                         f"was trained on {model.in_channels}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.eval()
     x, _, record = preprocess(image, None, plan)

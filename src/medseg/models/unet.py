@@ -14,16 +14,15 @@ It trains in :func:`medseg.train.train` with the "unet" objective, which calls t
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import torch
 from torch import nn
 
 from medseg.data.preprocess import logits_to_input_size, prepare_image
+from medseg.models.planned import CarriesPlan
 
 
-class UNetSegmenter(nn.Module):
+class UNetSegmenter(CarriesPlan, nn.Module):
     """A MONAI U-Net, 2D or 3D by ``spatial_dims`` (one class: MONAI's own switch).
 
     2D (the default): images (B, 3, S, S) in [0, 1] -> logits (B, 1, S, S); ``S`` = ``image_size``, a
@@ -46,46 +45,26 @@ class UNetSegmenter(nn.Module):
         self.net = UNet(out_channels=out_channels, **self._net_args)
         self.image_size, self.spatial_dims = image_size, spatial_dims
         self.divisor = 2 ** len(strides)
-        self.register_buffer("plan_json", torch.zeros(0, dtype=torch.uint8))
+        self._init_plan()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, *spatial) -> logits (B, out_channels, *spatial)."""
         return self.net(images)
 
     @property
-    def plan(self):
-        """The 3D :class:`~medseg.data.planning.Plan` this model was trained with, or None."""
-        return _decode_plan(self.plan_json)
-
-    @property
     def out_channels(self) -> int:
         return self.net.out_channels
 
-    def set_plan(self, plan) -> None:
-        """Keep ``plan`` in the weights; a 3D model's output becomes background + the plan's classes (a new,
-        untrained last layer when their number changes)."""
-        data = json.dumps(plan.to_dict(), sort_keys=True).encode("utf-8")
-        device = self.plan_json.device
-        self.plan_json = torch.tensor(list(data), dtype=torch.uint8, device=device)
-        if self.spatial_dims == 3 and self.out_channels != len(plan.classes) + 1:
+    @property
+    def in_channels(self) -> int:
+        return self.net.in_channels
+
+    def _set_classes(self, count: int) -> None:
+        if self.spatial_dims == 3 and self.out_channels != count:
             from monai.networks.nets import UNet
 
-            self.net = UNet(out_channels=len(plan.classes) + 1, **self._net_args).to(device).train(self.training)
-
-    def adopt_state(self, state: dict[str, torch.Tensor]) -> None:
-        """Before ``state`` (a checkpoint) loads strictly: take its plan, and so its number of classes."""
-        plan = _decode_plan(state.get("plan_json"))
-        if plan is not None:
-            self.set_plan(plan)
-
-
-def _decode_plan(stored: torch.Tensor | None):
-    """The Plan held by a ``plan_json`` buffer (UTF-8 JSON bytes), or None for an absent or empty one."""
-    if stored is None or stored.numel() == 0:
-        return None
-    from medseg.data.planning import Plan
-
-    return Plan.from_dict(json.loads(bytes(stored.tolist()).decode("utf-8")))
+            device = self.plan_json.device
+            self.net = UNet(out_channels=count, **self._net_args).to(device).train(self.training)
 
 
 def predict_mask(model: UNetSegmenter, image: np.ndarray, modality: str | None = None,

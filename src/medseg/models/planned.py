@@ -1,0 +1,49 @@
+"""A 3D model that carries its :class:`~medseg.data.planning.Plan` in its weights.
+
+The plan (target spacing, normalisation, patch size, classes) is kept as UTF-8 JSON in the buffer
+``plan_json``, so every checkpoint preprocesses as its training did and knows its classes. A model using
+:class:`CarriesPlan` defines ``_set_classes(count)`` (background + the plan's classes as output channels).
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+
+class CarriesPlan:
+    """Mixin of an ``nn.Module``: ``plan``, ``set_plan``, ``adopt_state`` over the ``plan_json`` buffer."""
+
+    def _init_plan(self) -> None:
+        self.register_buffer("plan_json", torch.zeros(0, dtype=torch.uint8))
+
+    @property
+    def plan(self):
+        """The 3D :class:`~medseg.data.planning.Plan` this model was trained with, or None."""
+        return decode_plan(self.plan_json)
+
+    def set_plan(self, plan) -> None:
+        """Keep ``plan`` in the weights; the output becomes background + the plan's classes (a new,
+        untrained last layer when their number changes)."""
+        data = json.dumps(plan.to_dict(), sort_keys=True).encode("utf-8")
+        self.plan_json = torch.tensor(list(data), dtype=torch.uint8, device=self.plan_json.device)
+        self._set_classes(len(plan.classes) + 1)
+
+    def adopt_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Before ``state`` (a checkpoint) loads strictly: take its plan, and so its number of classes."""
+        plan = decode_plan(state.get("plan_json"))
+        if plan is not None:
+            self.set_plan(plan)
+
+    def _set_classes(self, count: int) -> None:
+        raise NotImplementedError
+
+
+def decode_plan(stored: torch.Tensor | None):
+    """The Plan held by a ``plan_json`` buffer (UTF-8 JSON bytes), or None for an absent or empty one."""
+    if stored is None or stored.numel() == 0:
+        return None
+    from medseg.data.planning import Plan
+
+    return Plan.from_dict(json.loads(bytes(stored.tolist()).decode("utf-8")))
