@@ -387,7 +387,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     from .models import list_models
     from .models.build import SHIPPED_DECODERS, has_published_weights, has_shipped_tasks
 
-    for kind in ("promptable", "automatic", "universal"):
+    for kind in ("promptable", "automatic", "universal", "pretraining"):
         for name in list_models(kind):
             note = "pretrained weights available" if has_published_weights(name) else ""
             if note and name in SHIPPED_DECODERS:
@@ -459,10 +459,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     from .data.cli import add_data_parser
-    from .train.cli import add_distill_parser, add_train_parser
+    from .train.cli import add_objective_parsers, add_train_parser
 
     add_train_parser(sub)
-    add_distill_parser(sub)
+    add_objective_parsers(sub)
     add_data_parser(sub)
 
     p = sub.add_parser("export", help="write a promptable model as ONNX graphs (encoder + prompt decoder)")

@@ -108,3 +108,42 @@ def test_the_shipped_config_loads():
     path = Path(__file__).resolve().parents[2] / "configs" / "unet3d_hippocampus.yaml"
     loaded = load_config(path)
     assert (loaded.train.objective, loaded.model.name) == ("volume", "unet3d")
+
+
+def test_mae_pretrains_and_a_vit_fine_tunes_from_it_with_layer_decay(balls, tmp_path, capsys):
+    from medseg.train.optim import make_optimizer
+
+    pre = config(balls, model__name="mae3d-tiny", train__objective="mae", data__val_split="null",
+                 data__crop_size="[16,16,16]", data__augment="true", train__epochs=2)
+    result = train(pre, tmp_path / "mae")
+    assert result["best_dice"] is None
+    losses = [s["loss"] for s in result["steps"]]
+    assert losses and all(np.isfinite(losses))
+    assert (tmp_path / "mae" / "latest.safetensors").is_file()
+
+    assert main(["pretrain", str(tmp_path / "nothing.yaml")]) != 0  # a missing config is an error, not a traceback
+    fine = config(balls, model__name="vit3d-tiny", model__init_encoder=str(tmp_path / "mae" / "latest.safetensors"),
+                  optim__layer_decay=0.5, data__augment="true")
+    result = train(fine, tmp_path / "vit")
+    assert all(np.isfinite(h["train_loss"]) for h in result["history"] if h["epoch"] > 0)
+    model = build_model("vit3d-tiny", checkpoint=tmp_path / "vit" / "best.safetensors")
+    assert model.plan.classes == [1, 2] and model.out_channels == 3
+
+    from medseg.models.build import load_encoder_weights, load_state_dict
+
+    start = build_model("vit3d-tiny")
+    load_encoder_weights(start, tmp_path / "mae" / "latest.safetensors")
+    mae_state = load_state_dict(tmp_path / "mae" / "latest.safetensors")
+    torch.testing.assert_close(start.image_encoder.patch_embed.weight, mae_state["image_encoder.patch_embed.weight"])
+    rates = sorted({g["lr"] for g in make_optimizer(start, fine.optim).param_groups})
+    assert rates == pytest.approx([5e-3 * 0.5 ** k for k in (3, 2, 1, 0)])  # patch embedding ... decoder
+
+
+def test_mae_refuses_validation_and_a_segmenter(balls, tmp_path):
+    with pytest.raises(InputError, match="val_split: null"):
+        train(config(balls, model__name="mae3d-tiny", train__objective="mae"), tmp_path / "a")
+    with pytest.raises(InputError, match="masked autoencoder"):
+        train(config(balls, model__name="unet3d-tiny", train__objective="mae", data__val_split="null",
+                     data__crop_size="[16,16,16]"), tmp_path / "b")
+    with pytest.raises(InputError, match="layer_decay"):
+        train(config(balls, optim__layer_decay=0.5), tmp_path / "c")

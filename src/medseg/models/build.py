@@ -105,6 +105,42 @@ def build_unet3d_tiny():
                          in_channels=1, out_channels=2)
 
 
+def _vit3d_encoder(tiny: bool = False):
+    """The 3D ViT of vit3d / mae3d: tokens of 8^3 voxels, width 192, 8 blocks, 6 heads (3.6 M parameters);
+    tiny: width 48, 2 blocks, 2 heads."""
+    from .vit import ViTEncoder
+
+    return ViTEncoder(3, 1, patch=8, dim=48 if tiny else 192, depth=2 if tiny else 8, heads=2 if tiny else 6)
+
+
+def build_vit3d():
+    """Automatic 3D ViT with a UNETR decoder (medseg.models.unetr, 4.4 M parameters): one input channel,
+    its classes set by the 'volume' objective's plan; start from MAE weights with model.init_encoder."""
+    from .unetr import ViTSegmenter
+
+    return ViTSegmenter(_vit3d_encoder())
+
+
+def build_vit3d_tiny():
+    from .unetr import ViTSegmenter
+
+    return ViTSegmenter(_vit3d_encoder(tiny=True), features=4)
+
+
+def build_mae3d():
+    """Masked-autoencoder pre-training of vit3d's encoder (medseg.models.mae, objective 'mae'): 75% of the
+    tokens hidden, a decoder reading 4 encoder depths deep to shallow."""
+    from .mae import MaskedAutoencoder
+
+    return MaskedAutoencoder(_vit3d_encoder())
+
+
+def build_mae3d_tiny():
+    from .mae import MaskedAutoencoder
+
+    return MaskedAutoencoder(_vit3d_encoder(tiny=True), levels=2, decoder_dim=48, decoder_heads=2)
+
+
 PROMPTABLE: dict[str, Callable[[], PromptableSegmenter]] = {
     "litemedsam": build_litemedsam,
     "litemedsam-tiny": build_litemedsam_tiny,
@@ -113,12 +149,13 @@ PROMPTABLE: dict[str, Callable[[], PromptableSegmenter]] = {
     "hr-test": build_hr_test,
 }
 AUTOMATIC: dict[str, Callable] = {"unet": build_unet, "unet-tiny": build_unet_tiny, "unet3d": build_unet3d,
-                                  "unet3d-tiny": build_unet3d_tiny}
-VOLUMETRIC = ("unet3d", "unet3d-tiny")  # automatic models of volumes: `medseg predict` runs them by sliding window
+                                  "unet3d-tiny": build_unet3d_tiny, "vit3d": build_vit3d, "vit3d-tiny": build_vit3d_tiny}
+VOLUMETRIC = ("unet3d", "unet3d-tiny", "vit3d", "vit3d-tiny")  # automatic models of volumes (sliding window)
+PRETRAINING: dict[str, Callable] = {"mae3d": build_mae3d, "mae3d-tiny": build_mae3d_tiny}  # objective 'mae' only
 # Universal models (medseg.models.universal): a promptable base + an automatic head whose mask decoder
 # starts as a copy of the base's; pretrained = the base's published (or distilled) weights, no tasks yet.
 UNIVERSAL: dict[str, str] = {"universal": "litemedsam", "universal-hr": "hr-small", "universal-tiny": "litemedsam-tiny"}
-MODELS: dict[str, Callable] = {**PROMPTABLE, **AUTOMATIC, **{name: PROMPTABLE[base] for name, base in UNIVERSAL.items()}}
+MODELS: dict[str, Callable] = {**PROMPTABLE, **AUTOMATIC, **PRETRAINING, **{name: PROMPTABLE[base] for name, base in UNIVERSAL.items()}}
 PRETRAINED: dict[str, Callable[[], Path]] = {"litemedsam": litemedsam_weights_path}
 # Distilled students: published = an image encoder distilled here (medseg/models/assets, float16, with
 # a JSON of how it was made) + the teacher's prompt encoder and mask decoder, unchanged.
@@ -183,11 +220,13 @@ def has_published_weights(name: str) -> bool:
 
 
 def list_models(kind: str | None = None) -> list[str]:
-    """Registered names, all or of one kind: ``"promptable"`` (boxes, clicks), ``"automatic"`` (no prompt)
-    or ``"universal"`` (both: a promptable base plus prompt-free task decoding)."""
-    table = {None: MODELS, "promptable": PROMPTABLE, "automatic": AUTOMATIC, "universal": UNIVERSAL}
+    """Registered names, all or of one kind: ``"promptable"`` (boxes, clicks), ``"automatic"`` (no prompt),
+    ``"universal"`` (both: a promptable base plus prompt-free task decoding) or ``"pretraining"``
+    (masked autoencoders, whose encoders other models start from)."""
+    table = {None: MODELS, "promptable": PROMPTABLE, "automatic": AUTOMATIC, "universal": UNIVERSAL,
+             "pretraining": PRETRAINING}
     if kind not in table:
-        raise InputError(f"unknown model kind {kind!r}; use promptable, automatic or universal")
+        raise InputError(f"unknown model kind {kind!r}; use promptable, automatic, universal or pretraining")
     return sorted(table[kind])
 
 

@@ -3,6 +3,7 @@
     medseg train CONFIG.yaml [--set key=value ...] [--run-dir DIR] [--overwrite]
     medseg train --resume RUN_DIR [--set train.epochs=20 ...]
     medseg distill CONFIG.yaml ...   (the same, objective "distill")
+    medseg pretrain CONFIG.yaml ...  (the same, objective "mae")
     torchrun --nproc_per_node 2 -m medseg.train CONFIG.yaml ...   (same arguments, several processes)
 
 ``medseg.cli`` wires it in with ``add_train_parser(subparsers)``; ``python -m medseg.train``
@@ -38,22 +39,32 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     return p
 
 
-def add_distill_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add the ``distill`` subcommand: the same loop and arguments, objective "distill"."""
-    p = subparsers.add_parser("distill", help="distil a student image encoder from a teacher's embeddings",
-                              description="Decoupled distillation: the student's image encoder learns the teacher's "
-                                          "embedding (configs/distill_hr_small.yaml); the same loop, checkpoints and "
-                                          "--resume as `medseg train`.")
-    _add_arguments(p)
-    p.set_defaults(func=cmd_distill)
-    return p
+# Commands that are `medseg train` restricted to one objective: name -> (objective, help, description).
+OBJECTIVE_COMMANDS = {
+    "distill": ("distill", "distil a student image encoder from a teacher's embeddings",
+                "Decoupled distillation: the student's image encoder learns the teacher's embedding "
+                "(configs/distill_hr_small.yaml); the same loop, checkpoints and --resume as `medseg train`."),
+    "pretrain": ("mae", "masked-autoencoder pre-training of a 3D ViT encoder on unlabeled/train volumes",
+                 "Hi-End-MAE pre-training (configs/mae_3d.yaml): 75% of the tokens hidden, a decoder reading several "
+                 "encoder depths reconstructs them; the same loop, checkpoints and --resume as `medseg train`."),
+}
 
 
-def cmd_distill(args: argparse.Namespace) -> int:
+def add_objective_parsers(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``distill`` and ``pretrain``: the train command's arguments, one objective each."""
+    for name, (objective, help_text, description) in OBJECTIVE_COMMANDS.items():
+        p = subparsers.add_parser(name, help=help_text, description=description)
+        _add_arguments(p)
+        p.set_defaults(func=cmd_objective, command_objective=(name, objective))
+
+
+def cmd_objective(args: argparse.Namespace) -> int:
+    """``medseg distill`` / ``medseg pretrain``: ``medseg train``, after checking the config's objective."""
+    name, objective = args.command_objective
     config, _, _ = resolve(args)
-    if config.train.objective != "distill":
-        raise InputError(f"medseg distill runs objective 'distill', but the config says train.objective: "
-                         f"{config.train.objective!r}; use `medseg train` for it, or set train.objective: distill")
+    if config.train.objective != objective:
+        raise InputError(f"medseg {name} runs objective {objective!r}, but the config says train.objective: "
+                         f"{config.train.objective!r}; use `medseg train` for it, or set train.objective: {objective}")
     return cmd_train(args)
 
 

@@ -50,11 +50,14 @@ class DataConfig:
     min_object_pixels: int = 20      # smaller components (in the model frame) are not objects
     modality: str | None = None      # "CT" / "MR" intensity window, as the predictor's
     cache: bool = True               # keep prepared frames in memory after first use
-    augment: bool = False            # flips, quarter turns, rotation/zoom, intensity (medseg.data.augment)
+    augment: bool = False            # flips, quarter turns, rotation/zoom, intensity (medseg.data.augment);
+                                     # objective "volume": 3D rotation, zoom, elastic, intensity (medseg.data.augment3d)
     foreground_ids: list[int] = field(default_factory=list)  # objective "unet": label ids that are foreground (empty: any > 0)
     patches_per_epoch: int = 250     # objective "volume": random patches drawn per epoch
     foreground_fraction: float = 0.33  # objective "volume": share of patches centred on a foreground voxel
     patch_voxels: int | None = None  # objective "volume": voxel budget of the plan (default medseg.data.planning's)
+    target_spacing: list[float] | None = None  # objectives "volume", "mae": (Z, Y, X) mm instead of the plan's median
+    crop_size: list[int] = field(default_factory=lambda: [48, 64, 64])  # objective "mae": (Z, Y, X) crop
 
 
 @dataclass
@@ -77,6 +80,7 @@ class OptimConfig:
     min_lr_ratio: float = 0.1
     grad_clip: float | None = 1.0    # max global gradient norm; None: no clipping
     accumulate: int = 1              # micro-batches per optimizer step
+    layer_decay: float | None = None # layer-wise LR decay of a ViT (vit3d): layer l of L gets lr * decay**(L - l)
 
 
 @dataclass
@@ -273,6 +277,8 @@ def check_config(config: Config) -> None:
     if min(config.data.box_jitter, config.optim.warmup_steps, config.data.num_workers, config.train.click_rounds) < 0:
         raise InputError("config keys 'data.box_jitter', 'optim.warmup_steps', 'data.num_workers' and "
                          "'train.click_rounds' must be >= 0")
+    if config.optim.layer_decay is not None and not 0 < config.optim.layer_decay <= 1:
+        raise InputError(f"config key 'optim.layer_decay' must be in (0, 1] or null, got {config.optim.layer_decay}")
     if not 0 <= config.optim.min_lr_ratio <= 1:
         raise InputError(f"config key 'optim.min_lr_ratio' must be in [0, 1], got {config.optim.min_lr_ratio}")
 

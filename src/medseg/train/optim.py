@@ -88,13 +88,25 @@ def bare_model(model: nn.Module) -> nn.Module:
 
 
 def make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    """AdamW over trainable parameters; weight decay on matrices/kernels only (not biases, norms)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
+    """AdamW over trainable parameters; weight decay on matrices/kernels only (not biases, norms).
+
+    With ``cfg.layer_decay`` (a model with ``layer_of(name)`` and ``num_layers``: a ViT), layer-wise
+    learning-rate decay: a parameter of layer l gets ``lr * layer_decay ** (num_layers - 1 - l)``, so
+    the patch embedding of a pre-trained encoder moves least and the new decoder at the full rate."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not named:
         raise InputError("no trainable parameters: check 'model.trainable'")
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=tuple(cfg.betas))
+    decay = cfg.layer_decay
+    if decay is not None and not hasattr(model, "layer_of"):
+        raise InputError(f"config key 'optim.layer_decay' needs a model with layers (a ViT such as vit3d), not "
+                         f"{type(model).__name__}; remove the key")
+    groups: dict[tuple[float, float], list] = {}
+    for name, param in named:
+        scale = decay ** (model.num_layers - 1 - model.layer_of(name)) if decay is not None else 1.0
+        wd = cfg.weight_decay if param.ndim >= 2 else 0.0
+        groups.setdefault((scale, wd), []).append(param)
+    return torch.optim.AdamW([{"params": ps, "weight_decay": wd, "lr": cfg.lr * scale}
+                              for (scale, wd), ps in groups.items()], lr=cfg.lr, betas=tuple(cfg.betas))
 
 
 def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:

@@ -6,7 +6,9 @@
   checkpoint preprocesses as the run did;
 * items: ``data.patches_per_epoch`` patches a epoch, each drawn from (seed, epoch, index): a case, a
   centre (a foreground voxel for ``data.foreground_fraction`` of them, else anywhere), and a mirroring of
-  each axis with probability 1/2 (draw the parameters, then the fixed transform); ``{"image": (C, pz, py,
+  each axis with probability 1/2; with ``data.augment`` also rotations (in-plane only for thick-slice
+  plans), zoom, elastic deformation and intensity changes (:mod:`medseg.data.augment3d`: draw the
+  parameters, then the fixed transform); ``{"image": (C, pz, py,
   px) float32, "target": (1, pz, py, px) int64 class indices, "index": i}``; volumes smaller than the
   patch are zero-padded (target 0);
 * loss: Dice + cross-entropy over background and the plan's classes (MONAI ``DiceCELoss``);
@@ -27,6 +29,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from medseg.data.augment3d import RandomPatch3D, extract_patch
 from medseg.data.cases import load_case
 from medseg.data.datasets import dataset_cases
 from medseg.data.masks import dice
@@ -55,28 +58,19 @@ def planned_volumes(cases, plan: Plan, progress: bool = True) -> list[tuple[np.n
     return out
 
 
-def crop(array: np.ndarray, centre, patch) -> np.ndarray:
-    """The ``patch``-sized block of ``array`` (..., Z, Y, X) around ``centre``, zero-padded past the edges."""
-    lead = array.shape[:-3]
-    out = np.zeros(lead + tuple(patch), dtype=array.dtype)
-    src, dst = [], []
-    for c, p, n in zip(centre, patch, array.shape[-3:]):
-        start = int(c) - p // 2
-        lo, hi = max(start, 0), min(start + p, n)
-        src.append(slice(lo, hi))
-        dst.append(slice(lo - start, hi - start))
-    out[(..., *dst)] = array[(..., *src)]
-    return out
-
-
 class Patches(Dataset):
-    """``count`` random patches of ``volumes`` a epoch (module docstring); ``set_epoch`` redraws them."""
+    """``count`` random patches of ``volumes`` a epoch (module docstring); ``set_epoch`` redraws them.
+    ``augment``: a :class:`~medseg.data.augment3d.RandomPatch3D` (rotation, zoom, elastic, intensity and
+    mirroring), or None for mirroring alone."""
 
-    def __init__(self, volumes, patch, count: int, foreground_fraction: float, seed: int) -> None:
+    def __init__(self, volumes, patch, count: int, foreground_fraction: float, seed: int,
+                 augment: RandomPatch3D | None = None) -> None:
         if not volumes:
             raise InputError("no volumes to train on")
         self.volumes, self.patch, self.count, self.fraction, self.seed, self.epoch = \
             volumes, tuple(patch), count, foreground_fraction, seed, 0
+        self.augment = augment or RandomPatch3D(p_rotate=0, p_scale=0, p_elastic=0, p_intensity=0, p_gamma=0,
+                                                p_noise=0)
         self.foreground = [np.flatnonzero(y) for _, y in volumes]  # flat indices: a third of argwhere's memory
 
     def set_epoch(self, epoch: int) -> None:
@@ -94,11 +88,7 @@ class Patches(Dataset):
             centre = np.unravel_index(fg[int(rng.integers(len(fg)))], y.shape)
         else:
             centre = [int(rng.integers(n)) for n in y.shape]
-        flips = [axis for axis in range(3) if rng.random() < 0.5]
-        image, target = crop(x, centre, self.patch), crop(y, centre, self.patch)
-        if flips:
-            image = np.flip(image, [a + 1 for a in flips]).copy()
-            target = np.flip(target, flips).copy()
+        image, target = extract_patch(x, y, centre, self.patch, self.augment.draw(rng))
         return {"image": torch.from_numpy(image), "target": torch.from_numpy(target)[None], "index": index}
 
 
@@ -135,16 +125,19 @@ class VolumeObjective(Objective):
         d, seed = self.config.data, self.config.train.seed
         model = run.model
         if getattr(model, "spatial_dims", None) != 3:
-            raise InputError(f"objective 'volume' trains a 3D model (model.name: unet3d), not {self.config.model.name!r}")
+            raise InputError(f"objective 'volume' trains a 3D model (model.name: unet3d or vit3d), not "
+                             f"{self.config.model.name!r}")
         train_cases = dataset_cases(d.root, d.train_split, d.limit)
         plan = model.plan
         if plan is None:
             fp = fingerprint(train_cases, modality=d.modality, progress=run.progress)
-            plan = make_plan(fp, patch_voxels=d.patch_voxels or PATCH_VOXELS, divisor=max(16, model.divisor))
+            plan = make_plan(fp, patch_voxels=d.patch_voxels or PATCH_VOXELS, divisor=max(16, model.divisor),
+                             target_spacing=d.target_spacing)
         model.set_plan(plan)
         self.plan = plan
+        augment = RandomPatch3D(in_plane_axis=plan.coarse_axes[0] if plan.coarse_axes else None) if d.augment else None
         train = Patches(planned_volumes(train_cases, plan, run.progress), plan.patch_size, d.patches_per_epoch,
-                        d.foreground_fraction, seed)
+                        d.foreground_fraction, seed, augment)
         if not d.val_split:
             return train, None
         self.val_volumes = planned_volumes(dataset_cases(d.root, d.val_split, d.val_limit or d.limit), plan,
