@@ -153,22 +153,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _predict_volume_auto(args: argparse.Namespace, image) -> int:
-    """``--model unet3d --checkpoint W``: a planned 3D model segments the volume with no prompt (sliding window)."""
+    """``--model la-heart-3d`` (shipped) or ``--model unet3d --checkpoint W``: a planned 3D model segments the
+    volume with no prompt (sliding window)."""
     import numpy as np
 
     from .infer.files import FileResult
     from .infer.sliding import segment_volume_auto
-    from .models import build_model
 
     if args.box or args.point or args.negative_point:
         raise InputError(f"model {args.model!r} segments with no prompt; drop --box/--point")
-    if args.checkpoint is None:
-        raise InputError(f"model {args.model!r} has no shipped weights yet: give --checkpoint from a 'volume' run "
-                         f"(`medseg train configs/unet3d_hippocampus.yaml`)")
     if image.array.shape[1] == 1:
         raise InputError(f"{args.input}: a 2D picture; model {args.model!r} segments volumes")
     _set_threads(args.threads)
-    model = build_model(args.model, checkpoint=args.checkpoint).to(_device(args.device))
+    model = _volume_model(args)
     labels = segment_volume_auto(model, image, mirror=args.mirror)
     result = FileResult(labels.astype(np.uint8 if labels.max() < 256 else np.uint16), image, labels.shape[0] // 2, [])
     out, ov = _write_outputs(result, args.out, args.overlay, args.overwrite)
@@ -177,6 +174,19 @@ def _predict_volume_auto(args: argparse.Namespace, image) -> int:
     if ov:
         print(f"overlay -> {ov}")
     return 0
+
+
+def _volume_model(args: argparse.Namespace):
+    """A planned 3D model: ``--checkpoint``, else its shipped weights (``medseg models``), on ``--device``."""
+    from .models import build_model
+    from .models.build import has_published_weights
+
+    if args.checkpoint is None and not has_published_weights(args.model):
+        raise InputError(f"model {args.model!r} has no shipped weights: give --checkpoint from a 'volume' run "
+                         f"(`medseg train configs/unet3d_hippocampus.yaml`), or use a shipped 3D model "
+                         f"(`medseg models`)")
+    model = build_model(args.model, pretrained=args.checkpoint is None, checkpoint=args.checkpoint)
+    return model.to(_device(args.device))
 
 
 def _replay_prompts(args: argparse.Namespace, image) -> int:
@@ -244,13 +254,22 @@ def _failed(n_errors: int, n_cases: int) -> int:
 
 
 def _evaluate_auto(args: argparse.Namespace, outputs: dict[str, Path | None]) -> int:
-    from .eval.automatic import evaluate_auto, print_auto, write_auto_json
+    from .eval.automatic import evaluate_auto, evaluate_volumes_auto, print_auto, write_auto_json
+    from .models.build import VOLUMETRIC
 
-    if not (args.auto and args.task):
-        raise InputError("automatic evaluation needs both --auto and --task NAME")
-    _universal_default(args)
-    result = evaluate_auto(_predictor(args), args.dataset, args.task, args.split, args.limit,
-                           progress=not args.no_progress)
+    if args.model in VOLUMETRIC:
+        if args.task:
+            raise InputError(f"model {args.model!r} segments the classes of its own plan; drop --task")
+        _set_threads(args.threads)
+        result = evaluate_volumes_auto(_volume_model(args), args.dataset, args.split, args.limit,
+                                       progress=not args.no_progress, mirror=args.mirror, name=args.model)
+    else:
+        if not (args.auto and args.task):
+            raise InputError("automatic evaluation needs both --auto and --task NAME (or --auto --model of a 3D "
+                             "model: `medseg models`)")
+        _universal_default(args)
+        result = evaluate_auto(_predictor(args), args.dataset, args.task, args.split, args.limit,
+                               progress=not args.no_progress)
     print_auto(result)
     if outputs["--json"] is not None:
         print(f"wrote {write_auto_json(result, outputs['--json'], overwrite=args.overwrite)}")
@@ -385,11 +404,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from .models import list_models
-    from .models.build import SHIPPED_DECODERS, has_published_weights, has_shipped_tasks
+    from .models.build import SHIPPED_DECODERS, VOLUMETRIC, has_published_weights, has_shipped_tasks
 
     for kind in ("promptable", "automatic", "universal", "pretraining"):
         for name in list_models(kind):
-            note = "pretrained weights available" if has_published_weights(name) else ""
+            notes = ["volumes"] if name in VOLUMETRIC else []
+            notes += ["pretrained weights available"] if has_published_weights(name) else []
+            note = ", ".join(notes)
             if note and name in SHIPPED_DECODERS:
                 note += " (default: shipped click-trained decoder; --weights published for the original)"
             if note and has_shipped_tasks(name):
@@ -427,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modality", help="CT or MR: selects the intensity window (default: from the file)")
     p.add_argument("--multimask", action="store_true", help="predict 3 candidates and keep the best scored")
     p.add_argument("--mirror", action="store_true",
-                   help="--model unet3d: average the 8 mirrored predictions (test-time augmentation)")
+                   help="3D models (la-heart-3d, unet3d ...): average the 8 mirrored predictions (test-time augmentation)")
     p.add_argument("--prompts", type=Path, help="replay a session's prompts (medseg serve's 'Prompts JSON') to its label map")
     p.add_argument("--out", type=Path, help="mask file (.png for 2D; .nii.gz/.mha/.nrrd for volumes)")
     p.add_argument("--overlay", type=Path, help="PNG picture of the image with the mask and prompts")
@@ -452,7 +473,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--figure", type=Path, help="PNG with Dice per case and overlays of the best, median and worst case")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files (never the dataset's own)")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--auto", action="store_true", help="automatic mode: no prompt, every class of --task")
+    p.add_argument("--auto", action="store_true", help="automatic mode: no prompt, every class of --task, or of a 3D "
+                                                       "--model's plan (e.g. --model la-heart-3d)")
+    p.add_argument("--mirror", action="store_true", help="--auto with a 3D model: mirroring test-time augmentation")
     p.add_argument("--task", help="with --auto: the task (of the shipped universal model or a --checkpoint) "
                                   "the dataset belongs to")
     _model_args(p)

@@ -77,6 +77,17 @@ def test_volume_objective_plans_trains_and_its_checkpoint_carries_the_plan(balls
                  str(tmp_path / "run" / "best.safetensors"), "--out", str(tmp_path / "x.nii.gz")]) == 2
     assert "no prompt" in capsys.readouterr().err
 
+    # no prompt over a whole split: Dice, HD95 and NSD in mm per class of the plan, JSON beside
+    report = tmp_path / "auto.json"
+    assert main(["evaluate", str(balls), "--auto", "--model", "unet3d-tiny", "--checkpoint",
+                 str(tmp_path / "run" / "best.safetensors"), "--no-progress", "--json", str(report)]) == 0
+    printed = capsys.readouterr().out
+    assert "1 shell" in printed and "2 core" in printed and "s per volume" in printed
+    scored = json.loads(report.read_text())
+    assert {r["class_id"] for r in scored["cases"]} == {1, 2} and scored["seconds_per_case"] > 0
+    assert main(["evaluate", str(balls), "--auto", "--model", "unet3d-tiny", "--no-progress"]) == 2  # no weights
+    assert "no shipped weights" in capsys.readouterr().err
+
 
 def test_patches_are_reproducible_and_oversample_the_foreground(balls):
     from medseg.data.datasets import dataset_cases
@@ -104,10 +115,12 @@ def test_a_2d_model_or_a_model_without_plan_is_refused(balls, tmp_path):
         segment_volume_auto(build_model("unet3d-tiny"), read_image(balls / "imagesTr" / "b0.nii.gz"))
 
 
-def test_the_shipped_config_loads():
-    path = Path(__file__).resolve().parents[2] / "configs" / "unet3d_hippocampus.yaml"
-    loaded = load_config(path)
-    assert (loaded.train.objective, loaded.model.name) == ("volume", "unet3d")
+@pytest.mark.parametrize("name,objective,model", [("unet3d_hippocampus", "volume", "unet3d"),
+                                                  ("unet3d_la_heart", "volume", "unet3d"),
+                                                  ("vit3d_hippocampus", "volume", "vit3d"), ("mae_3d", "mae", "mae3d")])
+def test_the_shipped_configs_load(name, objective, model):
+    loaded = load_config(Path(__file__).resolve().parents[2] / "configs" / f"{name}.yaml")
+    assert (loaded.train.objective, loaded.model.name) == (objective, model)
 
 
 def test_mae_pretrains_and_a_vit_fine_tunes_from_it_with_layer_decay(balls, tmp_path, capsys):

@@ -1,9 +1,13 @@
-"""Evaluation of automatic (prompt-free) segmentation: ``medseg evaluate DATASET --auto --task NAME``.
+"""Evaluation of automatic (prompt-free) segmentation: ``medseg evaluate DATASET --auto --task NAME``
+(2D, a universal model's task) and ``medseg evaluate DATASET --auto --model la-heart-3d`` (volumes, a
+planned 3D model's classes).
 
-Each case's image is segmented with no prompt (:class:`medseg.infer.automatic.AutoSegmenter`); the
-label map, at the image's own resolution, is scored per class of the task against the ground truth
-(``label == class id``) with :func:`medseg.eval.metrics.case_metrics` (Dice, IoU, HD95, NSD; Dice 1
-when a class is absent from both). Cases with empty masks stay in: finding nothing there is right.
+Each case's image is segmented with no prompt (:class:`medseg.infer.automatic.AutoSegmenter`, or
+:func:`medseg.infer.sliding.segment_volume_auto` for volumes); the label map, at the image's own
+resolution, is scored per class against the ground truth (``label == class id``) with
+:func:`medseg.eval.metrics.case_metrics` (Dice, IoU, HD95, NSD; Dice 1 when a class is absent from both;
+distances in pixels for 2D pictures, in mm for volumes). Cases with empty masks stay in: finding
+nothing there is right.
 """
 
 from __future__ import annotations
@@ -45,7 +49,10 @@ def score_label_maps(segment: Callable[[Case], np.ndarray | dict[int, np.ndarray
     for case in tqdm(cases, desc=desc, unit="case", disable=not progress, dynamic_ncols=True):
         try:
             labels = segment(case)
-            truth = binary_as_class_one(read_label(case.mask_path).array[0], class_ids)
+            label = read_label(case.mask_path)
+            volume = label.array.shape[0] > 1
+            truth = binary_as_class_one(label.array if volume else label.array[0], class_ids)
+            spacing = label.meta.spacing if volume else None
         except InputError as exc:
             errors.append({"stem": case.stem, "error": str(exc)})
             continue
@@ -54,8 +61,26 @@ def score_label_maps(segment: Callable[[Case], np.ndarray | dict[int, np.ndarray
             errors.append({"stem": case.stem, "error": f"{case.mask_path}: the segmentation is not of the mask's "
                                                         f"size {truth.shape}"})
             continue
-        rows += [{"stem": case.stem, "class_id": cid, **case_metrics(masks[cid], truth == cid)} for cid in class_ids]
+        rows += [{"stem": case.stem, "class_id": cid, **case_metrics(masks[cid], truth == cid, spacing=spacing)}
+                 for cid in class_ids]
     return rows, errors
+
+
+def class_summary(rows: list[dict], class_ids) -> dict:
+    """Rows of :func:`score_label_maps` -> ``{"dice", "hd95", "nsd", "per_class": {id: {...}}}``: per class the
+    mean over cases (HD95 skipping NaN, a class missed or absent), then the mean over classes; a metric that
+    is NaN for every case stays NaN."""
+    import warnings
+
+    per_class = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # nanmean of all-NaN
+        for cid in class_ids:
+            mine = [r for r in rows if r["class_id"] == cid]
+            per_class[cid] = {k: float(np.nanmean([r[k] for r in mine])) if mine else float("nan")
+                              for k in ("dice", "hd95", "nsd")}
+        means = {k: float(np.nanmean([c[k] for c in per_class.values()])) for k in ("dice", "hd95", "nsd")}
+    return {**means, "per_class": per_class}
 
 
 def _plane_of(case: Case) -> np.ndarray:
@@ -84,9 +109,52 @@ def evaluate_auto(segmenter, dataset_dir: str | Path, task: str, split: str = "t
             "errors": errors}
 
 
+def evaluate_volumes_auto(model, dataset_dir: str | Path, split: str = "test", limit: int | None = None,
+                          progress: bool = True, mirror: bool = False, name: str | None = None) -> dict:
+    """Score a planned 3D model (sliding window, no prompt) on ``split`` of a 3D dataset, per class of its
+    plan (names from the dataset's class file); HD95 and NSD in mm on each volume's own grid.
+
+    Returns :func:`evaluate_auto`'s dict (``task`` = ``name``, the model's) plus ``"seconds_per_case"``,
+    the median seconds of one volume's segmentation (reading and scoring left out)."""
+    import statistics
+    import time
+
+    from medseg.data.datasets import class_names
+    from medseg.infer.sliding import segment_volume_auto
+
+    plan = getattr(model, "plan", None)
+    if plan is None:
+        raise InputError("this model carries no 3D plan: give a shipped 3D model (`medseg models`) or the "
+                         "--checkpoint of a 'volume' run")
+    names = class_names(dataset_dir)
+    classes = {cid: names.get(cid, f"class_{cid}") for cid in plan.classes}
+    cases, missing = evaluation_cases(dataset_dir, split, limit)
+    seconds: list[float] = []
+
+    def segment(case: Case) -> np.ndarray:
+        image = load_case(case)[0]
+        if image.array.shape[1] == 1:
+            raise InputError(f"{case.image_path}: a 2D picture; a 3D model segments volumes")
+        start = time.perf_counter()
+        labels = segment_volume_auto(model, image, mirror=mirror)
+        seconds.append(time.perf_counter() - start)
+        return labels
+
+    rows, errors = score_label_maps(segment, cases, list(classes), progress, desc=f"auto {name or '3D'}")
+    errors += [{"stem": stem, "error": what} for stem, what in missing.items()]
+    if not rows:
+        raise InputError(f"{dataset_dir}: no case of split {split!r} could be scored ({len(errors)} errors, e.g. "
+                         f"{errors[0]['error'] if errors else 'none'})")
+    per_class = {cid: float(np.mean([r["dice"] for r in rows if r["class_id"] == cid])) for cid in classes}
+    return {"dataset": str(dataset_dir), "split": split, "task": name or "3D model", "classes": classes,
+            "cases": rows, "per_class": per_class, "mean_dice": float(np.mean([r["dice"] for r in rows])),
+            "errors": errors, "seconds_per_case": statistics.median(seconds) if seconds else None}
+
+
 def print_auto(result: dict) -> None:
     """A table: per class mean Dice / HD95 / NSD, then the overall mean Dice."""
-    print(f"{result['task']} on {result['dataset']} ({result['split']}), automatic, no prompt")
+    print(f"{result['task']} on {result['dataset']} ({result['split']}), automatic, no prompt"
+          + (f"; {result['seconds_per_case']:.2f} s per volume" if result.get("seconds_per_case") else ""))
     print(f"{'class':<24}{'cases':>6}{'dice':>8}{'hd95':>9}{'nsd':>8}")
     for cid, name in result["classes"].items():
         rows = [r for r in result["cases"] if r["class_id"] == cid]

@@ -1,4 +1,4 @@
-"""Objective "volume": automatic 3D segmentation of planned patches (a 3D U-Net), in the same loop.
+"""Objective "volume": automatic 3D segmentation of planned patches (a 3D U-Net or ViT), in the same loop.
 
 * planning: the train split's fingerprint gives the :class:`~medseg.data.planning.Plan` (target spacing,
   normalisation, patch size, classes; ``data.modality``, ``data.patch_voxels``), unless the model already
@@ -15,9 +15,11 @@
 * validation: each val volume whole, by sliding window (:mod:`medseg.infer.sliding`) in the plan's frame;
   the mean over volumes and classes of the Dice of each class (1 where a class is absent from both).
 
-Config: ``model.name: unet3d``, ``model.pretrained: false``, ``model.trainable: all`` (see
-``configs/unet3d_hippocampus.yaml``). The batch is ``train.batch_size`` as for every objective; the plan's
-``batch_size`` is what fits its voxel budget, a value to copy there (hippocampus: 6; la_heart_mri: 1).
+Config: ``model.name: unet3d`` or ``vit3d`` (``model.init_encoder``: an MAE run's weights, see
+:mod:`medseg.train.mae`), ``model.pretrained: false``, ``model.trainable: all`` (see
+``configs/unet3d_hippocampus.yaml``, ``configs/vit3d_hippocampus.yaml``). The batch is ``train.batch_size``
+as for every objective; the plan's ``batch_size`` is what fits its voxel budget, a value to copy there
+(hippocampus: 6; la_heart_mri: 1 at 0.625 mm, 2 at 1.25 mm).
 """
 
 from __future__ import annotations
