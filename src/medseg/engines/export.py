@@ -12,10 +12,13 @@ Precisions: ``fp32``; ``fp16``: weights stored as float16 and cast to float32 wh
 (half the file, fp32 arithmetic); ``int8``: the encoder's MatMul/Gemm weights quantised to int8 with
 activations quantised per call (onnxruntime's dynamic quantisation; convolutions and the prompt
 decoder stay fp32). bf16 is a run-time choice of the engine (:mod:`medseg.engines.runtime`), not a file.
+A model fine-tuned with LoRA (:mod:`medseg.models.peft`) is exported with the updates folded into its
+weights (a copy is folded; the model passed in keeps them); adapters are exported as the ops they are.
 """
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import tempfile
@@ -107,6 +110,11 @@ def export_model(model: PromptableSegmenter, out: str | Path, name: str, precisi
     paths = plan_outputs({"encoder": out / info.encoder_file, "decoder": out / info.decoder_file,
                           "export.json": out / "export.json"}, overwrite=overwrite)
     model = model.to("cpu").float().eval()
+    if getattr(model, "peft", None) is not None and model.peft.kind == "lora":  # folded into the weights: a plain graph
+        from ..models.peft import merge_lora
+
+        model = copy.deepcopy(model)
+        merge_lora(model)
     graphs = {"encoder": _encoder_onnx(model), "decoder": _decoder_onnx(model)}
     for part, data in graphs.items():
         proto = onnx.load_from_string(data)

@@ -32,6 +32,13 @@ class PromptableSegmenter(nn.Module):
         self.prompt_encoder = prompt_encoder
         self.mask_decoder = mask_decoder
         self.image_size = image_size
+        self.peft = None  # parameter-efficient fine-tuning of the encoder (medseg.models.peft.add_peft)
+
+    def adopt_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Before ``state`` (a checkpoint) loads strictly: add the encoder fine-tuning it holds, if any."""
+        from .peft import adopt_peft
+
+        adopt_peft(self, state)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) normalised to [0, 1] -> embedding (B, 256, E, E) (LiteMedSAM E = S/4, HR E = S/16)."""

@@ -253,6 +253,7 @@ class UniversalSegmenter(PromptableSegmenter):
         return self.automatic.tasks
 
     def adopt_state(self, state: dict[str, torch.Tensor]) -> None:
+        super().adopt_state(state)
         self.automatic.adopt_state(state)
 
     def segment(self, embedding: torch.Tensor, tasks: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

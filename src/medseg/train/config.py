@@ -22,7 +22,8 @@ import yaml
 
 from medseg.errors import InputError
 
-TRAINABLE = ("encoder", "decoder", "prompt_decoder", "encoder_frozen", "automatic", "all")
+TRAINABLE = ("encoder", "decoder", "prompt_decoder", "encoder_frozen", "automatic", "all", "adapters",
+             "frequency_adapter", "lora")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 PIXEL_LOSSES = ("bce", "focal")
 FIRST_PROMPTS = ("box", "point", "mixed")
@@ -67,7 +68,9 @@ class ModelConfig:
     checkpoint: str | None = None    # start from these weights instead of the published ones
     weights: str = "shipped"         # with pretrained: shipped (medseg's click-trained decoder) | published
     init_encoder: str | None = None  # then replace the image encoder by these weights (a distilled encoder)
-    trainable: str = "decoder"       # one of TRAINABLE
+    trainable: str = "decoder"       # one of TRAINABLE; adapters / frequency_adapter / lora: the encoder frozen,
+                                     # its adapters or low-rank updates and the mask decoder train (models.peft)
+    lora_rank: int = 8               # trainable: lora: the rank of the updates
     activation_checkpointing: bool = False
 
 
@@ -277,6 +280,8 @@ def check_config(config: Config) -> None:
     if min(config.data.box_jitter, config.optim.warmup_steps, config.data.num_workers, config.train.click_rounds) < 0:
         raise InputError("config keys 'data.box_jitter', 'optim.warmup_steps', 'data.num_workers' and "
                          "'train.click_rounds' must be >= 0")
+    if config.model.lora_rank < 1:
+        raise InputError(f"config key 'model.lora_rank' must be >= 1, got {config.model.lora_rank}")
     if config.optim.layer_decay is not None and not 0 < config.optim.layer_decay <= 1:
         raise InputError(f"config key 'optim.layer_decay' must be in (0, 1] or null, got {config.optim.layer_decay}")
     if not 0 <= config.optim.min_lr_ratio <= 1:

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from medseg.errors import InputError
 from medseg.models import build_model, list_models
+from medseg.models.peft import PEFT_KINDS, add_peft
 from medseg.train import ddp
 from medseg.train.checkpoint import SUFFIXES, has_checkpoint, load_checkpoint, read_meta, save_checkpoint
 from medseg.train.config import Config, config_to_dict, save_config
@@ -76,6 +77,11 @@ def _build(config: Config) -> tuple[torch.nn.Module, Config]:
         from medseg.models.build import load_encoder_weights
 
         load_encoder_weights(model, m.init_encoder)
+    if m.trainable in PEFT_KINDS and getattr(model, "peft", None) is None:  # a checkpoint may hold it already
+        if not hasattr(model, "image_encoder") or not hasattr(model, "peft"):
+            raise InputError(f"config key 'model.trainable': {m.trainable!r} fine-tunes a promptable model's image "
+                             f"encoder, and {m.name!r} has none")
+        add_peft(model, m.trainable, m.lora_rank)
     size = config.data.image_size
     if size is not None and size != model.image_size:
         raise InputError(f"config key 'data.image_size' is {size}, but model {m.name!r} takes "

@@ -19,6 +19,9 @@ TRAINABLE_PARTS: dict[str, tuple[str, ...] | None] = {
     "encoder_frozen": None,
     "automatic": ("automatic",),  # a universal model's prompt-free head (medseg.models.universal)
     "all": (),
+    "adapters": ("peft", "mask_decoder"),  # the frozen encoder's adapters (medseg.models.peft) + the decoder
+    "frequency_adapter": ("peft", "mask_decoder"),  # the same, the adapters fed with high frequencies
+    "lora": ("peft", "mask_decoder"),      # the frozen encoder's low-rank updates + the decoder
 }
 
 
@@ -70,8 +73,10 @@ class TrainForward(nn.Module):
 
     def encode(self, images: torch.Tensor):
         """images (B, 3, S, S) -> (embedding (B, 256, E, E), encoder features or None), without
-        autograd when the image encoder is frozen."""
-        grad = torch.is_grad_enabled() and not self._frozen(self.model.image_encoder)
+        autograd when the image encoder is frozen and has no trainable adapters or low-rank updates."""
+        peft = getattr(self.model, "peft", None)
+        tuned = peft is not None and not self._frozen(peft)
+        grad = torch.is_grad_enabled() and (tuned or not self._frozen(self.model.image_encoder))
         with torch.set_grad_enabled(grad):
             return self.model.encode_features(images)
 
