@@ -229,8 +229,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     dataset_cases(args.dataset, args.split)  # a wrong folder or split fails before the model loads
     outputs = _evaluate_outputs(args)
+    from .models.build import VOLUMETRIC
+
     if args.auto or args.task:
         return _evaluate_auto(args, outputs)
+    if args.model in VOLUMETRIC:
+        raise InputError(f"model {args.model!r} segments volumes with no prompt: add --auto")
     predictor = _predictor(args)
     if args.prompt == "clicks":
         return _evaluate_clicks(args, predictor, outputs)

@@ -87,6 +87,9 @@ def test_volume_objective_plans_trains_and_its_checkpoint_carries_the_plan(balls
     assert {r["class_id"] for r in scored["cases"]} == {1, 2} and scored["seconds_per_case"] > 0
     assert main(["evaluate", str(balls), "--auto", "--model", "unet3d-tiny", "--no-progress"]) == 2  # no weights
     assert "no shipped weights" in capsys.readouterr().err
+    assert main(["evaluate", str(balls), "--model", "unet3d-tiny", "--checkpoint",
+                 str(tmp_path / "run" / "best.safetensors")]) == 2
+    assert "add --auto" in capsys.readouterr().err
 
 
 def test_patches_are_reproducible_and_oversample_the_foreground(balls):
