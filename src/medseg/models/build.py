@@ -115,7 +115,7 @@ def _vit3d_encoder(tiny: bool = False):
 
 def build_vit3d():
     """Automatic 3D ViT with a UNETR decoder (medseg.models.unetr, 3.9 M parameters; 8 channels at full
-    resolution, which halves a CPU step against 16): one input channel, its classes set by the 'volume'
+    resolution, where most of a CPU step goes): one input channel, its classes set by the 'volume'
     objective's plan; start from MAE weights with model.init_encoder."""
     from .unetr import ViTSegmenter
 
