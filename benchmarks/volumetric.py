@@ -153,7 +153,9 @@ def nnunet(name: str, data: Path, budget: float, quick: bool) -> dict | None:
         out = Path(tmp) / "nnunet.json"
         command = [sys.executable, str(REPO / "benchmarks" / "nnunet_peer.py"), "--datasets", name, "--data", str(data),
                    "--json", str(out)] + (["--quick"] if quick else ["--budget", str(budget)])
-        subprocess.run(command, check=True)
+        if subprocess.run(command).returncode != 0:
+            print(f"  nnunet on {name}: failed (its message above); row left out", file=sys.stderr)
+            return None
         row = json.loads(out.read_text())["datasets"][name]["nnunet"]
     peaks = row.get("peak_mb")
     if isinstance(peaks, dict):  # preprocess / train / predict processes: the training one is the column
@@ -267,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         payload["seconds"] = round(time.time() - start)
         return write_json(payload, out)
 
-    mae_encoder = None
+    mae_encoder, failed = None, []
     with tempfile.TemporaryDirectory() as work:
         if "vit3d_mae" in args.methods:
             set_threads()
@@ -282,13 +284,24 @@ def main(argv: list[str] | None = None) -> int:
                 if method == "nnunet":
                     row = nnunet(name, args.data, args.budget, args.quick)
                     if row is None:
+                        failed += [f"nnunet on {name}"] if (REPO / ".venv-nnunet").is_dir() else []
                         continue
                 else:
-                    row = in_fresh_process(args, method, name, mae_encoder if method == "vit3d_mae" else None)
+                    try:
+                        row = in_fresh_process(args, method, name, mae_encoder if method == "vit3d_mae" else None)
+                    except RuntimeError as exc:  # one failed row is reported; the others still run
+                        print(exc, file=sys.stderr)
+                        results[name][method] = {"error": str(exc)[-2000:]}
+                        failed.append(f"{method} on {name}")
+                        save()
+                        continue
                 results[name][method] = row
                 print_row(name, method, row)
                 save()
     print(f"wrote {save()}")
+    if failed:
+        print(f"volumetric: {len(failed)} row(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 
