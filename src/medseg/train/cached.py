@@ -156,11 +156,7 @@ def embeddings_main_first(run: RunContext, cases: list[Case], *, model: torch.nn
 class CachedSupervisedObjective(PromptedObjective):
     """Prompted fine-tuning of the prompt encoder / mask decoder on cached embeddings."""
 
-    def __init__(self, config: Config) -> None:
-        if config.model.trainable not in FROZEN_ENCODER:
-            raise InputError(f"config key 'model.trainable': objective 'supervised_cached' needs a frozen image "
-                             f"encoder ({', '.join(FROZEN_ENCODER)}), got {config.model.trainable!r}")
-        super().__init__(config)
+    trainable, trains = FROZEN_ENCODER, "needs a frozen image encoder"
 
     def make_datasets(self, run: RunContext) -> tuple[Dataset, Dataset | None]:
         """The train and val objects of ``data.root``, or of every task of ``data.tasks`` together."""

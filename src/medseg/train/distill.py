@@ -104,11 +104,10 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor,
 class DistillObjective(Objective):
     """Student image encoder <- teacher embedding; validated by the student's box-prompted Dice."""
 
+    trainable, trains = ("encoder",), "trains the image encoder only"
+
     def __init__(self, config: Config) -> None:
         super().__init__(config)
-        if config.model.trainable != "encoder":
-            raise InputError(f"config key 'model.trainable': objective 'distill' trains the image encoder only "
-                             f"('encoder'), got {config.model.trainable!r}")
         if not config.distill.sources:
             raise InputError("config key 'distill.sources' is empty: list image folders (datasets or plain folders)")
         self.cfg = config.distill

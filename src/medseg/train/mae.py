@@ -50,6 +50,8 @@ def pretraining_roots(config: Config) -> list:
 class MAEObjective(Objective):
     """Masked-autoencoder pre-training on train volumes (module docstring)."""
 
+    trainable, trains = ("all",), "pre-trains the whole masked autoencoder"
+
     def __init__(self, config: Config) -> None:
         if config.data.val_split:
             raise InputError("objective 'mae' pre-trains on train volumes only and does not validate: "

@@ -55,9 +55,19 @@ class RunContext:
 
 
 class Objective:
-    """Base of the objectives: the optional steps as no-ops, the epoch kept for per-step draws."""
+    """Base of the objectives: the optional steps as no-ops, the epoch kept for per-step draws.
+
+    ``trainable`` names the ``model.trainable`` values an objective accepts (empty: any) and ``trains``
+    says why, for the error a config with another value gets."""
+
+    trainable: tuple[str, ...] = ()
+    trains: str = ""
 
     def __init__(self, config: Config) -> None:
+        if self.trainable and config.model.trainable not in self.trainable:
+            allowed = " or ".join(repr(v) for v in self.trainable)
+            raise InputError(f"config key 'model.trainable': objective {config.train.objective!r} {self.trains}; "
+                             f"set it to {allowed}, got {config.model.trainable!r}")
         self.config = config
         self.epoch = 0
 

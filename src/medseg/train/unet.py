@@ -84,12 +84,11 @@ class CaseFrames(Dataset):
 class UNetObjective(Objective):
     """Prompt-free binary segmentation (any foreground class vs background), Dice + BCE."""
 
+    trainable, trains = ("all",), "trains the whole U-Net"
+
     def __init__(self, config: Config) -> None:
         from monai.losses import DiceLoss
 
-        if config.model.trainable != "all":
-            raise InputError(f"config key 'model.trainable': objective 'unet' trains the whole U-Net; "
-                             f"set it to 'all', got {config.model.trainable!r}")
         super().__init__(config)
         self.dice_loss = DiceLoss(sigmoid=True)
 

@@ -164,6 +164,8 @@ def task_split(task: TaskSource, index: int, split: str, run: RunContext, size: 
 class UniversalObjective(Objective):
     """Prompt-free multi-task segmentation with task/modality prior tokens (see the module docstring)."""
 
+    trainable, trains = ("automatic",), "trains the automatic head on cached embeddings"
+
     def __init__(self, config: Config) -> None:
         from monai.losses import DiceLoss
 
@@ -172,9 +174,6 @@ class UniversalObjective(Objective):
         if u.tasks is None:
             raise InputError("config key 'universal.tasks': name a task file (see medseg.data.tasks), e.g. "
                              "configs/tasks_2d.yaml")
-        if config.model.trainable != "automatic":
-            raise InputError(f"config key 'model.trainable': objective 'universal' trains the automatic head on "
-                             f"cached embeddings; set it to 'automatic', got {config.model.trainable!r}")
         self.config, self.cfg, self.train_cfg = config, u, config.train
         self.all_tasks = load_tasks(u.tasks)
         names = u.train_tasks or list(self.all_tasks)

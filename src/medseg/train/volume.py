@@ -111,10 +111,9 @@ class WholeVolumes(Dataset):
 class VolumeObjective(Objective):
     """Automatic 3D segmentation of planned patches, Dice + cross-entropy."""
 
+    trainable, trains = ("all",), "trains the whole network"
+
     def __init__(self, config: Config) -> None:
-        if config.model.trainable != "all":
-            raise InputError(f"config key 'model.trainable': objective 'volume' trains the whole network; "
-                             f"set it to 'all', got {config.model.trainable!r}")
         from monai.losses import DiceCELoss
 
         super().__init__(config)
