@@ -54,7 +54,7 @@ from _common import DEFAULT_DATA, EMBEDDING_CACHE, REPO, THREADS, require_data, 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from medseg.data.cases import load_case, plane  # noqa: E402
+from medseg.data.cases import load_image, plane  # noqa: E402
 from medseg.data.datasets import dataset_cases, write_subset  # noqa: E402
 from medseg.eval.automatic import score_label_maps  # noqa: E402
 from medseg.eval.evaluate import evaluate_case  # noqa: E402
@@ -103,7 +103,7 @@ def click_dice(model, store, cases) -> list[float] | None:
 def unet_dice(model, cases, root: Path) -> float | None:
     """Test-split Dice of the U-Net's automatic masks as class 1 (any foreground), by the automatic
     protocol (:func:`medseg.eval.automatic.score_label_maps`), one row per case."""
-    rows, _ = score_label_maps(lambda case: predict_label_map({1: model}, plane(load_case(case)[0])), cases, [1],
+    rows, _ = score_label_maps(lambda case: predict_label_map({1: model}, plane(load_image(case))), cases, [1],
                                progress=False)
     return float(np.mean([r["dice"] for r in rows])) if rows else None
 

@@ -30,11 +30,11 @@ SETS = ["kvasir_seg", "ph2_derm", "dsb2018_nuclei", "busi", "drishti_gs1_odoc", 
 
 def images(data: Path, split: str, per_set: int, size: int) -> list[np.ndarray]:
     """``per_set`` evenly spaced images of ``split`` of every set, prepared as the encoder takes them."""
-    from medseg.data.cases import load_case, plane
+    from medseg.data.cases import load_image, plane
     from medseg.data.datasets import dataset_cases, evenly_spaced
     from medseg.data.preprocess import prepare_image
 
-    return [prepare_image(plane(load_case(case)[0]), size)[0].numpy()
+    return [prepare_image(plane(load_image(case)), size)[0].numpy()
             for name in SETS for case in evenly_spaced(dataset_cases(data / name, split), per_set)]
 
 

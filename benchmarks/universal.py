@@ -52,7 +52,7 @@ import torch  # noqa: E402
 from medseg.data.tasks import TaskSource, load_tasks  # noqa: E402
 from medseg.data.datasets import dataset_cases  # noqa: E402
 from medseg.eval.evaluate import evaluate_case  # noqa: E402
-from medseg.data.cases import load_case, plane  # noqa: E402
+from medseg.data.cases import load_image, plane  # noqa: E402
 from medseg.eval.report import Report  # noqa: E402
 from medseg.infer.automatic import AutoSegmenter  # noqa: E402
 from medseg.models import build_model  # noqa: E402
@@ -135,7 +135,7 @@ def unet_dice(checkpoints: dict[int, Path], task: TaskSource, cases) -> float:
     """U-Net(s) -> label map (later classes win where they overlap, so the cup lies inside the disc),
     scored by the automatic protocol (:func:`medseg.eval.automatic.score_label_maps`)."""
     models = {cid: build_model("unet", checkpoint=path) for cid, path in checkpoints.items()}
-    rows, _ = score_label_maps(lambda case: predict_label_map(models, plane(load_case(case)[0])), cases, list(task.classes),
+    rows, _ = score_label_maps(lambda case: predict_label_map(models, plane(load_image(case))), cases, list(task.classes),
                                progress=False)
     return float(np.mean([r["dice"] for r in rows]))
 

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from medseg.errors import InputError
-from medseg.data.cases import Case, load_case, plane
+from medseg.data.cases import Case, load_case, load_image, plane
 
 
 def test_grey_and_rgb_planes(tmp_path):
@@ -66,6 +66,8 @@ def test_a_patch_of_a_3d_case_reads_that_region_of_image_and_mask(tmp_path):
     np.testing.assert_array_equal(image.array, whole_image.array[:, 1:3, 0:4, 2:6])
     np.testing.assert_array_equal(label.array, whole_label.array[1:3, 0:4, 2:6])
     assert image.array[0, 0, 0, 0] == data[2, 0, 1]  # (z, y, x) of the patch = data[x, y, z]
+    np.testing.assert_array_equal(load_image(patch).array, image.array)  # the image alone, the same cut
+    np.testing.assert_array_equal(load_image(case).array, whole_image.array)
 
 
 def test_a_patch_outside_the_case_or_empty_is_refused(tmp_path):

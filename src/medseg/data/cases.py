@@ -102,6 +102,15 @@ def _cut(array: np.ndarray, patch: Patch, case: Case, shape: tuple[int, ...]) ->
     return array[..., z0:z1, y0:y1, x0:x1]
 
 
+def load_image(case: Case) -> Image:
+    """The case's image alone, (C, Z, Y, X), cut to its patch: for code that reads the mask itself (an
+    evaluation scores against the whole label file) and would otherwise read it twice."""
+    image = _read_channels(case)
+    if case.patch is not None:
+        image = dataclasses.replace(image, array=_cut(image.array, case.patch, case, image.array.shape[1:]))
+    return image
+
+
 def load_case(case: Case) -> tuple[Image, Label | None]:
     """Read a case: ``(Image (C, Z, Y, X), Label (Z, Y, X) or None)``, checked to share one grid.
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from medseg.data.cases import Case, load_case, plane_2d
+from medseg.data.cases import Case, load_image, plane_2d
 from medseg.data.datasets import evaluation_cases
 from medseg.eval.metrics import case_metrics
 from medseg.errors import InputError
@@ -84,7 +84,19 @@ def class_summary(rows: list[dict], class_ids) -> dict:
 
 
 def _plane_of(case: Case) -> np.ndarray:
-    return plane_2d(load_case(case)[0], "automatic evaluation")
+    return plane_2d(load_image(case), "automatic evaluation")
+
+
+def _auto_result(dataset_dir, split: str, task: str, classes: dict[int, str], rows: list[dict], errors: list[dict],
+                 missing: dict[str, str]) -> dict:
+    """The result dict of an automatic evaluation (see :func:`evaluate_auto`); InputError when nothing scored."""
+    errors = errors + [{"stem": stem, "error": what} for stem, what in missing.items()]
+    if not rows:
+        raise InputError(f"{dataset_dir}: no case of split {split!r} could be scored ({len(errors)} errors, e.g. "
+                         f"{errors[0]['error'] if errors else 'none'})")
+    per_class = {cid: float(np.mean([r["dice"] for r in rows if r["class_id"] == cid])) for cid in classes}
+    return {"dataset": str(dataset_dir), "split": split, "task": task, "classes": dict(classes), "cases": rows,
+            "per_class": per_class, "mean_dice": float(np.mean([r["dice"] for r in rows])), "errors": errors}
 
 
 def evaluate_auto(segmenter, dataset_dir: str | Path, task: str, split: str = "test", limit: int | None = None,
@@ -99,14 +111,7 @@ def evaluate_auto(segmenter, dataset_dir: str | Path, task: str, split: str = "t
     cases, missing = evaluation_cases(dataset_dir, split, limit)
     rows, errors = score_label_maps(lambda case: segmenter.segment(_plane_of(case), task).labels, cases,
                                     list(info.classes), progress, desc=f"auto {task}")
-    errors += [{"stem": stem, "error": what} for stem, what in missing.items()]
-    if not rows:
-        raise InputError(f"{dataset_dir}: no case of split {split!r} could be scored ({len(errors)} errors, e.g. "
-                         f"{errors[0]['error'] if errors else 'none'})")
-    per_class = {cid: float(np.mean([r["dice"] for r in rows if r["class_id"] == cid])) for cid in info.classes}
-    return {"dataset": str(dataset_dir), "split": split, "task": task, "classes": dict(info.classes),
-            "cases": rows, "per_class": per_class, "mean_dice": float(np.mean([r["dice"] for r in rows])),
-            "errors": errors}
+    return _auto_result(dataset_dir, split, task, info.classes, rows, errors, missing)
 
 
 def evaluate_volumes_auto(model, dataset_dir: str | Path, split: str = "test", limit: int | None = None,
@@ -132,7 +137,7 @@ def evaluate_volumes_auto(model, dataset_dir: str | Path, split: str = "test", l
     seconds: list[float] = []
 
     def segment(case: Case) -> np.ndarray:
-        image = load_case(case)[0]
+        image = load_image(case)
         if image.array.shape[1] == 1:
             raise InputError(f"{case.image_path}: a 2D picture; a 3D model segments volumes")
         start = time.perf_counter()
@@ -141,14 +146,8 @@ def evaluate_volumes_auto(model, dataset_dir: str | Path, split: str = "test", l
         return labels
 
     rows, errors = score_label_maps(segment, cases, list(classes), progress, desc=f"auto {name or '3D'}")
-    errors += [{"stem": stem, "error": what} for stem, what in missing.items()]
-    if not rows:
-        raise InputError(f"{dataset_dir}: no case of split {split!r} could be scored ({len(errors)} errors, e.g. "
-                         f"{errors[0]['error'] if errors else 'none'})")
-    per_class = {cid: float(np.mean([r["dice"] for r in rows if r["class_id"] == cid])) for cid in classes}
-    return {"dataset": str(dataset_dir), "split": split, "task": name or "3D model", "classes": classes,
-            "cases": rows, "per_class": per_class, "mean_dice": float(np.mean([r["dice"] for r in rows])),
-            "errors": errors, "seconds_per_case": statistics.median(seconds) if seconds else None}
+    result = _auto_result(dataset_dir, split, name or "3D model", classes, rows, errors, missing)
+    return {**result, "seconds_per_case": statistics.median(seconds) if seconds else None}
 
 
 def print_auto(result: dict) -> None:
