@@ -11,13 +11,17 @@ and returns the hidden states after the blocks ``layers`` (1-based).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
 
+@functools.lru_cache(maxsize=16)
 def sincos_position_code(grid: tuple[int, ...], dim: int) -> torch.Tensor:
     """(prod(grid), dim) fixed position code: for each axis, sines and cosines of its index at
-    ``dim / (2 * len(grid))`` frequencies (MAE's code, one block of channels per axis)."""
+    ``dim / (2 * len(grid))`` frequencies (MAE's code, one block of channels per axis). Cached: every
+    forward of a patch size asks for the same code (callers do not modify it)."""
     axes = len(grid)
     per_axis = dim // (2 * axes)
     if per_axis * 2 * axes != dim:

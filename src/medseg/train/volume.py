@@ -42,8 +42,9 @@ from medseg.train.objectives import Objective, RunContext, register_objective
 
 
 def planned_volumes(cases, plan: Plan, progress: bool = True) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Every case preprocessed by ``plan``: [(image (C, Z, Y, X) float32, label (Z, Y, X) int64 class index)],
-    the label's ids mapped to indices (0 background, k for ``plan.classes[k - 1]``)."""
+    """Every case preprocessed by ``plan``: [(image (C, Z, Y, X) float32, label (Z, Y, X) class index, uint8
+    below 255 classes: an eighth of int64's memory)], the label's ids mapped to indices (0 background, k
+    for ``plan.classes[k - 1]``)."""
     lookup = {c: k + 1 for k, c in enumerate(plan.classes)}
     out = []
     for case in tqdm(cases, desc="preprocess", unit="volume", disable=not progress, leave=False):
@@ -53,7 +54,7 @@ def planned_volumes(cases, plan: Plan, progress: bool = True) -> list[tuple[np.n
         if unknown:
             raise InputError(f"{case.mask_path}: label ids {unknown} are not among the plan's classes "
                              f"{plan.classes}; plan from a split that holds every class")
-        index = np.zeros(y.shape, dtype=np.int64)
+        index = np.zeros(y.shape, dtype=np.uint8 if len(plan.classes) < 255 else np.int32)
         for cid, k in lookup.items():
             index[y == cid] = k
         out.append((x, index))
@@ -91,7 +92,8 @@ class Patches(Dataset):
         else:
             centre = [int(rng.integers(n)) for n in y.shape]
         image, target = extract_patch(x, y, centre, self.patch, self.augment.draw(rng))
-        return {"image": torch.from_numpy(image), "target": torch.from_numpy(target)[None], "index": index}
+        return {"image": torch.from_numpy(image), "target": torch.from_numpy(target.astype(np.int64))[None],
+                "index": index}
 
 
 class WholeVolumes(Dataset):
