@@ -164,7 +164,6 @@ def _predict_volume_auto(args: argparse.Namespace, image) -> int:
         raise InputError(f"model {args.model!r} segments with no prompt; drop --box/--point")
     if image.array.shape[1] == 1:
         raise InputError(f"{args.input}: a 2D picture; model {args.model!r} segments volumes")
-    _set_threads(args.threads)
     model = _volume_model(args)
     labels = segment_volume_auto(model, image, mirror=args.mirror)
     result = FileResult(labels.astype(np.uint8 if labels.max() < 256 else np.uint16), image, labels.shape[0] // 2, [])
@@ -177,7 +176,8 @@ def _predict_volume_auto(args: argparse.Namespace, image) -> int:
 
 
 def _volume_model(args: argparse.Namespace):
-    """A planned 3D model: ``--checkpoint``, else its shipped weights (``medseg models``), on ``--device``."""
+    """A planned 3D model: ``--checkpoint``, else its shipped weights (``medseg models``), on ``--device``
+    with ``--threads``."""
     from .models import build_model
     from .models.build import has_published_weights
 
@@ -185,6 +185,7 @@ def _volume_model(args: argparse.Namespace):
         raise InputError(f"model {args.model!r} has no shipped weights: give --checkpoint from a 'volume' run "
                          f"(`medseg train configs/unet3d_hippocampus.yaml`), or use a shipped 3D model "
                          f"(`medseg models`)")
+    _set_threads(args.threads)
     model = build_model(args.model, pretrained=args.checkpoint is None, checkpoint=args.checkpoint)
     return model.to(_device(args.device))
 
@@ -264,7 +265,6 @@ def _evaluate_auto(args: argparse.Namespace, outputs: dict[str, Path | None]) ->
     if args.model in VOLUMETRIC:
         if args.task:
             raise InputError(f"model {args.model!r} segments the classes of its own plan; drop --task")
-        _set_threads(args.threads)
         result = evaluate_volumes_auto(_volume_model(args), args.dataset, args.split, args.limit,
                                        progress=not args.no_progress, mirror=args.mirror, name=args.model)
     else:

@@ -151,17 +151,18 @@ def make_plan(fp: Fingerprint, patch_voxels: int = PATCH_VOXELS, divisor: int = 
     """The plan for a fingerprint (rules in the module docstring); ``target_spacing`` (Z, Y, X) mm
     replaces the rule's spacing (a coarser one lets a patch hold a whole organ, nnU-Net's "3d_lowres")."""
     spacings, shapes = np.array(fp.spacings, dtype=float), np.array(fp.shapes, dtype=float)
-    target = np.median(spacings, axis=0)
-    coarse = [a for a in range(3) if target[a] > ANISOTROPY * target.min()]
     median_extent = np.median(spacings * shapes, axis=0)  # mm
-    for a in coarse:  # few thick slices: the 10th percentile keeps the thinner ones of some cases
-        if median_extent[a] / target[a] < 3 * divisor:
-            target[a] = max(np.percentile(spacings[:, a], 10), target.min())
     if target_spacing is not None:
         if len(target_spacing) != 3 or not all(float(t) > 0 for t in target_spacing):
             raise InputError(f"target spacing {list(target_spacing)}: give three positive numbers (Z, Y, X) in mm")
         target = np.array(target_spacing, dtype=float)
         coarse = [a for a in range(3) if target[a] > ANISOTROPY * target.min()]
+    else:
+        target = np.median(spacings, axis=0)
+        coarse = [a for a in range(3) if target[a] > ANISOTROPY * target.min()]
+        for a in coarse:  # few thick slices: the 10th percentile keeps the thinner ones of some cases
+            if median_extent[a] / target[a] < 3 * divisor:
+                target[a] = max(np.percentile(spacings[:, a], 10), target.min())
     median_shape = np.maximum(np.round(median_extent / target), 1).astype(int)
     patch = np.array([max(divisor, math.ceil(s / divisor) * divisor) for s in median_shape])
     while patch.prod() > patch_voxels and patch.max() > divisor:

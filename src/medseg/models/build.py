@@ -142,6 +142,7 @@ def build_mae3d_tiny():
     return MaskedAutoencoder(_vit3d_encoder(tiny=True), levels=2, decoder_dim=48, decoder_heads=2)
 
 
+ASSETS = Path(__file__).resolve().parent / "assets"  # weights trained here and shipped, each with its JSON
 PROMPTABLE: dict[str, Callable[[], PromptableSegmenter]] = {
     "litemedsam": build_litemedsam,
     "litemedsam-tiny": build_litemedsam_tiny,
@@ -154,8 +155,8 @@ AUTOMATIC: dict[str, Callable] = {"unet": build_unet, "unet-tiny": build_unet_ti
 # 3D models trained here on a train split and shipped (float16 safetensors with the plan and classes inside,
 # and a JSON of how each was made): name -> (architecture, weights).
 SHIPPED_VOLUMETRIC: dict[str, tuple[str, Path]] = {
-    "la-heart-3d": ("unet3d", Path(__file__).resolve().parent / "assets" / "la_heart_3d_fp16.safetensors"),
-    "hippocampus-3d": ("unet3d", Path(__file__).resolve().parent / "assets" / "hippocampus_3d_fp16.safetensors"),
+    "la-heart-3d": ("unet3d", ASSETS / "la_heart_3d_fp16.safetensors"),
+    "hippocampus-3d": ("unet3d", ASSETS / "hippocampus_3d_fp16.safetensors"),
 }
 AUTOMATIC.update({name: AUTOMATIC[arch] for name, (arch, _) in SHIPPED_VOLUMETRIC.items()})
 VOLUMETRIC = ("unet3d", "unet3d-tiny", "vit3d", "vit3d-tiny", *SHIPPED_VOLUMETRIC)  # automatic, of volumes
@@ -168,7 +169,6 @@ PRETRAINED: dict[str, Callable[[], Path]] = {"litemedsam": litemedsam_weights_pa
                                              **{name: (lambda w=w: w) for name, (_, w) in SHIPPED_VOLUMETRIC.items()}}
 # Distilled students: published = an image encoder distilled here (medseg/models/assets, float16, with
 # a JSON of how it was made) + the teacher's prompt encoder and mask decoder, unchanged.
-ASSETS = Path(__file__).resolve().parent / "assets"
 DISTILLED: dict[str, tuple[Path, Callable[[], Path]]] = {
     "hr-small": (ASSETS / "hr_small_distilled_fp16.safetensors", litemedsam_weights_path)}
 DECODER_PARTS = ("prompt_encoder.", "mask_decoder.")

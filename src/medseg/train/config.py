@@ -83,7 +83,7 @@ class OptimConfig:
     min_lr_ratio: float = 0.1
     grad_clip: float | None = 1.0    # max global gradient norm; None: no clipping
     accumulate: int = 1              # micro-batches per optimizer step
-    layer_decay: float | None = None # layer-wise LR decay of a ViT (vit3d): layer l of L gets lr * decay**(L - l)
+    layer_decay: float | None = None # layer-wise LR decay of a ViT (vit3d): layer l of L gets lr * decay**(L - 1 - l)
 
 
 @dataclass

@@ -78,7 +78,7 @@ def _build(config: Config) -> tuple[torch.nn.Module, Config]:
 
         load_encoder_weights(model, m.init_encoder)
     if m.trainable in PEFT_KINDS and getattr(model, "peft", None) is None:  # a checkpoint may hold it already
-        if not hasattr(model, "image_encoder") or not hasattr(model, "peft"):
+        if not hasattr(model, "peft"):  # a promptable model's slot for encoder fine-tuning
             raise InputError(f"config key 'model.trainable': {m.trainable!r} fine-tunes a promptable model's image "
                              f"encoder, and {m.name!r} has none")
         add_peft(model, m.trainable, m.lora_rank)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from medseg.errors import InputError
+from medseg.models.peft import PEFT_KINDS
 from medseg.train.config import OptimConfig
 
 # Top-level parts of a PromptableSegmenter that train under each ``model.trainable`` choice
@@ -19,9 +20,8 @@ TRAINABLE_PARTS: dict[str, tuple[str, ...] | None] = {
     "encoder_frozen": None,
     "automatic": ("automatic",),  # a universal model's prompt-free head (medseg.models.universal)
     "all": (),
-    "adapters": ("peft", "mask_decoder"),  # the frozen encoder's adapters (medseg.models.peft) + the decoder
-    "frequency_adapter": ("peft", "mask_decoder"),  # the same, the adapters fed with high frequencies
-    "lora": ("peft", "mask_decoder"),      # the frozen encoder's low-rank updates + the decoder
+    # the frozen encoder's adapters or low-rank updates (medseg.models.peft) + the mask decoder
+    **{kind: ("peft", "mask_decoder") for kind in PEFT_KINDS},
 }
 
 
