@@ -1,4 +1,4 @@
-"""Parameter-efficient fine-tuning (adapters, LoRA) of the image encoders: it starts as the identity,
+"""Parameter-efficient fine-tuning (adapters, LoRA, a conv branch) of the image encoders: it starts as the identity,
 only its parameters and the mask decoder train, gradients reach it through the frozen encoder, it
 round-trips through a checkpoint, and LoRA folds into the weights (and so into an ONNX export)."""
 
@@ -25,11 +25,13 @@ def inputs(model):
     return torch.rand(2, 3, s, s), torch.tensor([[4.0, 6.0, s * 0.6, s * 0.7], [s * 0.2, s * 0.1, s - 3.0, s - 5.0]])
 
 
-def perturb(peft) -> None:
-    """Move every parameter away from its zero start, as training would."""
+def perturb(model) -> None:
+    """Move every parameter of the fine-tuning (and of a fusion head, which a conv branch feeds) away from
+    its zero start, as training would."""
     gen = torch.Generator().manual_seed(1)
+    fusion = model.mask_decoder.fusion
     with torch.no_grad():
-        for p in peft.parameters():
+        for p in [*model.peft.parameters(), *([] if fusion is None else fusion.parameters())]:
             p.add_(0.05 * torch.randn(p.shape, generator=gen))
 
 
@@ -42,15 +44,17 @@ def test_fine_tuning_starts_as_the_identity_and_trains_alone_with_the_decoder(na
     added = add_peft(model, kind, rank=4)
     torch.testing.assert_close(run(model, images, boxes), before)
     trainable, total = select_trainable(model, kind)
-    decoder = sum(p.numel() for p in model.mask_decoder.parameters())
-    assert trainable == added + decoder and 0 < added < 0.5 * total
+    heads = sum(p.numel() for n, p in model.mask_decoder.named_parameters() if not n.startswith("transformer."))
+    assert trainable == sum(p.numel() for p in model.peft.parameters()) + heads and 0 < added < 0.5 * total
+    assert added <= trainable  # a conv branch's new fusion head is among the decoder's heads
     assert not any(p.requires_grad for p in model.image_encoder.parameters())
 
-    perturb(model.peft)
+    perturb(model)
     assert not torch.allclose(run(model, images, boxes), before)
     forward = TrainForward(model).train()
     embedding, features = forward.encode(images)  # the encoder is frozen, but its fine-tuning is not
-    embedding.square().mean().backward()
+    maps = [] if features is None else list(features.values())
+    sum(x.square().mean() for x in [embedding, *maps]).backward()
     assert all(p.grad is not None for p in model.peft.parameters() if p.requires_grad)
     assert all(p.grad is None for p in model.image_encoder.parameters())
 
@@ -61,7 +65,7 @@ def test_a_fine_tuned_checkpoint_rebuilds_its_adapters_before_loading(kind, tmp_
 
     model = build_model("litemedsam-tiny")
     add_peft(model, kind, rank=3)
-    perturb(model.peft)
+    perturb(model)
     path = tmp_path / "tuned.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     loaded = build_model("litemedsam-tiny", checkpoint=path)
@@ -76,7 +80,7 @@ def test_lora_folds_into_the_weights_and_exports_as_a_plain_graph(tmp_path):
 
     model = build_model("litemedsam-tiny")
     add_peft(model, "lora", rank=4)
-    perturb(model.peft)
+    perturb(model)
     images, boxes = inputs(model)
     tuned = run(model, images, boxes)
     export_model(model, tmp_path / "onnx", "litemedsam-tiny")

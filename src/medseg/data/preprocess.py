@@ -94,11 +94,25 @@ def prepare_image(image: np.ndarray, size: int, modality: str | None = None) -> 
     return x, Resized((h, w), new_hw, size)
 
 
-def logits_to_input_size(logits: torch.Tensor, record: Resized) -> torch.Tensor:
-    """(N, M, size, size) low-res logits -> (N, M, H, W) logits at the original resolution."""
+def logits_to_input_size(logits: torch.Tensor, record: Resized,
+                         output_hw: tuple[int, int] | None = None) -> torch.Tensor:
+    """(N, M, size, size) low-res logits -> (N, M, H, W) logits at the original resolution (or ``output_hw``,
+    a grid of another size over the same image)."""
     h, w = record.resized_hw
     cropped = logits[..., :h, :w]
-    return F.interpolate(cropped, size=record.original_hw, mode="bilinear", align_corners=False)
+    return F.interpolate(cropped, size=output_hw or record.original_hw, mode="bilinear", align_corners=False)
+
+
+def input_grid(record: Resized, output_hw: tuple[int, int] | None = None) -> torch.Tensor:
+    """(1, H' * W', 2) xy in model-input pixels of the pixel centres of an (H', W') grid over the original
+    image (default its own (H, W) pixels), row by row: pixel (i, j) lies at ((j + 0.5) * w / W',
+    (i + 0.5) * h / H'), (h, w) being the image's extent in the model input; where
+    :func:`logits_to_input_size` samples, for a decoder that answers at points (``decode(..., at=)``)."""
+    (h, w), (oh, ow) = record.resized_hw, output_hw or record.original_hw
+    y = (torch.arange(oh, dtype=torch.float32) + 0.5) * (h / oh)
+    x = (torch.arange(ow, dtype=torch.float32) + 0.5) * (w / ow)
+    yy, xx = torch.meshgrid(y, x, indexing="ij")
+    return torch.stack([xx.flatten(), yy.flatten()], -1)[None]
 
 
 def label_frame(label: np.ndarray, size: int) -> np.ndarray:

@@ -96,13 +96,17 @@ def export_model(model: PromptableSegmenter, out: str | Path, name: str, precisi
                  overwrite: bool = False) -> ExportInfo:
     """Write ``out/encoder.onnx``, ``out/decoder.onnx`` and ``out/export.json``; returns the ExportInfo.
 
-    Raises InputError for an unknown precision, a model that is not promptable, an existing file
+    Raises InputError for an unknown precision, a model that is not promptable or has an implicit
+    decoder, an existing file
     without ``overwrite``, or a graph the exporter cannot write (with the exporter's reason)."""
     if precision not in EXPORT_PRECISIONS:
         raise InputError(f"unknown precision {precision!r} for export; use one of {', '.join(EXPORT_PRECISIONS)} "
                          f"(bf16 is chosen when running: --precision bf16)")
     if not isinstance(model, PromptableSegmenter):
         raise InputError(f"model {name!r} is not promptable (a U-Net?): only promptable models export to ONNX")
+    if model.has_implicit_decoder:
+        raise InputError(f"model {name!r} has an implicit decoder (model.decoder: implicit), which the ONNX graphs "
+                         f"do not hold yet; run it with engine 'torch'")
     onnx = require("onnx", "onnx")
     out = Path(out)
     info = ExportInfo(name, precision, weights_digest(model), model.image_size,

@@ -13,12 +13,12 @@ import torch
 
 from ..errors import InputError
 from ..models import PromptableSegmenter
-from ..data.preprocess import Resized, logits_to_input_size, prepare_image
+from ..data.preprocess import Resized, input_grid, logits_to_input_size, prepare_image
 
 
 @dataclass
 class Prediction:
-    """masks (N, M, H, W) bool; scores (N, M) predicted IoU; logits (N, M, S, S) low-resolution
+    """masks (N, M, H, W) bool (or the ``output_hw`` asked for); scores (N, M) predicted IoU; logits (N, M, S, S) low-resolution
     logits in the model-input frame (S = model image size), usable as ``mask_input`` later."""
 
     masks: np.ndarray
@@ -118,15 +118,23 @@ class Predictor:
     @torch.no_grad()
     def predict(self, box: np.ndarray | None = None, points: np.ndarray | None = None,
                 point_labels: np.ndarray | None = None, mask_input: np.ndarray | None = None,
-                multimask: bool = False) -> Prediction:
+                multimask: bool = False, output_hw: tuple[int, int] | None = None) -> Prediction:
         """Segment N objects, one prompt set each.
 
         box: (4,) or (N, 4); points: (K, 2) or (N, K, 2); point_labels: (K,) or (N, K), 1 positive,
         0 negative (default all positive); mask_input: (N, 1, S, S) or (1, S, S) logits from an earlier
         ``Prediction.logits``. Boxes reaching past the image are clipped to it; a box wholly outside,
         an inverted box or a point outside the image is an ``InputError``.
+
+        The masks are (N, M, H, W) at the image's own resolution, or on an ``output_hw`` (H', W') grid over
+        it. A model with an implicit decoder decodes them at those pixels' centres; others upsample
+        the S x S logits bilinearly.
         """
         h, w = self.image_hw
+        if output_hw is not None and (len(output_hw) != 2 or min(output_hw) < 1):
+            raise InputError(f"output_hw must be (height, width) >= 1, got {output_hw}")
+        implicit = getattr(self.model, "has_implicit_decoder", False)
+        grid = input_grid(self.record, output_hw).to(self.device) if implicit else None
         boxes = None if box is None else self._check_boxes(np.asarray(box, dtype=np.float64), h, w)
         pts, labels = (None, None) if points is None else self._check_points(points, point_labels, h, w)
         mask_input = None if mask_input is None else self._check_mask_input(mask_input)
@@ -145,7 +153,11 @@ class Predictor:
                 m = mask_input[sl] if mask_input.shape[0] > 1 else np.repeat(mask_input, sl.stop - sl.start, 0)
                 tm = torch.as_tensor(m, device=self.device)
             low, iou = self.model.decode(self.embedding, tb, tp, tm, multimask, self.features)
-            full = logits_to_input_size(low, self.record)
+            if implicit:
+                at, _ = self.model.decode(self.embedding, tb, tp, tm, multimask, self.features, at=grid)
+                full = at.unflatten(-1, output_hw or (h, w))
+            else:
+                full = logits_to_input_size(low, self.record, output_hw)
             masks.append((full > 0).cpu().numpy())
             scores.append(iou.float().cpu().numpy())
             logits.append(low.float().cpu().numpy())

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from .common import MLP, LayerNorm2d
+from .implicit import ImplicitDecoder, sample_at
 from .transformer import TwoWayTransformer
 
 
@@ -13,10 +14,12 @@ class MaskDecoder(nn.Module):
     """Predicts ``num_multimask + 1`` masks per prompt set; the first answers unambiguous prompts.
 
     forward(image_embeddings (B or 1, C, E, E), image_pe (1, C, E, E), sparse (B, N, C),
-    dense (B, C, E, E), multimask, features=None, query=None) -> logits (B, M, 4E, 4E), iou (B, M) with
-    M = 3 (``multimask``) or 1, or all 4 with ``multimask=None`` (an exported graph returns them all).
-    ``query`` (B, C), optional, is added to the single-mask output token (a per-modality
-    decoding query of the automatic head, :mod:`medseg.models.universal`).
+    dense (B, C, E, E), multimask, features=None, query=None, at=None, refine=True) -> logits (B, M, 4E, 4E),
+    iou (B, M) with M = 3 (``multimask``) or 1, or all 4 with ``multimask=None`` (an exported graph returns
+    them all). ``query`` (B, C), optional, is added to the single-mask output token (a per-modality
+    decoding query of the automatic head, :mod:`medseg.models.universal`). ``at`` (B or 1, P, 2) xy in
+    [0, 1] of the input frame: logits (B, M, P) at those points instead, from the implicit decoder when
+    there is one (and ``refine``), else sampled bilinearly from the 4E x 4E logits.
     """
 
     def __init__(self, transformer: TwoWayTransformer, dim: int = 256, num_multimask: int = 3,
@@ -34,6 +37,7 @@ class MaskDecoder(nn.Module):
             MLP(dim, dim, dim // 8, 3) for _ in range(self.num_mask_tokens))
         self.iou_prediction_head = MLP(dim, iou_head_hidden, self.num_mask_tokens, iou_head_depth)
         self.fusion: FeatureFusion | None = None  # set by a builder: a high-resolution mask head
+        self.implicit: ImplicitDecoder | None = None  # set by add_implicit_decoder: logits at any point
 
     def _upscale(self, x: torch.Tensor, features: dict[str, torch.Tensor] | None) -> torch.Tensor:
         """(B, C, E, E) -> (B, C/8, 4E, 4E); with a fusion head, the encoder's stride-8 and stride-4 maps
@@ -47,7 +51,8 @@ class MaskDecoder(nn.Module):
     def forward(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor,
                 dense: torch.Tensor, multimask: bool | None = False,
                 features: dict[str, torch.Tensor] | None = None,
-                query: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                query: torch.Tensor | None = None, at: torch.Tensor | None = None,
+                refine: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         b = sparse.shape[0]
         out_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight]).unsqueeze(0).expand(b, -1, -1)
         if query is not None:  # onto token 1, the single-mask token
@@ -66,7 +71,14 @@ class MaskDecoder(nn.Module):
         logits = (hyper @ upscaled.view(bu, cu, hu * wu)).view(bu, -1, hu, wu)
         iou = self.iou_prediction_head(iou_out)
         keep = slice(None) if multimask is None else slice(1, None) if multimask else slice(0, 1)
-        return logits[:, keep], iou[:, keep]
+        logits, iou = logits[:, keep], iou[:, keep]
+        if at is None:
+            return logits, iou
+        at = at.to(logits.dtype).expand(b, -1, -1)
+        if self.implicit is None or not refine:
+            return sample_at(logits, at), iou
+        image = image.transpose(1, 2).reshape(b, c, h, w)
+        return self.implicit(at, logits, upscaled, image, mask_out[:, keep]), iou
 
 
 class FeatureFusion(nn.Module):

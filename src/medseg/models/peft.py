@@ -1,8 +1,9 @@
 """Parameter-efficient fine-tuning of a promptable model's image encoder (issue #16): bottleneck adapters
 in every encoder block (SAM-Med2D), the same fed with high frequencies (I-MedSAM's frequency adapter),
-or low-rank updates of its attention and MLP projections (LoRA).
+low-rank updates of its attention and MLP projections (LoRA), or a convolutional branch beside it
+(SAM-UNet).
 
-``add_peft(model, "adapters" | "frequency_adapter" | "lora", rank)`` puts the new parameters in
+``add_peft(model, "adapters" | "frequency_adapter" | "lora" | "conv_branch", rank)`` puts the new parameters in
 ``model.peft`` (so a state dict holds ``peft.*`` beside the untouched ``image_encoder.*``, whose names
 and values stay as published):
 
@@ -15,9 +16,12 @@ and values stay as published):
 * **lora**: every ``nn.Linear`` of the encoder (attention q/k/v and output projections, MLP layers)
   gets ``x W^T + b + (alpha / r) x A^T B^T`` with ``A`` (r, in), ``B`` (out, r) starting at zero
   (:class:`~medseg.models.lowrank.LowRankUpdates`); :func:`merge_lora` folds them into the weights
-  (``W += (alpha / r) B A``) for export, after which the model is a plain one again.
+  (``W += (alpha / r) B A``) for export, after which the model is a plain one again;
+* **conv_branch**: a light CNN on the image (:class:`~medseg.models.conv_branch.ConvBranch`) whose
+  stride-4/8 maps enter the mask decoder's upsampling through the fusion head (a model without one,
+  LiteMedSAM, gets a zero-initialised head: ``mask_decoder.fusion.*``); the encoder runs unchanged.
 
-Both start as the identity (the model computes what it computed before) and are added by forward hooks,
+All start as the identity (the model computes what it computed before) and are added by forward hooks,
 so the encoder's code is unchanged. The kind and rank are kept in the buffer ``peft.spec`` (UTF-8 JSON),
 so :func:`adopt_peft` rebuilds them before a checkpoint's tensors load (``build_model(..., checkpoint=)``).
 """
@@ -30,12 +34,14 @@ from functools import partial
 import torch
 from torch import nn
 
+from .conv_branch import BRANCH_WIDTHS, ConvBranch
 from .hrencoder import InvertedResidual
 from .linear_attention import GLABlock
 from .lowrank import LowRankUpdates
+from .mask_decoder import FeatureFusion
 from .tinyvit import MBConv, TinyViTBlock
 
-PEFT_KINDS = ("adapters", "frequency_adapter", "lora")
+PEFT_KINDS = ("adapters", "frequency_adapter", "lora", "conv_branch")
 ADAPTED_BLOCKS = (MBConv, TinyViTBlock, InvertedResidual, GLABlock)
 """The encoder blocks an adapter follows: (B, C, H, W) conv blocks and (B, N, C) token blocks."""
 ADAPTER_REDUCTION = 4
@@ -120,16 +126,25 @@ def _channels(block: nn.Module) -> int:
 
 
 class PEFT(nn.Module):
-    """The fine-tuned parameters of a model's encoder: ``spec`` (kind, rank) and the adapters or LoRA set."""
+    """The fine-tuned parameters of a model's encoder: ``spec`` (kind, rank) and the adapters, the LoRA set
+    or the conv branch (``branch``; ``model`` gives its sizes: ``image_size``, the prompt encoder's
+    embedding size, and whether its decoder fuses encoder maps)."""
 
-    def __init__(self, encoder: nn.Module, kind: str, rank: int) -> None:
+    def __init__(self, model: nn.Module, kind: str, rank: int) -> None:
         super().__init__()
         if kind not in PEFT_KINDS:
             raise ValueError(f"unknown fine-tuning kind {kind!r}; use one of {', '.join(PEFT_KINDS)}")
         self.kind, self.rank = kind, int(rank)
         self.register_buffer("spec", torch.tensor(list(json.dumps({"kind": kind, "rank": rank}).encode()),
                                                   dtype=torch.uint8))
-        if kind in ("adapters", "frequency_adapter"):
+        encoder = model.image_encoder
+        self.branch = None
+        if kind == "conv_branch":
+            fusion = model.mask_decoder.fusion
+            adds_to = None if fusion is None else (fusion.from_stride4[0].in_channels,
+                                                   fusion.from_stride8[0].in_channels)
+            self.branch = ConvBranch(model.image_size, model.prompt_encoder.embedding_size[0], adds_to)
+        elif kind in ("adapters", "frequency_adapter"):
             self.adapters = EncoderAdapters(encoder, FrequencyAdapter if kind == "frequency_adapter" else Adapter)
         else:
             self.lora = LowRankUpdates(encoder, alpha=LORA_ALPHA)
@@ -143,8 +158,13 @@ def add_peft(model: nn.Module, kind: str, rank: int = 8) -> int:
     if getattr(model, "peft", None) is not None:
         raise ValueError(f"the model has {model.peft.kind} fine-tuning already")
     device = next(model.image_encoder.parameters()).device
-    model.peft = PEFT(model.image_encoder, kind, rank).to(device)
-    return sum(p.numel() for p in model.peft.parameters())
+    model.peft = PEFT(model, kind, rank).to(device)
+    added = sum(p.numel() for p in model.peft.parameters())
+    if kind == "conv_branch" and model.mask_decoder.fusion is None:  # the branch is the head's only source
+        c4, c8 = BRANCH_WIDTHS
+        model.mask_decoder.fusion = FeatureFusion(c4, c8, dim=model.mask_decoder.iou_token.weight.shape[1]).to(device)
+        added += sum(p.numel() for p in model.mask_decoder.fusion.parameters())
+    return added
 
 
 def adopt_peft(model: nn.Module, state: dict[str, torch.Tensor]) -> None:

@@ -18,6 +18,13 @@ def resize_square(maps: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(maps, size=(size, size), mode="bilinear", align_corners=False)
 
 
+def pixel_centres(size: int, device: torch.device | None = None) -> torch.Tensor:
+    """(1, size * size, 2) xy of the pixel centres of a size x size frame, row by row."""
+    c = torch.arange(size, dtype=torch.float32, device=device) + 0.5
+    y, x = torch.meshgrid(c, c, indexing="ij")
+    return torch.stack([x.flatten(), y.flatten()], -1)[None]
+
+
 class PromptableSegmenter(nn.Module):
     """image_encoder + prompt_encoder + mask_decoder.
 
@@ -35,10 +42,19 @@ class PromptableSegmenter(nn.Module):
         self.peft = None  # parameter-efficient fine-tuning of the encoder (medseg.models.peft.add_peft)
 
     def adopt_state(self, state: dict[str, torch.Tensor]) -> None:
-        """Before ``state`` (a checkpoint) loads strictly: add the encoder fine-tuning it holds, if any."""
+        """Before ``state`` (a checkpoint) loads strictly: add the encoder fine-tuning and the implicit
+        decoder it holds, if any."""
+        from .implicit import add_implicit_decoder
         from .peft import adopt_peft
 
         adopt_peft(self, state)
+        if self.mask_decoder.implicit is None and any(k.startswith("mask_decoder.implicit.") for k in state):
+            add_implicit_decoder(self)
+
+    @property
+    def has_implicit_decoder(self) -> bool:
+        """Whether the mask decoder has an implicit decoder: logits at any point (``decode(..., at=)``)."""
+        return self.mask_decoder.implicit is not None
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) normalised to [0, 1] -> embedding (B, 256, E, E) (LiteMedSAM E = S/4, HR E = S/16)."""
@@ -50,7 +66,11 @@ class PromptableSegmenter(nn.Module):
         return getattr(self.mask_decoder, "fusion", None) is not None
 
     def encode_features(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
-        """-> (embedding, {"stride4", "stride8"} maps for the high-resolution mask head, or None)."""
+        """-> (embedding, {"stride4", "stride8"} maps for the high-resolution mask head, or None); with a
+        conv branch (``peft.branch``) the maps are (or include) the branch's."""
+        branch = getattr(self.peft, "branch", None)
+        if branch is not None:
+            return branch.encode(self.image_encoder, images)
         if self.uses_features:
             return self.image_encoder.forward_features(images)
         return self.encode(images), None
@@ -58,13 +78,18 @@ class PromptableSegmenter(nn.Module):
     def decode(self, embedding: torch.Tensor, boxes: torch.Tensor | None = None,
                points: tuple[torch.Tensor, torch.Tensor] | None = None, masks: torch.Tensor | None = None,
                multimask: bool = False, features: dict[str, torch.Tensor] | None = None,
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+               at: torch.Tensor | None = None, refine: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompts for B objects -> logits (B, M, S, S) at the model input's resolution, iou (B, M).
 
         embedding: (1 or B, 256, E, E); boxes (B, 4) x0,y0,x1,y1; points ((B,K,2) xy, (B,K) labels);
         masks (B, 1, H, W) logits from an earlier round (resized to the mask-prompt size 4E if needed);
         features: the encoder's stride-4/8 maps (``encode_features``), required by a high-resolution
         mask head. Coordinates in model-input pixels.
+
+        at: (B or 1, P, 2) continuous xy in model-input pixels (pixel (i, j)'s centre is (j + 0.5, i + 0.5)):
+        logits (B, M, P) at those points instead (:func:`medseg.data.preprocess.input_grid` gives the
+        input image's own pixels). With an implicit decoder the S x S logits are its output at the pixel
+        centres too; ``refine=False`` gives the upsampling decoder's under it (training's cheap rounds).
         """
         if self.uses_features and features is None:
             raise ValueError("this model's mask head fuses encoder features: decode(..., features=...) from "
@@ -73,9 +98,17 @@ class PromptableSegmenter(nn.Module):
             masks = resize_square(masks, 4 * self.prompt_encoder.embedding_size[0])
         sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=masks)
         extra = {"features": features} if self.uses_features else {}
+        size = self.image_size
+        grid = at is None and refine and self.has_implicit_decoder
+        if grid:
+            at = pixel_centres(size, embedding.device)
+        if at is not None:
+            extra.update(at=at / size, refine=refine)
         logits, iou = self.mask_decoder(embedding, self.prompt_encoder.get_dense_pe(), sparse, dense, multimask,
                                         **extra)
-        return resize_square(logits, self.image_size), iou
+        if grid:
+            return logits.unflatten(-1, (size, size)), iou
+        return (logits if at is not None else resize_square(logits, size)), iou
 
     def forward(self, images: torch.Tensor, boxes: torch.Tensor | None = None,
                 points: tuple[torch.Tensor, torch.Tensor] | None = None, masks: torch.Tensor | None = None,

@@ -16,7 +16,8 @@ only the prompt encoder and mask decoder (~15-150 ms instead of ~1.5-3 s per ima
 It runs in the ordinary :func:`medseg.train.train` loop (configs, checkpoints, resume), so the saved
 checkpoint is a full state dict (encoder weights unchanged) that ``build_model(name, checkpoint=...)``
 and ``medseg evaluate --checkpoint`` load. ``model.trainable`` must leave the encoder frozen
-(decoder, prompt_decoder or encoder_frozen).
+(decoder, prompt_decoder, encoder_frozen, or conv_branch: SAM-UNet's branch beside the frozen encoder,
+whose items then carry the prepared image too, :class:`PreparedImages`).
 
 The objects come from ``data.root``, or from every dataset of a task file (``data.tasks``, optionally
 only ``data.task_names``), each with its task's intensity window, together in one set
@@ -40,13 +41,13 @@ from torch.utils.data import ConcatDataset, Dataset
 from medseg.data.cases import Case
 from medseg.data.datasets import class_names, dataset_cases, open_dataset
 from medseg.data.masks import frame_objects
-from medseg.data.preprocess import label_frame
+from medseg.data.preprocess import label_frame, prepare_image
 from medseg.data.prompts import object_box
 from medseg.errors import InputError
 from medseg.io import read_label
 from medseg.train import ddp
 from medseg.train.config import Config
-from medseg.train.embeddings import EmbeddingStore, build_embeddings
+from medseg.train.embeddings import EmbeddingStore, build_embeddings, load_plane
 from medseg.train.objectives import PromptedObjective, RunContext, register_objective, require_image_size
 
 FROZEN_ENCODER = ("decoder", "prompt_decoder", "encoder_frozen")
@@ -66,16 +67,32 @@ def case_objects(cases: list[Case], size: int, min_pixels: int,
     return found, shapes
 
 
+class PreparedImages:
+    """The model inputs (3, S, S) of cases, prepared on first use and kept as float16 (a conv branch reads
+    the image beside the cached embedding): ``images[case_index]``."""
+
+    def __init__(self, cases: list[Case], size: int, modality: str | None) -> None:
+        self.cases, self.size, self.modality, self.kept = cases, size, modality, {}
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        if index not in self.kept:
+            x, _ = prepare_image(load_plane(self.cases[index].image_path), self.size, self.modality)
+            self.kept[index] = x[0].half()
+        return self.kept[index].float()
+
+
 class CachedObjects(Dataset):
     """One item per object, its image's embedding read from an :class:`EmbeddingStore`.
 
-    ``dataset[i]`` -> ``{"embedding": (256, E, E), "box": (4,), "target": (1, S, S), "index": i}``.
+    ``dataset[i]`` -> ``{"embedding": (256, E, E), "box": (4,), "target": (1, S, S), "index": i}``, and
+    ``"image"`` (3, S, S) when given ``images`` (:class:`PreparedImages`).
     """
 
     def __init__(self, cases: list[Case], objects: list[tuple[int, np.ndarray]], store: EmbeddingStore,
-                 box_jitter: float = 0.0, seed: int = 0) -> None:
+                 box_jitter: float = 0.0, seed: int = 0, images: PreparedImages | None = None) -> None:
         self.cases, self.store, self.box_jitter, self.seed, self.epoch = cases, store, box_jitter, seed, 0
-        self.items = [(cases[c].stem, np.packbits(mask), mask.shape) for c, mask in objects]
+        self.items = [(cases[c].stem, np.packbits(mask), mask.shape, c) for c, mask in objects]
+        self.images = images
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -84,11 +101,12 @@ class CachedObjects(Dataset):
         return len(self.items)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
-        stem, packed, shape = self.items[index]
+        stem, packed, shape, case = self.items[index]
         mask = np.unpackbits(packed, count=shape[0] * shape[1]).reshape(shape).astype(bool)
         box = object_box(mask, self.box_jitter, [self.seed, self.epoch, index], self.store.resized_hw(stem))
-        return {"embedding": self.store.embedding(stem), "box": torch.from_numpy(box),
+        item = {"embedding": self.store.embedding(stem), "box": torch.from_numpy(box),
                 "target": torch.from_numpy(mask.astype(np.float32))[None], "index": index}
+        return item if self.images is None else {**item, "image": self.images[case]}
 
 
 class ObjectsOfSeveral(ConcatDataset):
@@ -156,20 +174,24 @@ def embeddings_main_first(run: RunContext, cases: list[Case], *, model: torch.nn
 class CachedSupervisedObjective(PromptedObjective):
     """Prompted fine-tuning of the prompt encoder / mask decoder on cached embeddings."""
 
-    trainable, trains = FROZEN_ENCODER, "needs a frozen image encoder"
+    trainable, trains = FROZEN_ENCODER + ("conv_branch",), "needs a frozen image encoder"
 
     def make_datasets(self, run: RunContext) -> tuple[Dataset, Dataset | None]:
         """The train and val objects of ``data.root``, or of every task of ``data.tasks`` together."""
         d = self.config.data
-        if run.model.uses_features:
+        branch = getattr(getattr(run.model, "peft", None), "branch", None)  # a conv branch reads the images
+        if run.model.uses_features and (branch is None or branch.adds_to is not None):
             raise InputError(f"model {self.config.model.name!r} has a high-resolution mask head that reads the "
                              f"encoder's stride-4/8 maps, which cached embeddings lack: use objective 'supervised'")
         sources = self.sources()
-        seed = self.config.train.seed
+        seed, size = self.config.train.seed, require_image_size(self.config)
 
         def split(name: str, jitter: float, roots) -> Dataset:
-            parts = [CachedObjects(*split_embeddings(self.config, name, run, root, modality, seed), jitter, seed + k)
-                     for k, (root, modality) in enumerate(roots)]
+            parts = []
+            for k, (root, modality) in enumerate(roots):
+                cases, objects, store = split_embeddings(self.config, name, run, root, modality, seed)
+                images = PreparedImages(cases, size, modality) if branch is not None else None
+                parts.append(CachedObjects(cases, objects, store, jitter, seed + k, images))
             return parts[0] if len(parts) == 1 else ObjectsOfSeveral(parts)
 
         # a dataset of several without a split file trains only: its every split is all of it
@@ -196,6 +218,6 @@ class CachedSupervisedObjective(PromptedObjective):
             raise InputError(f"config key 'data.task_names': {unknown} not in {d.tasks} (it has {', '.join(tasks)})")
         return [(tasks[n].root, tasks[n].normalisation) for n in (d.task_names or list(tasks))]
 
-    def encoded(self, encode, batch: dict):
-        """The cached embedding (B, 256, E, E); no encoder features."""
-        return batch["embedding"], None
+    def encoded(self, encode, batch: dict, model):
+        """The cached embedding (B, 256, E, E), and a conv branch's maps of the batch's images (or None)."""
+        return batch["embedding"], (model.peft.branch(batch["image"]) if "image" in batch else None)

@@ -23,11 +23,12 @@ import yaml
 from medseg.errors import InputError
 
 TRAINABLE = ("encoder", "decoder", "prompt_decoder", "encoder_frozen", "automatic", "all", "adapters",
-             "frequency_adapter", "lora")
+             "frequency_adapter", "lora", "conv_branch")
+DECODERS = ("sam", "implicit")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 PIXEL_LOSSES = ("bce", "focal")
 FIRST_PROMPTS = ("box", "point", "mixed")
-CHOICES: dict[str, tuple[str, ...]] = {"model.trainable": TRAINABLE, "train.amp": AMP_MODES,
+CHOICES: dict[str, tuple[str, ...]] = {"model.trainable": TRAINABLE, "model.decoder": DECODERS, "train.amp": AMP_MODES,
                                        "train.pixel_loss": PIXEL_LOSSES, "train.first_prompt": FIRST_PROMPTS}
 """The allowed values of the config keys that take one of a few words."""
 
@@ -68,9 +69,11 @@ class ModelConfig:
     checkpoint: str | None = None    # start from these weights instead of the published ones
     weights: str = "shipped"         # with pretrained: shipped (medseg's click-trained decoder) | published
     init_encoder: str | None = None  # then replace the image encoder by these weights (a distilled encoder)
-    trainable: str = "decoder"       # one of TRAINABLE; adapters / frequency_adapter / lora: the encoder frozen,
-                                     # its adapters or low-rank updates and the mask decoder train (models.peft)
+    trainable: str = "decoder"       # one of TRAINABLE; adapters / frequency_adapter / lora / conv_branch: the
+                                     # encoder frozen, its adapters, low-rank updates or conv branch and the mask
+                                     # decoder's heads train (models.peft)
     lora_rank: int = 8               # trainable: lora: the rank of the updates
+    decoder: str = "sam"             # sam | implicit: add I-MedSAM's implicit decoder (masks at any resolution)
     activation_checkpointing: bool = False
 
 

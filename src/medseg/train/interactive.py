@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from medseg.data.prompt_sim import clicks_from_errors
+from medseg.models.implicit import sample_at
 from medseg.train.losses import per_candidate_loss, segmentation_loss
 from medseg.data.masks import dice_per_item, iou_per_item
 
@@ -124,14 +125,49 @@ def batch_rng(seed: int, epoch: int, index: torch.Tensor) -> np.random.Generator
     return np.random.default_rng([seed, epoch, *index.flatten().tolist()])
 
 
+REFINE_POINTS = 2048   # points per object the implicit decoder is trained on, per step
+UNCERTAIN_SHARE = 0.75  # of them, where the upsampling decoder is least sure; the rest uniform
+OVERSAMPLE = 3          # candidates drawn per uncertain point
+
+
+def uncertain_points(coarse: torch.Tensor, rng: np.random.Generator, count: int = REFINE_POINTS) -> torch.Tensor:
+    """I-MedSAM's uncertainty-guided sampling: coarse logits (B, 1, S, S) -> (B, count, 2) continuous xy in
+    model-input pixels: of ``OVERSAMPLE * count`` uniform candidates, the ``UNCERTAIN_SHARE`` whose
+    (bilinear) logit is nearest 0, and uniform points for the rest."""
+    b, size = coarse.shape[0], coarse.shape[-1]
+    uncertain = int(count * UNCERTAIN_SHARE)
+    drawn = torch.from_numpy(rng.random((b, OVERSAMPLE * uncertain + count - uncertain, 2), dtype=np.float32))
+    drawn = drawn.to(coarse.device)
+    candidates, uniform = drawn[:, :OVERSAMPLE * uncertain], drawn[:, OVERSAMPLE * uncertain:]
+    closeness = -sample_at(coarse.float(), candidates)[:, 0].abs()  # (B, candidates)
+    pick = closeness.topk(uncertain, dim=1).indices
+    chosen = torch.gather(candidates, 1, pick[..., None].expand(-1, -1, 2))
+    return torch.cat([chosen, uniform], 1) * size
+
+
+def refinement_loss(decode_at: Callable[[torch.Tensor], torch.Tensor], coarse: torch.Tensor, target: torch.Tensor,
+                    rng: np.random.Generator) -> torch.Tensor:
+    """BCE of the implicit decoder at :func:`uncertain_points` of the upsampling decoder's ``coarse`` logits
+    (B, 1, S, S), against the target (B, 1, S, S) at those points (its pixel there).
+    ``decode_at(points (B, P, 2) xy in model-input pixels) -> logits (B, 1, P)``."""
+    points = uncertain_points(coarse.detach(), rng)
+    truth = F.grid_sample(target.float(), (points / target.shape[-1] * 2 - 1)[:, None], mode="nearest",
+                          align_corners=False)[:, :, 0]  # (B, 1, P)
+    return F.binary_cross_entropy_with_logits(decode_at(points).float(), truth)
+
+
 def chain_loss(decode: Decode, box: torch.Tensor, target: torch.Tensor, cfg, dice_loss: Callable,
-               rng: np.random.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+               rng: np.random.Generator, refine: Callable | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Mean segmentation loss over the rounds of one training chain per item (one round, the box,
     when ``train.click_rounds`` is 0 and ``train.first_prompt`` is "box": plain box training).
 
     With ``train.multimask``, every round also trains the IoU head (MSE to the mask's true IoU), and a
     chain that starts from a click adds the loss of the best of the lone click's multimask candidates
     (SAM's ambiguity-aware loss) and their IoU-head loss, so the best-scored candidate is the best one.
+
+    ``refine(boxes, click, coarse logits) -> loss`` (a model with an implicit decoder, whose chain
+    rounds ``decode`` with the upsampling decoder) adds the implicit decoder's loss on round 0's prompt
+    (:func:`refinement_loss`).
     """
     first = resolve_first(cfg.first_prompt, rng)
     chain, click = chain_outputs(decode, box, target, cfg.click_rounds, first, rng)
@@ -149,6 +185,10 @@ def chain_loss(decode: Decode, box: torch.Tensor, target: torch.Tensor, cfg, dic
             parts["multimask_loss"] = best.detach()
         loss = loss + iou
         parts["iou_loss"] = iou.detach()
+    if refine is not None:
+        fine = refine(box if first == "box" else None, click, chain[0][0])
+        loss = loss + fine
+        parts["refine_loss"] = fine.detach()
     return loss, parts
 
 

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from medseg.errors import InputError
 from medseg.models import build_model, list_models
+from medseg.models.implicit import add_implicit_decoder
 from medseg.models.peft import PEFT_KINDS, add_peft
 from medseg.train import ddp
 from medseg.train.checkpoint import SUFFIXES, has_checkpoint, load_checkpoint, read_meta, save_checkpoint
@@ -82,6 +83,11 @@ def _build(config: Config) -> tuple[torch.nn.Module, Config]:
             raise InputError(f"config key 'model.trainable': {m.trainable!r} fine-tunes a promptable model's image "
                              f"encoder, and {m.name!r} has none")
         add_peft(model, m.trainable, m.lora_rank)
+    if m.decoder == "implicit" and not getattr(model, "has_implicit_decoder", False):
+        if not hasattr(model, "has_implicit_decoder"):
+            raise InputError(f"config key 'model.decoder': 'implicit' refines a promptable model's mask decoder, "
+                             f"and {m.name!r} has none")
+        add_implicit_decoder(model)
     size = config.data.image_size
     if size is not None and size != model.image_size:
         raise InputError(f"config key 'data.image_size' is {size}, but model {m.name!r} takes "

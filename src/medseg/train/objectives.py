@@ -32,7 +32,7 @@ from medseg.errors import InputError
 from medseg.train import ddp
 from medseg.train.config import Config
 from medseg.train.datasets import PromptedObjects
-from medseg.train.interactive import batch_rng, chain_loss, chain_validation
+from medseg.train.interactive import batch_rng, chain_loss, chain_validation, refinement_loss
 
 
 @dataclass
@@ -128,8 +128,9 @@ class PromptedObjective(Objective):
         self.train_cfg = config.train
         self.dice_loss = DiceLoss(sigmoid=True)
 
-    def encoded(self, encode: Callable, batch: dict):
-        """(embedding (B, 256, E, E), encoder features or None) of a batch; ``encode(images)`` encodes."""
+    def encoded(self, encode: Callable, batch: dict, model: torch.nn.Module):
+        """(embedding (B, 256, E, E), encoder features or None) of a batch; ``encode(images)`` encodes,
+        ``model`` is the bare model."""
         return encode(batch["image"])
 
     def loss(self, forward: Callable, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -139,10 +140,18 @@ class PromptedObjective(Objective):
         rng = batch_rng(cfg.seed, self.epoch, batch["index"])
 
         def step(f):
-            embedding, features = self.encoded(f.encode, batch)
+            embedding, features = self.encoded(f.encode, batch, f.model)
+            implicit = getattr(f.model, "has_implicit_decoder", False)
+            # an implicit decoder trains on sampled points of round 0; the rounds use the decoder under it
             decode = lambda b, p, m, multimask=False: f.decode(embedding, b, p, m, multimask,  # noqa: E731
-                                                                 features=features)
-            return chain_loss(decode, batch["box"], batch["target"], cfg, self.dice_loss, rng)
+                                                                 features=features, refine=not implicit)
+
+            def refine(b, p, coarse):
+                at = lambda points: f.decode(embedding, b, p, None, features=features, at=points)[0]  # noqa: E731
+                return refinement_loss(at, coarse, batch["target"], rng)
+
+            return chain_loss(decode, batch["box"], batch["target"], cfg, self.dice_loss, rng,
+                              refine if implicit else None)
 
         return forward(step)
 
@@ -155,7 +164,7 @@ class PromptedObjective(Objective):
         def batches():
             for batch in loader:
                 batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-                embedding, features = self.encoded(model.encode_features, batch)
+                embedding, features = self.encoded(model.encode_features, batch, model)
                 decode = lambda b, p, m, e=embedding, f=features: model.decode(e, b, p, m, features=f)  # noqa: E731
                 yield decode, batch["box"], batch["target"]
 

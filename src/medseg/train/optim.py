@@ -11,8 +11,8 @@ from medseg.errors import InputError
 from medseg.models.peft import PEFT_KINDS
 from medseg.train.config import OptimConfig
 
-# Top-level parts of a PromptableSegmenter that train under each ``model.trainable`` choice
-# (None: every part but the image encoder).
+# Parts (parameter-name prefixes) of a PromptableSegmenter that train under each ``model.trainable``
+# choice (None: every part but the image encoder).
 TRAINABLE_PARTS: dict[str, tuple[str, ...] | None] = {
     "encoder": ("image_encoder",),
     "decoder": ("mask_decoder",),
@@ -20,9 +20,16 @@ TRAINABLE_PARTS: dict[str, tuple[str, ...] | None] = {
     "encoder_frozen": None,
     "automatic": ("automatic",),  # a universal model's prompt-free head (medseg.models.universal)
     "all": (),
-    # the frozen encoder's adapters or low-rank updates (medseg.models.peft) + the mask decoder
+    # the frozen encoder's adapters, low-rank updates or conv branch (medseg.models.peft) + the mask decoder's
+    # heads (upsampling, fusion, hypernetworks, IoU, an implicit decoder); its two-way transformer stays as
+    # published, so a PEFT run trains ~1 M parameters, not the decoder's 4 M
     **{kind: ("peft", "mask_decoder") for kind in PEFT_KINDS},
 }
+FROZEN_IN_PEFT = ("mask_decoder.transformer",)
+
+
+def _under(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
 def select_trainable(model: nn.Module, trainable: str) -> tuple[int, int]:
@@ -30,14 +37,14 @@ def select_trainable(model: nn.Module, trainable: str) -> tuple[int, int]:
     if trainable not in TRAINABLE_PARTS:
         raise InputError(f"config key 'model.trainable': {trainable!r} is not one of {', '.join(TRAINABLE_PARTS)}")
     parts = TRAINABLE_PARTS[trainable]
+    frozen = FROZEN_IN_PEFT if trainable in PEFT_KINDS else ()
     for name, param in model.named_parameters():
-        top = name.split(".", 1)[0]
         if trainable == "all":
             param.requires_grad_(True)
         elif parts is None:
-            param.requires_grad_(top != "image_encoder")
+            param.requires_grad_(not _under(name, ("image_encoder",)))
         else:
-            param.requires_grad_(top in parts)
+            param.requires_grad_(_under(name, parts) and not _under(name, frozen))
     counts = [(p.numel(), p.requires_grad) for p in model.parameters()]
     return sum(n for n, g in counts if g), sum(n for n, _ in counts)
 
@@ -81,9 +88,9 @@ class TrainForward(nn.Module):
             return self.model.encode_features(images)
 
     def decode(self, embedding: torch.Tensor, boxes=None, points=None, masks=None, multimask: bool = False,
-               features=None):
-        """The model's ``decode``: -> (logits (B, M, S, S), iou (B, M))."""
-        return self.model.decode(embedding, boxes, points, masks, multimask, features=features)
+               features=None, **kwargs):
+        """The model's ``decode``: -> (logits (B, M, S, S), iou (B, M)); ``kwargs``: ``at``, ``refine``."""
+        return self.model.decode(embedding, boxes, points, masks, multimask, features=features, **kwargs)
 
 
 def bare_model(model: nn.Module) -> nn.Module:
