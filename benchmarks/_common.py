@@ -97,3 +97,13 @@ def timed_train(config, run_dir: Path, budget: float, first_epochs: int = 100) -
     budgeted = dataclasses.replace(config.train, epochs=first_epochs, time_budget_s=budget)
     result = train(dataclasses.replace(config, train=budgeted), run_dir, overwrite=True)
     return run_summary(result, time.perf_counter() - start)
+
+
+def set_roots(data: Path, names: list[str], work: Path, quick_counts: dict[str, int] | None):
+    """``(name, folder)`` of each dataset: ``data / name``, or with ``quick_counts`` a subset of links to that
+    many evenly spaced cases per split, written under ``work / "subsets"`` (a smoke test's data)."""
+    from medseg.data.datasets import write_subset
+
+    for name in names:
+        root = data / name
+        yield name, (root if quick_counts is None else write_subset(root, work / "subsets" / name, quick_counts))

@@ -49,13 +49,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DEFAULT_DATA, EMBEDDING_CACHE, REPO, THREADS, require_data, set_threads, timed_train, write_json  # noqa: E402
+from _common import DEFAULT_DATA, EMBEDDING_CACHE, REPO, THREADS, require_data, set_roots, set_threads, timed_train, write_json  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from medseg.data.cases import load_image, plane  # noqa: E402
-from medseg.data.datasets import dataset_cases, write_subset  # noqa: E402
+from medseg.data.datasets import dataset_cases  # noqa: E402
 from medseg.eval.automatic import score_label_maps  # noqa: E402
 from medseg.eval.evaluate import evaluate_case  # noqa: E402
 from medseg.eval.interactive import interact_case  # noqa: E402
@@ -258,10 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     datasets = {}
     with tempfile.TemporaryDirectory(prefix="medseg_finetune_") as tmp:
         work = Path(tmp)
-        for name in args.sets:
-            root = args.data / name
-            if args.quick:
-                root = write_subset(root, work / "subsets" / name, QUICK_COUNTS)
+        for name, root in set_roots(args.data, args.sets, work, QUICK_COUNTS if args.quick else None):
             datasets[name] = run_set(name, root, work / "runs", budget, cache, args.quick)
     result = {"datasets": datasets, "quick": args.quick, "counts": QUICK_COUNTS if args.quick else None,
               "budget_s": budget, "threads": THREADS, "device": "cpu", "seconds": round(time.time() - start, 1),

@@ -47,7 +47,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (DEFAULT_DATA, EMBEDDING_CACHE, REPO, THREADS, peak_mb_from_time, require_data,  # noqa: E402
-                     set_threads, timed_train, write_json)
+                     set_roots, set_threads, timed_train, write_json)
 
 SETS = ["isbi2012_em", "dsb2018_nuclei", "drishti_gs1_odoc", "kvasir_seg"]
 FINE_SETS = ("isbi2012_em", "dsb2018_nuclei", "drishti_gs1_odoc/cup")  # where the targets are judged
@@ -214,18 +214,13 @@ def main(argv: list[str] | None = None) -> int:
         return child(args)
     require_data(args.data)
     set_threads()
-    from medseg.data.datasets import write_subset
-
     cache = (args.cache or EMBEDDING_CACHE).expanduser().resolve()
     budget = args.budget or (QUICK_BUDGET_S if args.quick else BUDGET_S)
     start = time.time()
     datasets: dict = {}
     with tempfile.TemporaryDirectory(prefix="medseg_peft_") as tmp:
         work = Path(tmp)
-        for name in args.sets:
-            root = args.data / name
-            if args.quick:
-                root = write_subset(root, work / "subsets" / name, QUICK_COUNTS)
+        for name, root in set_roots(args.data, args.sets, work, QUICK_COUNTS if args.quick else None):
             datasets.update(run_set(name, root, work / "runs", budget, cache, args.device, args.quick, args.methods))
     import torch
 

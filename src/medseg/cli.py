@@ -139,9 +139,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.model in VOLUMETRIC:
         return _predict_volume_auto(args, image)
     predictor = _predictor(args)
+    output_hw = None if args.output_size is None else (args.output_size[1], args.output_size[0])
     result = segment_file(predictor, image, boxes=args.box, points=args.point,
                           negative_points=args.negative_point, slices=args.slices, key_slice=args.key_slice,
-                          modality=args.modality, propagate=args.propagate, multimask=args.multimask)
+                          modality=args.modality, propagate=args.propagate, multimask=args.multimask,
+                          output_hw=output_hw)
     out, ov = _write_outputs(result, args.out, args.overlay, args.overwrite)
     n = int(result.labels.max())
     print(f"{n} object(s), {int((result.labels > 0).sum())} voxels -> {out}")
@@ -423,6 +425,20 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+MAX_OUTPUT_SIDE = 16384
+
+
+def _output_side(text: str) -> int:
+    """An --output-size side: an integer in 1..MAX_OUTPUT_SIDE (argparse reports anything else)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of pixels") from None
+    if not 1 <= value <= MAX_OUTPUT_SIDE:
+        raise argparse.ArgumentTypeError(f"{value} pixels: give a side from 1 to {MAX_OUTPUT_SIDE}")
+    return value
+
+
 def _floats(n: int):
     return {"nargs": n, "type": float, "action": "append", "metavar": ("X", "Y") if n == 2 else None}
 
@@ -451,6 +467,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="volumes: prompt each slice with the box of the previous slice's mask instead of the fixed box")
     p.add_argument("--modality", help="CT or MR: selects the intensity window (default: from the file)")
     p.add_argument("--multimask", action="store_true", help="predict 3 candidates and keep the best scored")
+    p.add_argument("--output-size", nargs=2, type=_output_side, metavar=("WIDTH", "HEIGHT"),
+                   help="2D pictures: write the mask on a grid of this size over the picture (a model with an "
+                        "implicit decoder decodes it there; others upsample); default the picture's own pixels")
     p.add_argument("--mirror", action="store_true",
                    help="3D models (la-heart-3d, unet3d ...): average the 8 mirrored predictions (test-time augmentation)")
     p.add_argument("--prompts", type=Path, help="replay a session's prompts (medseg serve's 'Prompts JSON') to its label map")

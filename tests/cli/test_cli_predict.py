@@ -219,3 +219,32 @@ def test_argparse_errors_exit_2(cli, png):
     with pytest.raises(SystemExit) as exc:
         cli("predict")  # no input
     assert exc.value.code == 2
+
+
+def test_output_size_writes_the_mask_and_overlay_on_that_grid(cli, png, tmp_path):
+    import torch
+
+    out, ov = tmp_path / "m.png", tmp_path / "ov.png"
+    torch.manual_seed(0)  # the same random tiny model for both runs
+    r = cli("predict", png, *BOX, "--output-size", 120, 80, "--out", out, "--overlay", ov, *TINY)
+    assert r.rc == 0, r.err
+    _, size, arr = _read(out)
+    assert size == (120, 80) and arr.shape == (80, 120)
+    assert _read(ov)[1] == (120, 80)
+    small = tmp_path / "small.png"
+    torch.manual_seed(0)
+    assert cli("predict", png, *BOX, "--out", small, *TINY).rc == 0
+    # the same mask on a finer grid: the share of the picture it covers stays (its outline moves by subpixels)
+    assert abs((arr > 0).mean() - (_read(small)[2] > 0).mean()) < 0.02
+
+
+@pytest.mark.parametrize("size", [["0", "10"], ["70000", "10"], ["1.5", "3"]])
+def test_a_bad_output_size_is_named(cli, png, tmp_path, size, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli("predict", png, *BOX, "--output-size", *size, "--out", tmp_path / "m.png", *TINY)
+    assert exc.value.code == 2 and "--output-size" in capsys.readouterr().err
+
+
+def test_an_output_size_for_a_volume_is_refused(cli, nifti, tmp_path):
+    r = cli("predict", nifti, "--box", 5, 5, 1, 30, 30, 3, "--output-size", 64, 64, "--out", tmp_path / "m.nii.gz", *TINY)
+    assert r.rc == 2 and "output size applies to 2D pictures" in r.err and not (tmp_path / "m.nii.gz").exists()

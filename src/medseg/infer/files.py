@@ -33,7 +33,7 @@ def segment_file(predictor: Predictor, path: str | Path | Image, boxes: list[lis
                  points: list[list[float]] | None = None, negative_points: list[list[float]] | None = None,
                  slices: tuple[int, int] | None = None, key_slice: int | None = None,
                  modality: str | None = None, propagate: bool = False, multimask: bool = False,
-                 progress: bool = True) -> FileResult:
+                 progress: bool = True, output_hw: tuple[int, int] | None = None) -> FileResult:
     """Segment the objects of one file (``path``, or an :class:`~medseg.io.Image` already read from it).
 
     2D: each box (x0, y0, x1, y1) is one object; points (x, y) and negative points belong to the
@@ -44,6 +44,9 @@ def segment_file(predictor: Predictor, path: str | Path | Image, boxes: list[lis
     path = image.meta.source
     boxes = [list(map(float, b)) for b in (boxes or [])]
     pos, neg = [list(map(float, p)) for p in (points or [])], [list(map(float, p)) for p in (negative_points or [])]
+    if output_hw is not None and (image.array.shape[1] > 1 or image.meta.affine is not None):
+        raise InputError(f"{path}: an output size applies to 2D pictures (PNG, JPEG, BMP, TIFF), whose pixels have "
+                         f"no world geometry to keep; drop --output-size")
     if image.array.shape[1] > 1:
         return _segment_volume(predictor, image, boxes, pos + neg, slices, key_slice, propagate, progress)
     if any(len(b) != 4 for b in boxes):
@@ -62,13 +65,37 @@ def segment_file(predictor: Predictor, path: str | Path | Image, boxes: list[lis
         lab = np.array([1] * len(pos) + [0] * len(neg))
         kwargs.update(points=pts[None], point_labels=lab[None])
     kwargs["multimask"] = multimask or is_lone_click(kwargs.get("box"), pts, None)
-    out = predictor.predict(**kwargs)
+    out = predictor.predict(**kwargs, output_hw=output_hw)
     best = out.scores.argmax(axis=1)
-    labels = np.zeros(predictor.image_hw, dtype=np.uint8)
+    labels = np.zeros(out.masks.shape[2:], dtype=np.uint8)
     for k, m in enumerate(out.masks[np.arange(len(best)), best]):
         labels[m] = k + 1
     scores = [float(s) for s in out.scores[np.arange(len(best)), best]]
+    if output_hw is not None:  # the picture and its prompts on the output grid, for the overlay
+        factor = np.array([output_hw[1] / image.array.shape[3], output_hw[0] / image.array.shape[2]])
+        image = resized_picture(image, output_hw)
+        kwargs["box"] = None if "box" not in kwargs else kwargs["box"] * np.tile(factor, 2)
+        pts = None if pts is None else pts * factor
     return FileResult(labels[None], image, 0, scores, kwargs.get("box"), pts, lab)
+
+
+def resized_picture(image: Image, output_hw: tuple[int, int]) -> Image:
+    """A 2D picture (C, 1, H, W) resampled (bilinear) to (C, 1, H', W'), in its own dtype, its pixel spacing
+    scaled so that it covers what the original did."""
+    import dataclasses
+
+    import torch
+    import torch.nn.functional as F
+
+    c, _, h, w = image.array.shape
+    x = torch.from_numpy(np.ascontiguousarray(image.array[:, 0], dtype=np.float32))[None]
+    array = F.interpolate(x, size=tuple(output_hw), mode="bilinear", align_corners=False)[0].numpy()
+    if np.issubdtype(image.array.dtype, np.integer):
+        info = np.iinfo(image.array.dtype)
+        array = np.clip(np.rint(array), info.min, info.max)
+    spacing = (image.meta.spacing[0], image.meta.spacing[1] * h / output_hw[0], image.meta.spacing[2] * w / output_hw[1])
+    meta = dataclasses.replace(image.meta, spacing=spacing, shape=(1, *output_hw))
+    return Image(array[:, None].astype(image.array.dtype), meta)
 
 
 def _segment_volume(predictor, image, boxes, points, slices, key_slice, propagate, progress) -> FileResult:
