@@ -55,7 +55,7 @@ BUDGET_S = 120
 QUICK_BUDGET_S = 20
 QUICK_COUNTS = {"train": 6, "val": 2, "test": 3}
 CONFIG = REPO / "configs" / "finetune_peft.yaml"
-CACHED = ["train.objective=supervised_cached", "train.steps_per_epoch=40"]
+CACHED = ["train.objective=supervised_cached", "train.steps_per_epoch=40", "data.augment=false"]
 METHODS: dict[str, list[str]] = {
     "decoder": ["model.trainable=decoder", *CACHED],
     "implicit": ["model.trainable=decoder", "model.decoder=implicit", *CACHED],

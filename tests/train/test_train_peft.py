@@ -47,3 +47,8 @@ def test_a_conv_branch_trains_beside_cached_embeddings(tiny_config, tmp_path):
     fusion = [v for k, v in state.items() if k.startswith("mask_decoder.fusion.") and k.endswith("2.weight")]
     assert fusion and all(v.abs().sum() > 0 for v in fusion)  # zero at the start: the branch's maps trained it
     assert any(k.startswith("peft.branch.") for k in state)
+
+
+def test_the_cached_objective_refuses_to_pretend_it_augments(tiny_config, tmp_path):
+    with pytest.raises(InputError, match="cannot augment"):
+        train(tiny_config(train__objective="supervised_cached", data__augment=True), tmp_path / "run")

@@ -176,6 +176,12 @@ class CachedSupervisedObjective(PromptedObjective):
 
     trainable, trains = FROZEN_ENCODER + ("conv_branch",), "needs a frozen image encoder"
 
+    def __init__(self, config: Config) -> None:
+        if config.data.augment:
+            raise InputError("objective 'supervised_cached' trains on embeddings computed once, so it cannot "
+                             "augment the images: set data.augment: false, or use objective 'supervised'")
+        super().__init__(config)
+
     def make_datasets(self, run: RunContext) -> tuple[Dataset, Dataset | None]:
         """The train and val objects of ``data.root``, or of every task of ``data.tasks`` together."""
         d = self.config.data
