@@ -59,20 +59,40 @@ def _build_hr_sam(encoder: HREncoder, decoder_mlp_dim: int = 2048) -> Promptable
         mask_decoder=decoder, image_size=size)
 
 
+HR_ENCODERS: dict[str, Callable[[], HREncoder]] = {
+    # gated-linear-attention encoder (3.3 M parameters, ~20 GFLOPs at 1024) -> 256x64x64
+    "hr-small": lambda: HREncoder(1024, dims=(32, 64, 160, 256), depths=(2, 2, 4, 2), num_heads=(5, 8)),
+    # a thinner, shallower encoder (1.4 M parameters, ~10 GFLOPs at 1024) -> 256x64x64
+    "hr-tiny": lambda: HREncoder(1024, dims=(24, 48, 128, 192), depths=(1, 2, 3, 1), num_heads=(4, 6)),
+    # a tiny random one at 256x256 for tests (embedding 256x16x16)
+    "hr-test": lambda: HREncoder(256, dims=(8, 16, 32, 32), depths=(1, 1, 1, 1), num_heads=(1, 1),
+                                 expand=(1.0, 1.0), mlp_ratio=1.0),
+}
+
+
 def build_hr_small() -> PromptableSegmenter:
     """HR-small: gated-linear-attention encoder (3.3 M parameters, ~20 GFLOPs at 1024) -> 256x64x64."""
-    return _build_hr_sam(HREncoder(1024, dims=(32, 64, 160, 256), depths=(2, 2, 4, 2), num_heads=(5, 8)))
+    return _build_hr_sam(HR_ENCODERS["hr-small"]())
 
 
 def build_hr_tiny() -> PromptableSegmenter:
     """HR-tiny: a thinner, shallower encoder (1.4 M parameters, ~10 GFLOPs at 1024) -> 256x64x64."""
-    return _build_hr_sam(HREncoder(1024, dims=(24, 48, 128, 192), depths=(1, 2, 3, 1), num_heads=(4, 6)))
+    return _build_hr_sam(HR_ENCODERS["hr-tiny"]())
 
 
 def build_hr_test() -> PromptableSegmenter:
     """A tiny random HR model at 256x256 for tests (embedding 256x16x16 and decoder as litemedsam-tiny's)."""
-    return _build_hr_sam(HREncoder(256, dims=(8, 16, 32, 32), depths=(1, 1, 1, 1), num_heads=(1, 1),
-                                   expand=(1.0, 1.0), mlp_ratio=1.0), decoder_mlp_dim=128)
+    return _build_hr_sam(HR_ENCODERS["hr-test"](), decoder_mlp_dim=128)
+
+
+def _mim(encoder: str) -> Callable:
+    """Masked-image pre-training of an HR encoder (medseg.models.mim2d, objective 'mae' on 2D images)."""
+    def build():
+        from .mim2d import MaskedImageModel
+
+        return MaskedImageModel(HR_ENCODERS[encoder](), dim=32 if encoder == "hr-test" else 96)
+
+    return build
 
 
 def build_unet():
@@ -160,7 +180,8 @@ SHIPPED_VOLUMETRIC: dict[str, tuple[str, Path]] = {
 }
 AUTOMATIC.update({name: AUTOMATIC[arch] for name, (arch, _) in SHIPPED_VOLUMETRIC.items()})
 VOLUMETRIC = ("unet3d", "unet3d-tiny", "vit3d", "vit3d-tiny", *SHIPPED_VOLUMETRIC)  # automatic, of volumes
-PRETRAINING: dict[str, Callable] = {"mae3d": build_mae3d, "mae3d-tiny": build_mae3d_tiny}  # objective 'mae' only
+PRETRAINING: dict[str, Callable] = {"mae3d": build_mae3d, "mae3d-tiny": build_mae3d_tiny,  # objective 'mae' only
+                                    **{f"mim-{name}": _mim(name) for name in HR_ENCODERS}}
 # Universal models (medseg.models.universal): a promptable base + an automatic head whose mask decoder
 # starts as a copy of the base's; pretrained = the base's published (or distilled) weights, no tasks yet.
 UNIVERSAL: dict[str, str] = {"universal": "litemedsam", "universal-hr": "hr-small", "universal-tiny": "litemedsam-tiny"}
