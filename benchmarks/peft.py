@@ -29,6 +29,9 @@ the budget is checked often). Embeddings are cached first, outside every budget.
 
     python benchmarks/peft.py [--quick] [--json OUT] [--sets isbi2012_em ...] [--methods lora ...]
     python benchmarks/peft.py --device cuda --budget 600      # on a GPU (the runs use bf16 there too)
+    python benchmarks/peft.py --sets kvasir_seg --merge benchmarks/results/peft.json   # add a set to a result
+
+The JSON is written after every set (``sets_done``), so a stopped run keeps what it measured.
 
 ``--quick``: ``QUICK_COUNTS`` images per split, ``QUICK_BUDGET_S`` per run: a smoke test of the
 protocol, not a result.
@@ -152,7 +155,8 @@ def run_set(name: str, root: Path, work: Path, budget: float, cache: Path, devic
                            **{k: run[k] for k in ("trainable_params", "peak_mb", "epochs", "steps", "seconds",
                                                   "best_val_dice", "best_epoch")}}
         r = results[method]
-        print(f"{name}: {method:<18} Dice {r['all']['dice']:.4f}  NSD {r['all']['nsd']:.4f}  "
+        shown = {k: "-" if r["all"][k] is None else f"{r['all'][k]:.4f}" for k in ("dice", "hd95", "nsd")}
+        print(f"{name}: {method:<18} Dice {shown['dice']}  HD95 {shown['hd95']}  NSD {shown['nsd']}  "
               f"{r['trainable_params'] / 1e6:.2f} M trainable  {r['epochs']} epochs / {r['steps']} steps  "
               f"peak {r['peak_mb'] or 0:.0f} MB", flush=True)
     classes = [k for k, v in results["zero_shot"].items() if isinstance(v, dict) and k not in ("all", EMPTY_NAME)]
@@ -206,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--budget", type=float, help=f"seconds per run (default {BUDGET_S}, --quick {QUICK_BUDGET_S})")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--merge", type=Path, help="add the sets run now to this earlier result file (same budget)")
     parser.add_argument("--child-overrides", help=argparse.SUPPRESS)
     parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
@@ -214,27 +219,35 @@ def main(argv: list[str] | None = None) -> int:
         return child(args)
     require_data(args.data)
     set_threads()
-    cache = (args.cache or EMBEDDING_CACHE).expanduser().resolve()
-    budget = args.budget or (QUICK_BUDGET_S if args.quick else BUDGET_S)
-    start = time.time()
-    datasets: dict = {}
-    with tempfile.TemporaryDirectory(prefix="medseg_peft_") as tmp:
-        work = Path(tmp)
-        for name, root in set_roots(args.data, args.sets, work, QUICK_COUNTS if args.quick else None):
-            datasets.update(run_set(name, root, work / "runs", budget, cache, args.device, args.quick, args.methods))
     import torch
 
-    result = {"datasets": datasets, "targets": targets(datasets), "quick": args.quick, "budget_s": budget,
-              "threads": THREADS, "device": args.device, "torch": torch.__version__,
-              "methods": {m: METHODS[m] for m in args.methods}, "config": str(CONFIG.relative_to(REPO)),
-              "seconds": round(time.time() - start, 1),
+    cache = (args.cache or EMBEDDING_CACHE).expanduser().resolve()
+    budget = args.budget or (QUICK_BUDGET_S if args.quick else BUDGET_S)
+    out = args.json or REPO / "benchmarks" / "results" / f"peft{'_quick' if args.quick else ''}.json"
+    start = time.time()
+    result = {"datasets": {}, "quick": args.quick, "budget_s": budget, "threads": THREADS, "device": args.device,
+              "torch": torch.__version__, "methods": {m: METHODS[m] for m in args.methods},
+              "config": str(CONFIG.relative_to(REPO)), "sets_done": [],
               "notes": ["test box Dice / HD95 (px) / NSD (2 px) per row; checkpoints chosen by val Dice",
                         "budget_s: wall-clock seconds of each training run; embeddings cached before, outside it",
                         "peak_mb: peak resident memory of the training process (/usr/bin/time -v)"]}
-    print_table(datasets)
+    if args.merge is not None:  # add these sets to an earlier run's file (same budget and device)
+        earlier = json.loads(args.merge.read_text())
+        theirs, ours = (earlier["budget_s"], earlier["device"], earlier["quick"]), (budget, args.device, args.quick)
+        if theirs != ours:
+            sys.exit(f"--merge {args.merge}: its (budget, device, quick) {theirs} differ from this run's {ours}")
+        result.update(datasets=earlier["datasets"], sets_done=earlier["sets_done"], notes=earlier["notes"])
+    with tempfile.TemporaryDirectory(prefix="medseg_peft_") as tmp:
+        work = Path(tmp)
+        for name, root in set_roots(args.data, args.sets, work, QUICK_COUNTS if args.quick else None):
+            result["datasets"].update(run_set(name, root, work / "runs", budget, cache, args.device, args.quick,
+                                              args.methods))
+            result["sets_done"] = sorted(set(result["sets_done"]) | {name})
+            result.update(targets=targets(result["datasets"]), seconds=round(time.time() - start, 1))
+            write_json(result, out)  # after every set: a stopped run keeps what it measured
+    print_table(result["datasets"])
     print(json.dumps(result["targets"], indent=1))
-    out = args.json or REPO / "benchmarks" / "results" / f"peft{'_quick' if args.quick else ''}.json"
-    print(f"\nwrote {write_json(result, out)} ({result['seconds']:.0f} s)")
+    print(f"\nwrote {out} ({result['seconds']:.0f} s)")
     return 0
 
 
