@@ -129,12 +129,10 @@ def score(model, root: Path, cases, store) -> dict:
 
 
 def run_set(name: str, root: Path, work: Path, budget: float, cache: Path, device: str, quick: bool,
-            methods: list[str]) -> dict[str, dict]:
-    """``{row name: {method: figures}}``: one row per dataset, or per class where a set has two (drishti)."""
-    import torch
-
+            methods: list[str], zero_shot: dict | None = None) -> dict[str, dict]:
+    """``{row name: {method: figures}}``: one row per dataset, or per class where a set has two (drishti).
+    ``zero_shot``: the set's rows of an earlier run (``--merge``), whose zero-shot scores are kept."""
     from medseg.data.datasets import dataset_cases
-    from medseg.eval.evaluate import EMPTY_NAME
     from medseg.models import build_model
     from medseg.train.embeddings import build_embeddings
 
@@ -145,28 +143,55 @@ def run_set(name: str, root: Path, work: Path, budget: float, cache: Path, devic
               for split, cases in splits.items()}  # one cache for the runs (train, val) and the scoring (test)
     print(f"{name}: embeddings ready in {time.perf_counter() - start:.0f} s", flush=True)
     store = stores["test"]
+    if zero_shot is not None:  # rows of an earlier run: its zero-shot scores, this run's methods added
+        rows = {row: {"zero_shot": by["zero_shot"]} for row, by in zero_shot.items()}
+        for method in methods:
+            one = run_set_method(name, root, method, work, budget, cache, device, quick, store, splits["test"])
+            for row, key in _row_keys(name, rows, one).items():
+                rows[row][method] = {**one[key], **{k: v for k, v in one.items() if not isinstance(v, dict)}}
+        return rows
     results = {"zero_shot": {**score(base, root, splits["test"], store), "trainable_params": 0, "epochs": 0}}
     print(f"{name}: zero_shot {results['zero_shot']['all']}", flush=True)
     for method in methods:
-        run = train_in_child(name, root, method, work / f"{name}_{method}", budget, cache, device, quick)
-        tuned = build_model("litemedsam", checkpoint=run["checkpoint"]).eval()
-        torch.set_num_threads(THREADS)
-        results[method] = {**score(tuned, root, splits["test"], store),
-                           **{k: run[k] for k in ("trainable_params", "peak_mb", "epochs", "steps", "seconds",
-                                                  "best_val_dice", "best_epoch")}}
-        r = results[method]
-        shown = {k: "-" if r["all"][k] is None else f"{r['all'][k]:.4f}" for k in ("dice", "hd95", "nsd")}
-        print(f"{name}: {method:<18} Dice {shown['dice']}  HD95 {shown['hd95']}  NSD {shown['nsd']}  "
-              f"{r['trainable_params'] / 1e6:.2f} M trainable  {r['epochs']} epochs / {r['steps']} steps  "
-              f"peak {r['peak_mb'] or 0:.0f} MB", flush=True)
-    classes = [k for k, v in results["zero_shot"].items() if isinstance(v, dict) and k not in ("all", EMPTY_NAME)]
+        results[method] = run_set_method(name, root, method, work, budget, cache, device, quick, store, splits["test"])
+    rows: dict[str, dict] = {}
+    for row, key in _row_keys(name, None, results["zero_shot"]).items():
+        rows[row] = {method: {**r[key], **{k: v for k, v in r.items() if not isinstance(v, dict)}}
+                     for method, r in results.items()}
+    return rows
+
+
+def _row_keys(name: str, rows: dict | None, scores: dict) -> dict[str, str]:
+    """{row name: key of ``scores``}: the set itself ("all") when it has one class, else one row per class
+    (``CLASS_NAMES``); with ``rows`` (an earlier run's), the names it has."""
+    from medseg.eval.evaluate import EMPTY_NAME
+
+    classes = [k for k, v in scores.items() if isinstance(v, dict) and k not in ("all", EMPTY_NAME)]
     named = CLASS_NAMES.get(name, {})
-    rows = {name: "all"} if len(classes) == 1 else {f"{name}/{named.get(c, c)}": c for c in classes}
-    rows = {row: (key, {}) for row, key in rows.items()}
-    for row, (key, by_method) in rows.items():
-        for method, r in results.items():
-            by_method[method] = {**r[key], **{k: v for k, v in r.items() if not isinstance(v, dict)}}
-    return {row: by_method for row, (_, by_method) in rows.items()}
+    keys = {name: "all"} if len(classes) == 1 else {f"{name}/{named.get(c, c)}": c for c in classes}
+    if rows is not None and set(keys) != set(rows):
+        raise RuntimeError(f"{name}: rows {sorted(keys)} differ from the earlier run's {sorted(rows)}")
+    return keys
+
+
+def run_set_method(name: str, root: Path, method: str, work: Path, budget: float, cache: Path, device: str,
+                   quick: bool, store, test_cases) -> dict:
+    """One method on one set: the budgeted training run, then its test scores (``score``) and run figures."""
+    import torch
+
+    from medseg.models import build_model
+
+    run = train_in_child(name, root, method, work / f"{name}_{method}", budget, cache, device, quick)
+    tuned = build_model("litemedsam", checkpoint=run["checkpoint"]).eval()
+    torch.set_num_threads(THREADS)
+    r = {**score(tuned, root, test_cases, store),
+         **{k: run[k] for k in ("trainable_params", "peak_mb", "epochs", "steps", "seconds", "best_val_dice",
+                                "best_epoch")}}
+    shown = {k: "-" if r["all"][k] is None else f"{r['all'][k]:.4f}" for k in ("dice", "hd95", "nsd")}
+    print(f"{name}: {method:<18} Dice {shown['dice']}  HD95 {shown['hd95']}  NSD {shown['nsd']}  "
+          f"{r['trainable_params'] / 1e6:.2f} M trainable  {r['epochs']} epochs / {r['steps']} steps  "
+          f"peak {r['peak_mb'] or 0:.0f} MB", flush=True)
+    return r
 
 
 def print_table(datasets: dict) -> None:
@@ -240,8 +265,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="medseg_peft_") as tmp:
         work = Path(tmp)
         for name, root in set_roots(args.data, args.sets, work, QUICK_COUNTS if args.quick else None):
-            result["datasets"].update(run_set(name, root, work / "runs", budget, cache, args.device, args.quick,
-                                              args.methods))
+            earlier = {row: by for row, by in result["datasets"].items() if row.split("/")[0] == name}
+            for row, by_method in run_set(name, root, work / "runs", budget, cache, args.device, args.quick,
+                                          args.methods, earlier or None).items():
+                result["datasets"].setdefault(row, {}).update(by_method)
             result["sets_done"] = sorted(set(result["sets_done"]) | {name})
             result.update(targets=targets(result["datasets"]), seconds=round(time.time() - start, 1))
             write_json(result, out)  # after every set: a stopped run keeps what it measured
