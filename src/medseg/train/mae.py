@@ -23,13 +23,17 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from medseg.data.augment3d import RandomPatch3D
+from medseg.data.cases import plane_2d
 from medseg.data.datasets import dataset_cases
 from medseg.data.planning import PATCH_VOXELS, fingerprint, make_plan
+from medseg.data.preprocess import prepare_image
 from medseg.errors import InputError
+from medseg.io import read_image
 from medseg.train.config import Config
 from medseg.train.objectives import Objective, RunContext, register_objective
 from medseg.train.volume import Patches, planned_volumes
@@ -118,13 +122,9 @@ class Pictures(Dataset):
         return len(self.sources)
 
     def __getitem__(self, index: int) -> dict:
-        import numpy as np
-
-        from medseg.data.preprocess import prepare_image
-        from medseg.train.embeddings import load_plane
-
         case, window = self.sources[index]
-        x, _ = prepare_image(load_plane(case.image_path), self.size, window)
+        picture = plane_2d(read_image(case.image_path), "2D masked-image pre-training (a 3D set: use mae3d)")
+        x, _ = prepare_image(picture, self.size, window)
         image = x[0].numpy()
         if self.augmentation is not None:
             sample = {"image": image, "mask": np.zeros(image.shape[1:], dtype=np.uint8)}
