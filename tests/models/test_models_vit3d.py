@@ -62,7 +62,7 @@ def test_the_masked_autoencoder_hides_three_quarters_and_scores_only_them():
 
 def test_the_registry_has_the_3d_vit_and_its_pretraining_model():
     assert {"vit3d", "vit3d-tiny"} <= set(list_models("automatic"))
-    assert list_models("pretraining") == ["mae3d", "mae3d-tiny"]
+    assert {"mae3d", "mae3d-tiny"} <= set(list_models("pretraining"))  # with the HR encoders' mim-hr-*
     mae, vit = build_model("mae3d-tiny"), build_model("vit3d-tiny")
     # the MAE's encoder and the segmenter's share names, so pre-trained weights load into the segmenter
     assert set(mae.image_encoder.state_dict()) == set(vit.image_encoder.state_dict())

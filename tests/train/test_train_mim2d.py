@@ -74,3 +74,11 @@ def test_the_2d_config_loads_and_a_segmenter_is_refused(dataset, tmp_path):
     with pytest.raises(InputError, match="masked autoencoder"):
         train(load_config(None, tiny_overrides(dataset, train__objective="mae", data__val_split="null",
                                                model__trainable="all")), tmp_path / "a")
+
+
+def test_the_registry_lists_a_masked_image_model_per_hr_encoder():
+    from medseg.models import list_models
+
+    assert {"mim-hr-small", "mim-hr-tiny", "mim-hr-test"} <= set(list_models("pretraining"))
+    model, hr = build_model("mim-hr-test"), build_model("hr-test")
+    assert set(model.image_encoder.state_dict()) == set(hr.image_encoder.state_dict())
