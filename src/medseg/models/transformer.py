@@ -27,10 +27,56 @@ class Attention(nn.Module):
         return x.view(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q (B, Nq, C), k and v (B, Nk, C) -> (B, Nq, C).
+
+        Between a few prompt tokens and the E x E image tokens the projections of the long side cost most;
+        when heads x (short side) < the projection width they are re-associated onto the short side
+        (the same product, in another order: about half the multiply-adds, the same result to rounding).
+        """
+        width = self.q_proj.out_features
+        if self.num_heads * q.shape[1] < width < k.shape[1]:
+            return self._few_queries(q, k, v)
+        if self.num_heads * k.shape[1] < width < q.shape[1]:
+            return self._few_keys(q, k, v)
         q, k, v = self._heads(self.q_proj(q)), self._heads(self.k_proj(k)), self._heads(self.v_proj(v))
         out = F.scaled_dot_product_attention(q, k, v)
         b, h, n, d = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, h * d))
+
+    def _head_weights(self, proj: nn.Linear) -> torch.Tensor:
+        """A projection's weight (heads x d, C) -> (heads, d, C)."""
+        return proj.weight.view(self.num_heads, -1, proj.weight.shape[1])
+
+    def _few_queries(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Nq small: scores = (q_h W_k,h) k^T (the k bias adds a constant per query row, which softmax
+        ignores); each head's context (P_h v) W_v,h^T + b_v, the rows of P summing to 1."""
+        b, nq, _ = q.shape
+        h = self.num_heads
+        qh = self.q_proj(q).view(b, nq, h, -1)  # (B, Nq, H, d)
+        scale = qh.shape[-1] ** -0.5
+        qk = torch.einsum("bnhd,hdc->bhnc", qh * scale, self._head_weights(self.k_proj)).flatten(1, 2)
+        weights = (qk @ k.transpose(1, 2)).softmax(-1)  # (B, H*Nq, Nk)
+        context = (weights @ v).view(b, h, nq, -1)  # (B, H, Nq, C)
+        out = torch.einsum("bhnc,hdc->bnhd", context, self._head_weights(self.v_proj)).flatten(2)
+        return self.out_proj(out + self.v_proj.bias)
+
+    def _few_keys(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Nk small: scores = q (W_q,h^T k_h^T) + b_q,h k_h^T; output = sum_h P_h (v_h W_o,h^T) + b_o."""
+        b, nq, _ = q.shape
+        nk, h = k.shape[1], self.num_heads
+        kh = self.k_proj(k).view(b, nk, h, -1)  # (B, Nk, H, d)
+        kh = kh * kh.shape[-1] ** -0.5
+        vh = self.v_proj(v).view(b, nk, h, -1)
+        wq = self._head_weights(self.q_proj)  # (H, d, C)
+        keys = torch.einsum("hdc,bkhd->bhkc", wq, kh).flatten(1, 2)  # (B, H*Nk, C)
+        bias = torch.einsum("hd,bkhd->bhk", self.q_proj.bias.view(h, -1), kh).flatten(1)  # (B, H*Nk)
+        # (B, H*Nk, Nq): the softmax runs over the Nk axis with Nq contiguous (a softmax over a short
+        # last axis is several times slower on the CPU)
+        scores = torch.baddbmm(bias[..., None], keys, q.transpose(1, 2))
+        weights = scores.view(b, h, nk, nq).softmax(2).view(b, h * nk, nq)
+        wo = self.out_proj.weight.view(self.out_proj.weight.shape[0], h, -1)  # (C, H, d)
+        values = torch.einsum("bkhd,chd->bhkc", vh, wo).flatten(1, 2)  # (B, H*Nk, C)
+        return torch.baddbmm(self.out_proj.bias.expand(b, 1, -1), weights.transpose(1, 2), values)
 
 
 class _FeedForward(nn.Module):
@@ -66,10 +112,10 @@ class TwoWayBlock(nn.Module):
             q = tokens + token_pe
             tokens = tokens + self.self_attn(q, q, tokens)
         tokens = self.norm1(tokens)
-        q, k = tokens + token_pe, image + image_pe
+        q, k = tokens + token_pe, image + image_pe  # k serves both cross-attentions: image is unchanged
         tokens = self.norm2(tokens + self.cross_attn_token_to_image(q, k, image))
         tokens = self.norm3(tokens + self.mlp(tokens))
-        q, k = tokens + token_pe, image + image_pe
+        q = tokens + token_pe
         image = self.norm4(image + self.cross_attn_image_to_token(k, q, tokens))
         return tokens, image
 
@@ -87,8 +133,10 @@ class TwoWayTransformer(nn.Module):
 
     def forward(self, image: torch.Tensor, image_pe: torch.Tensor,
                 tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        image = image.flatten(2).transpose(1, 2)
-        image_pe = image_pe.flatten(2).transpose(1, 2)
+        # (B, C, H, W) -> (B, H*W, C), contiguous: a view of a channels-last map, else one copy (the
+        # elementwise work on strided views costs more than the copy)
+        image = image.permute(0, 2, 3, 1).flatten(1, 2)
+        image_pe = image_pe.permute(0, 2, 3, 1).flatten(1, 2)
         queries = tokens
         for layer in self.layers:
             queries, image = layer(queries, image, tokens, image_pe)
