@@ -45,8 +45,9 @@ class MaskDecoder(nn.Module):
         if self.fusion is None or features is None:
             return self.output_upscaling(x)
         up1, norm, act1, up2, act2 = self.output_upscaling
-        x = act1(norm(up1(x) + self.fusion.from_stride8(features["stride8"])))
-        return act2(up2(x) + self.fusion.from_stride4(features["stride4"]))
+        from8, from4 = self.fusion.project(features)
+        x = act1(norm(up1(x) + from8))
+        return act2(up2(x) + from4)
 
     def forward(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor,
                 dense: torch.Tensor, multimask: bool | None = False,
@@ -66,12 +67,12 @@ class MaskDecoder(nn.Module):
         hs, image = self.transformer(image, pos, tokens)
         iou_out, mask_out = hs[:, 0], hs[:, 1:1 + self.num_mask_tokens]
         upscaled = self._upscale(image.transpose(1, 2).reshape(b, c, h, w), features)
-        hyper = torch.stack([mlp(mask_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], 1)
+        first, stop = (0, self.num_mask_tokens) if multimask is None else (1, self.num_mask_tokens) if multimask else (0, 1)
+        keep = slice(first, stop)  # only the masks asked for go through a hypernetwork and the product
+        hyper = torch.stack([self.output_hypernetworks_mlps[i](mask_out[:, i]) for i in range(first, stop)], 1)
         bu, cu, hu, wu = upscaled.shape
-        logits = (hyper @ upscaled.view(bu, cu, hu * wu)).view(bu, -1, hu, wu)
-        iou = self.iou_prediction_head(iou_out)
-        keep = slice(None) if multimask is None else slice(1, None) if multimask else slice(0, 1)
-        logits, iou = logits[:, keep], iou[:, keep]
+        logits = (hyper @ upscaled.reshape(bu, cu, hu * wu)).view(bu, -1, hu, wu)
+        iou = self.iou_prediction_head(iou_out)[:, keep]
         if at is None:
             return logits, iou
         at = at.to(logits.dtype).expand(b, -1, -1)
@@ -94,3 +95,18 @@ class FeatureFusion(nn.Module):
         for branch in (self.from_stride8, self.from_stride4):
             nn.init.zeros_(branch[-1].weight)
             nn.init.zeros_(branch[-1].bias)
+        self._last: tuple | None = None  # inference: (stride-8 map, stride-4 map, their versions, projections)
+
+    def project(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The stride-8 and stride-4 maps projected: (B, dim/4, 2E, 2E), (B, dim/8, 4E, 4E).
+
+        They depend on the image alone, so in inference (eval mode, no autograd) the last image's are kept
+        and reused by every prompt on it, for as long as the same map tensors (unchanged) come in."""
+        s8, s4 = features["stride8"], features["stride4"]
+        if self.training or torch.is_grad_enabled():
+            self._last = None
+            return self.from_stride8(s8), self.from_stride4(s4)
+        last = self._last
+        if last is None or last[0] is not s8 or last[1] is not s4 or last[2] != (s8._version, s4._version):
+            last = self._last = (s8, s4, (s8._version, s4._version), self.from_stride8(s8), self.from_stride4(s4))
+        return last[3], last[4]

@@ -73,8 +73,16 @@ class PromptEncoder(nn.Module):
         return (4 * self.embedding_size[0], 4 * self.embedding_size[1])
 
     def get_dense_pe(self) -> torch.Tensor:
-        """Positional encoding of the image embedding grid: (1, D, E, E)."""
-        return self.pe_layer.grid(*self.embedding_size).unsqueeze(0)
+        """Positional encoding of the image embedding grid: (1, D, E, E). Without autograd it is computed
+        once per Fourier matrix (its device, dtype and version) and reused by every decode."""
+        if torch.is_grad_enabled():
+            return self.pe_layer.grid(*self.embedding_size).unsqueeze(0)
+        matrix = self.pe_layer.positional_encoding_gaussian_matrix
+        key = (matrix.device, matrix.dtype, matrix.data_ptr(), matrix._version)
+        if getattr(self, "_dense_pe_key", None) != key:
+            self._dense_pe = self.pe_layer.grid(*self.embedding_size).unsqueeze(0)
+            self._dense_pe_key = key
+        return self._dense_pe
 
     def _embed_points(self, coords: torch.Tensor, labels: torch.Tensor, pad: bool) -> torch.Tensor:
         coords = coords + 0.5  # pixel centres
