@@ -103,6 +103,19 @@ def test_the_export_cache_keeps_the_most_recently_used(export_cache, monkeypatch
     assert sorted(p.name for p in export_cache.iterdir()) == sorted([a.name, c.name])
 
 
+def test_the_export_cache_exports_afresh_when_the_model_code_changes(export_cache, monkeypatch):
+    """A cached graph traced by an older medseg (models that computed differently) is not reused."""
+    from medseg.engines.runtime import cached_export, graph_code_digest
+    from medseg.models import build_model
+
+    model = build_model("litemedsam-tiny").eval()
+    before = cached_export(model, "a", "fp32")
+    assert graph_code_digest()[:8] in before.name
+    monkeypatch.setattr(runtime, "graph_code_digest", lambda: "0" * 64)
+    after = cached_export(model, "a", "fp32")
+    assert after != before and (after / "export.json").is_file()
+
+
 def test_engine_errors(monkeypatch):
     from medseg.models import build_model
 

@@ -14,12 +14,15 @@ iou (N, M)), all torch tensors on the CPU, so every engine gives the Predictor t
   (``fp32`` pins float32: OpenVINO would otherwise pick bf16 by itself on an AMX CPU).
 
 A torch model handed to an ONNX engine is exported once into ``~/.cache/medseg/exports/`` (keyed by
-its weights' SHA-256 and the precision; the 8 most recently used are kept) and reused after; an
+its weights' SHA-256, the precision and the source code the graphs are traced from, so a medseg whose
+models compute differently exports afresh; the 8 most recently used are kept) and reused after; an
 exported folder can be given directly.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import shutil
 import tempfile
@@ -79,7 +82,7 @@ def cached_export(model: PromptableSegmenter, name: str, precision: str, cache: 
     cache keeps the ``CACHED_EXPORTS`` most recently used exports and deletes older ones when it adds one
     (weights that change from run to run, e.g. a fresh random model, would otherwise fill the disk)."""
     root = (cache or EXPORT_CACHE).expanduser()
-    folder = root / f"{type(model).__name__}-{weights_digest(model)[:20]}-{precision}"
+    folder = root / f"{type(model).__name__}-{weights_digest(model)[:20]}-{graph_code_digest()[:8]}-{precision}"
     if (folder / "export.json").is_file():
         os.utime(folder)  # most recently used
         return folder
@@ -96,6 +99,19 @@ def cached_export(model: PromptableSegmenter, name: str, precision: str, cache: 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+@functools.lru_cache(maxsize=1)
+def graph_code_digest() -> str:
+    """SHA-256 of the source the exported graphs are traced from: ``medseg/models/*.py`` and this
+    package's export and graph modules."""
+    package = Path(__file__).resolve().parent.parent
+    files = sorted((package / "models").glob("*.py")) + [package / "engines" / "export.py",
+                                                          package / "engines" / "graphs.py"]
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 def _prune_exports(root: Path, keep: int) -> None:
