@@ -21,9 +21,10 @@ def test_the_decoder_graph_equals_decode_for_every_kind_of_prompt(tiny):
     _, model = tiny
     torch.manual_seed(1)
     with torch.no_grad():
-        embedding, features = model.encode_features(torch.rand(1, 3, model.image_size, model.image_size))
+        image = torch.rand(1, 3, model.image_size, model.image_size)
+        embedding, features = model.encode_features(image)
         graph = PromptDecoderGraph(model)
-        extra = [] if features is None else [features["stride4"], features["stride8"]]
+        _, *extra = EncoderGraph(model)(image)  # the fusion head's projections of the maps, made once per image
         for what, (boxes, points, masks) in _prompts(model).items():
             coords, labels = pack_prompts(2, boxes, points)
             side = 4 * model.prompt_encoder.embedding_size[0]

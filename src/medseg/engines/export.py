@@ -162,12 +162,10 @@ def _encoder_onnx(model: PromptableSegmenter) -> bytes:
 def _decoder_onnx(model: PromptableSegmenter) -> bytes:
     graph = PromptDecoderGraph(model).eval()
     e = model.prompt_encoder.embedding_size[0]
-    with torch.no_grad():
-        embedding, features = model.encode_features(torch.rand(1, 3, model.image_size, model.image_size))
+    with torch.no_grad():  # the encoder graph's outputs, as the decoder graph receives them
+        embedding, *maps = EncoderGraph(model).eval()(torch.rand(1, 3, model.image_size, model.image_size))
     args = [embedding, torch.tensor([[[10.0, 10.0], [40.0, 40.0]]]), torch.tensor([[2.0, 3.0]]),
-            torch.zeros(1, 1, 4 * e, 4 * e), torch.zeros(1)]
-    if features is not None:
-        args += [features["stride4"], features["stride8"]]
+            torch.zeros(1, 1, 4 * e, 4 * e), torch.zeros(1), *maps]
     axes = {"point_coords": {0: "prompts", 1: "points"}, "point_labels": {0: "prompts", 1: "points"},
             "mask_input": {0: "prompts"}, "logits": {0: "prompts"}, "iou": {0: "prompts"}}
     return _to_onnx(graph, tuple(args), graph.input_names(), ["logits", "iou"], axes, "prompt decoder")

@@ -101,7 +101,10 @@ class FeatureFusion(nn.Module):
         """The stride-8 and stride-4 maps projected: (B, dim/4, 2E, 2E), (B, dim/8, 4E, 4E).
 
         They depend on the image alone, so in inference (eval mode, no autograd) the last image's are kept
-        and reused by every prompt on it, for as long as the same map tensors (unchanged) come in."""
+        and reused by every prompt on it, for as long as the same map tensors (unchanged) come in; an
+        exported encoder graph gives them ready-made (``features["projected"]`` = (stride-8, stride-4))."""
+        if "projected" in features:
+            return features["projected"]
         s8, s4 = features["stride8"], features["stride4"]
         if self.training or torch.is_grad_enabled():
             self._last = None
