@@ -5,6 +5,8 @@ on a 3D set's train split on this CPU, scored on its test split by medseg's metr
         [--methods slicewise unet3d vit3d vit3d_mae nnunet shipped] [--budget 300] [--mae-budget 360]
         [--quick] [--json OUT]
     python benchmarks/volumetric.py --ship RUN --name la-heart-3d   # package a 'volume' run as a shipped model
+    python benchmarks/volumetric.py --datasets acdc_cardiac_mri --methods shipped \
+        --merge benchmarks/results/volumetric.json                  # add rows to an earlier result
 
 Methods (rows), each trained and scored in a fresh process under ``/usr/bin/time -v`` (its peak memory):
 
@@ -17,8 +19,8 @@ Methods (rows), each trained and scored in a fresh process under ``/usr/bin/time
   decay 0.75 for the same budget as the others;
 * ``nnunet``: nnU-Net v2 3d_fullres in its own venv (``benchmarks/nnunet_peer.py``; skipped with a note
   when ``.venv-nnunet`` is missing), stopped at the same budget;
-* ``shipped``: the 3D model medseg ships for the set (``la-heart-3d``, ``hippocampus-3d``), as it is
-  (trained longer; its JSON says how).
+* ``shipped``: the 3D model medseg ships for the set (``la-heart-3d``, ``hippocampus-3d``, ``acdc-3d``), as
+  it is (trained longer; its JSON says how).
 
 The medseg rows use ``data.augment: true``, the batch of each dataset's plan, and for la_heart_mri the
 1.25 mm plan of ``configs/unet3d_la_heart.yaml``; the best epoch by val Dice is scored. Columns: test Dice,
@@ -47,7 +49,7 @@ DATASETS = ["msd_hippocampus", "la_heart_mri", "acdc_cardiac_mri"]
 METHODS = ["slicewise", "unet3d", "vit3d", "vit3d_mae", "nnunet", "shipped"]
 CONFIGS = {"unet3d": "unet3d_hippocampus.yaml", "vit3d": "vit3d_hippocampus.yaml", "vit3d_mae": "vit3d_hippocampus.yaml"}
 SPACING = {"la_heart_mri": [1.25, 1.25, 1.25]}  # as configs/unet3d_la_heart.yaml: a patch holds the atrium
-SHIPPED = {"la_heart_mri": "la-heart-3d", "msd_hippocampus": "hippocampus-3d"}
+SHIPPED = {"la_heart_mri": "la-heart-3d", "msd_hippocampus": "hippocampus-3d", "acdc_cardiac_mri": "acdc-3d"}
 SLICEWISE_VOLUMES = 6  # LiteMedSAM runs ~0.7 s a slice here: 6 evenly spaced test volumes a set
 LAYER_DECAY = 0.75
 
@@ -224,7 +226,8 @@ def ship(run: Path, name: str, overwrite: bool) -> int:
                               f"python benchmarks/volumetric.py --ship {run} --name {name}"]),
         "config": config, "val_dice": best["best_dice"],
         "history": [dict(zip(lines[0].split(","), row.split(","))) for row in lines[1:]],
-        "device": "2-core CPU, float32", "date": best["saved_at"][:10],
+        "device": "2-core CPU, " + ("bfloat16 autocast" if config["train"].get("amp") == "bf16" else "float32"),
+        "date": best["saved_at"][:10],
         "figures": "test figures: benchmarks/results/volumetric.json, row 'shipped'",
     }
     path = save_parts_fp16(load_state_dict(run / "best.safetensors"), ("",), SHIPPED_VOLUMETRIC[name][1], provenance,
@@ -243,8 +246,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--quick", action="store_true", help="60 s budgets, 4 test volumes: a smoke test")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--merge", type=Path, help="start from this earlier result (same budgets): the rows run now "
+                                                   "are added to it or replace its rows of the same set and method")
     parser.add_argument("--ship", type=Path, metavar="RUN", help="package RUN/best.safetensors as --name")
-    parser.add_argument("--name", help="with --ship: the shipped model's name (la-heart-3d, hippocampus-3d)")
+    parser.add_argument("--name", help="with --ship: the shipped model's name (la-heart-3d, hippocampus-3d, acdc-3d)")
     parser.add_argument("--overwrite", action="store_true", help="with --ship: replace the shipped files")
     parser.add_argument("--one", choices=METHODS, help=argparse.SUPPRESS)
     parser.add_argument("--dataset", help=argparse.SUPPRESS)
@@ -264,9 +269,21 @@ def main(argv: list[str] | None = None) -> int:
     out = args.json or REPO / "benchmarks" / "results" / f"volumetric{'_quick' if args.quick else ''}.json"
     payload = {"budget_s": args.budget, "mae_budget_s": args.mae_budget, "mae_pretraining": None, "quick": args.quick,
                "threads": 2, "seconds": 0, "datasets": results}
+    if args.merge is not None:
+        earlier = json.loads(args.merge.read_text())
+        if (earlier["budget_s"], earlier["quick"]) != (args.budget, args.quick):
+            sys.exit(f"--merge {args.merge}: its budget and quick ({earlier['budget_s']}, {earlier['quick']}) differ "
+                     f"from this run's ({args.budget}, {args.quick})")
+        for name, rows in results.items():
+            rows.update(earlier["datasets"].get(name, {}))
+        payload.update(mae_pretraining=earlier.get("mae_pretraining"), seconds=earlier.get("seconds", 0),
+                       datasets={**earlier["datasets"], **results})
+        results = payload["datasets"]
+
+    earlier_seconds = payload["seconds"]
 
     def save() -> Path:  # after every row: a long run that stops early keeps what it measured
-        payload["seconds"] = round(time.time() - start)
+        payload["seconds"] = earlier_seconds + round(time.time() - start)
         return write_json(payload, out)
 
     mae_encoder, failed = None, []
