@@ -1,5 +1,6 @@
 """The shipped 3D models: they load with their plan and classes, are listed as automatic models of volumes,
-and segment a real la_heart_mri / msd_hippocampus test volume onto its own grid with no prompt."""
+and segment a real la_heart_mri / msd_hippocampus / acdc_cardiac_mri test volume onto its own grid with no
+prompt."""
 
 from __future__ import annotations
 
@@ -27,10 +28,15 @@ def test_shipped_3d_weights_carry_their_plan_and_provenance(name):
     assert name in list_models("automatic") and name in VOLUMETRIC
 
 
-@pytest.mark.parametrize("name,dataset,case", [("la-heart-3d", "la_heart_mri", "la_000"),
-                                               ("hippocampus-3d", "msd_hippocampus", "hippo_003")])
+# acdc-3d is the weakest (test Dice 0.54; on acdc_001 0.72 / 0.71 / 0.91 per class when shipped): a lower floor.
+LEAST_ACDC = 0.6
+
+
+@pytest.mark.parametrize("name,dataset,case,least", [("la-heart-3d", "la_heart_mri", "la_000", 0.7),
+                                                     ("hippocampus-3d", "msd_hippocampus", "hippo_003", 0.7),
+                                                     ("acdc-3d", "acdc_cardiac_mri", "acdc_001", LEAST_ACDC)])
 def test_a_shipped_3d_model_segments_a_real_test_volume_with_no_prompt(shared_data, tmp_path, capsys, name, dataset,
-                                                                        case):
+                                                                        case, least):
     splits = json.loads((shared_data / dataset / "splits.json").read_text())
     assert case in splits["test"]
     source = shared_data / dataset / "imagesTr" / f"{case}.nii.gz"
@@ -42,4 +48,4 @@ def test_a_shipped_3d_model_segments_a_real_test_volume_with_no_prompt(shared_da
     assert labels.array.shape == image.spatial_shape
     np.testing.assert_allclose(labels.meta.affine, image.meta.affine)
     for cid in build_model(name, pretrained=True).plan.classes:
-        assert dice(labels.array == cid, truth.array == cid) > 0.7, f"class {cid}"
+        assert dice(labels.array == cid, truth.array == cid) > least, f"class {cid}"

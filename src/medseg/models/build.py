@@ -177,6 +177,7 @@ AUTOMATIC: dict[str, Callable] = {"unet": build_unet, "unet-tiny": build_unet_ti
 SHIPPED_VOLUMETRIC: dict[str, tuple[str, Path]] = {
     "la-heart-3d": ("unet3d", ASSETS / "la_heart_3d_fp16.safetensors"),
     "hippocampus-3d": ("unet3d", ASSETS / "hippocampus_3d_fp16.safetensors"),
+    "acdc-3d": ("unet3d", ASSETS / "acdc_3d_fp16.safetensors"),
 }
 AUTOMATIC.update({name: AUTOMATIC[arch] for name, (arch, _) in SHIPPED_VOLUMETRIC.items()})
 VOLUMETRIC = ("unet3d", "unet3d-tiny", "vit3d", "vit3d-tiny", *SHIPPED_VOLUMETRIC)  # automatic, of volumes
