@@ -152,14 +152,13 @@ class Predictor:
             if mask_input is not None:
                 m = mask_input[sl] if mask_input.shape[0] > 1 else np.repeat(mask_input, sl.stop - sl.start, 0)
                 tm = torch.as_tensor(m, device=self.device)
-            # with an implicit decoder the S x S logits (the next round's mask prompt, as in training) are the
-            # decoder's under it; the masks are the implicit decoder's, at the output pixels only
-            kw = {"refine": False} if implicit else {}
-            low, iou = self.model.decode(self.embedding, tb, tp, tm, multimask, self.features, **kw)
-            if implicit:
-                at, _ = self.model.decode(self.embedding, tb, tp, tm, multimask, self.features, at=grid)
+            if implicit:  # one pass: the masks at the output pixels, and the S x S logits of the decoder
+                # under the implicit one (the next round's mask prompt, as training feeds it)
+                at, iou, low = self.model.decode(self.embedding, tb, tp, tm, multimask, self.features, at=grid,
+                                                 with_coarse=True)
                 full = at.unflatten(-1, output_hw or (h, w))
             else:
+                low, iou = self.model.decode(self.embedding, tb, tp, tm, multimask, self.features)
                 full = logits_to_input_size(low, self.record, output_hw)
             masks.append((full > 0).cpu().numpy())
             scores.append(iou.float().cpu().numpy())

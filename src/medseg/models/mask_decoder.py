@@ -19,7 +19,8 @@ class MaskDecoder(nn.Module):
     them all). ``query`` (B, C), optional, is added to the single-mask output token (a per-modality
     decoding query of the automatic head, :mod:`medseg.models.universal`). ``at`` (B or 1, P, 2) xy in
     [0, 1] of the input frame: logits (B, M, P) at those points instead, from the implicit decoder when
-    there is one (and ``refine``), else sampled bilinearly from the 4E x 4E logits.
+    there is one (and ``refine``), else sampled bilinearly from the 4E x 4E logits; ``with_coarse`` (with
+    ``at``) returns the 4E x 4E logits as a third output too.
     """
 
     def __init__(self, transformer: TwoWayTransformer, dim: int = 256, num_multimask: int = 3,
@@ -53,7 +54,7 @@ class MaskDecoder(nn.Module):
                 dense: torch.Tensor, multimask: bool | None = False,
                 features: dict[str, torch.Tensor] | None = None,
                 query: torch.Tensor | None = None, at: torch.Tensor | None = None,
-                refine: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                refine: bool = True, with_coarse: bool = False) -> tuple[torch.Tensor, ...]:
         b = sparse.shape[0]
         out_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight]).unsqueeze(0).expand(b, -1, -1)
         if query is not None:  # onto token 1, the single-mask token
@@ -77,9 +78,10 @@ class MaskDecoder(nn.Module):
             return logits, iou
         at = at.to(logits.dtype).expand(b, -1, -1)
         if self.implicit is None or not refine:
-            return sample_at(logits, at), iou
-        image = image.transpose(1, 2).reshape(b, c, h, w)
-        return self.implicit(at, logits, upscaled, image, mask_out[:, keep]), iou
+            out = sample_at(logits, at)
+        else:
+            out = self.implicit(at, logits, upscaled, image.transpose(1, 2).reshape(b, c, h, w), mask_out[:, keep])
+        return (out, iou, logits) if with_coarse else (out, iou)
 
 
 class FeatureFusion(nn.Module):

@@ -78,7 +78,8 @@ class PromptableSegmenter(nn.Module):
     def decode(self, embedding: torch.Tensor, boxes: torch.Tensor | None = None,
                points: tuple[torch.Tensor, torch.Tensor] | None = None, masks: torch.Tensor | None = None,
                multimask: bool = False, features: dict[str, torch.Tensor] | None = None,
-               at: torch.Tensor | None = None, refine: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+               at: torch.Tensor | None = None, refine: bool = True,
+               with_coarse: bool = False) -> tuple[torch.Tensor, ...]:
         """Prompts for B objects -> logits (B, M, S, S) at the model input's resolution, iou (B, M).
 
         embedding: (1 or B, 256, E, E); boxes (B, 4) x0,y0,x1,y1; points ((B,K,2) xy, (B,K) labels);
@@ -90,6 +91,7 @@ class PromptableSegmenter(nn.Module):
         logits (B, M, P) at those points instead (:func:`medseg.data.preprocess.input_grid` gives the
         input image's own pixels). With an implicit decoder the S x S logits are its output at the pixel
         centres too; ``refine=False`` gives the upsampling decoder's under it (training's cheap rounds).
+        ``with_coarse`` (with ``at``): also that decoder's S x S logits, from the same pass, as a third output.
         """
         if self.uses_features and features is None:
             raise ValueError("this model's mask head fuses encoder features: decode(..., features=...) from "
@@ -104,11 +106,14 @@ class PromptableSegmenter(nn.Module):
             at = pixel_centres(size, embedding.device)
         if at is not None:
             extra.update(at=at / size, refine=refine)
-        logits, iou = self.mask_decoder(embedding, self.prompt_encoder.get_dense_pe(), sparse, dense, multimask,
-                                        **extra)
+            if with_coarse:
+                extra["with_coarse"] = True
+        logits, iou, *coarse = self.mask_decoder(embedding, self.prompt_encoder.get_dense_pe(), sparse, dense,
+                                                 multimask, **extra)
+        coarse = [resize_square(c, size) for c in coarse]
         if grid:
-            return logits.unflatten(-1, (size, size)), iou
-        return (logits if at is not None else resize_square(logits, size)), iou
+            return logits.unflatten(-1, (size, size)), iou, *coarse
+        return (logits if at is not None else resize_square(logits, size)), iou, *coarse
 
     def forward(self, images: torch.Tensor, boxes: torch.Tensor | None = None,
                 points: tuple[torch.Tensor, torch.Tensor] | None = None, masks: torch.Tensor | None = None,
