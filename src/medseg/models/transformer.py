@@ -71,7 +71,7 @@ class Attention(nn.Module):
         keys = torch.einsum("hdc,bkhd->bhkc", wq, kh).flatten(1, 2)  # (B, H*Nk, C)
         bias = torch.einsum("hd,bkhd->bhk", self.q_proj.bias.view(h, -1), kh).flatten(1)  # (B, H*Nk)
         # (B, H*Nk, Nq): the softmax runs over the Nk axis with Nq contiguous (a softmax over a short
-        # last axis is several times slower on the CPU)
+        # last axis is slow on the CPU)
         scores = torch.baddbmm(bias[..., None], keys, q.transpose(1, 2))
         weights = scores.view(b, h, nk, nq).softmax(2).view(b, h * nk, nq)
         wo = self.out_proj.weight.view(self.out_proj.weight.shape[0], h, -1)  # (C, H, d)
