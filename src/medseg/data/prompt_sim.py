@@ -69,6 +69,14 @@ def sample_click(gt: np.ndarray, pred: np.ndarray | None,
         if not gt.any():
             raise InputError("the ground truth is empty: there is nothing to click on")
         return (*_click_in(gt, rng), 1)
+    found = error_region(gt, pred)
+    return None if found is None else (*_click_in(found[0], rng), found[1])
+
+
+def error_region(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, int] | None:
+    """The largest connected error of ``pred`` against ``gt`` (bool, same (H, W) or (Z, Y, X) shape) and its
+    click label: ``(region, 1)`` for missed object (a false negative), ``(region, 0)`` for a false alarm
+    (a tie goes to the miss); None when they agree. InputError when the shapes differ."""
     pred = np.asarray(pred) != 0
     if pred.shape != gt.shape:
         raise InputError(f"prediction shape {pred.shape} differs from ground-truth shape {gt.shape}")
@@ -76,8 +84,7 @@ def sample_click(gt: np.ndarray, pred: np.ndarray | None,
     fn_size, fp_size = (0 if c is None else int(c.sum()) for c in (fn, fp))
     if fn_size == 0 and fp_size == 0:
         return None
-    component, label = (fn, 1) if fn_size >= fp_size else (fp, 0)
-    return (*_click_in(component, rng), label)
+    return (fn, 1) if fn_size >= fp_size else (fp, 0)
 
 
 def simulate_interaction(predictor: object, image: np.ndarray | None, gt: np.ndarray, rounds: int = 5,
