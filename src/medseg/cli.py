@@ -58,17 +58,30 @@ def _promptable_model(args: argparse.Namespace, kinds: tuple[str, ...] = ("promp
 
 
 def _predictor(args: argparse.Namespace, automatic: bool = False):
-    """The predictor the model arguments ask for; an AutoSegmenter with ``automatic`` or ``--task``."""
+    """The predictor the model arguments ask for; an AutoSegmenter with ``automatic`` or ``--task``; a
+    VolumePredictor for a promptable 3D model."""
     from .infer import Predictor
 
     device = _device(args.device)
     _set_threads(args.threads)
-    model = _promptable_model(args)
+    kinds = ("promptable", "universal") if automatic or getattr(args, "task", None) else \
+        ("promptable", "universal", "promptable-3d")
+    model = _promptable_model(args, kinds)
+    if args.model in _models_of("promptable-3d"):
+        from .infer.volume_prompts import VolumePredictor
+
+        return VolumePredictor(model, device=device, engine=args.engine, precision=args.precision, threads=args.threads)
     if automatic or getattr(args, "task", None):
         from .infer.automatic import AutoSegmenter
 
         return AutoSegmenter(model, device=device, engine=args.engine, precision=args.precision, threads=args.threads)
     return Predictor(model, device=device, engine=args.engine, precision=args.precision, threads=args.threads)
+
+
+def _models_of(kind: str) -> list[str]:
+    from .models import list_models
+
+    return list_models(kind)
 
 
 def _set_threads(threads: int | None) -> None:
@@ -193,29 +206,71 @@ def _volume_model(args: argparse.Namespace):
 
 
 def _replay_prompts(args: argparse.Namespace, image) -> int:
-    """``--prompts session.json``: medseg serve's prompts, replayed in order, to the label map the page showed."""
+    """``--prompts session.json``: medseg serve's prompts, replayed in order, to the label map the page showed.
+    3D clicks replay with ``--model`` when it is a promptable 3D model (its 2D base then replays the 2D
+    prompts), else with the session's ``volume_model`` and its shipped weights."""
     import numpy as np
 
     from .infer.files import FileResult
-    from .infer.session import read_session, replay
+    from .infer.session import is_volume_prompt, read_session, replay
 
     if args.box or args.point or args.negative_point:
         raise InputError("--prompts replays a session's prompts; drop --box/--point/--negative-point")
     session = read_session(args.prompts)
     tasks = [p["automatic"] for p in session["prompts"] if p.get("automatic")]
     automatic = bool(tasks)
-    if automatic:  # the page's automatic mode: the same universal model
-        from .models.build import UNIVERSAL
+    clicks3d = [n for n, p in enumerate(session["prompts"]) if is_volume_prompt(p)]
+    if args.model in _models_of("promptable-3d"):
+        if automatic:
+            raise InputError(f"{args.prompts}: it holds an automatic segmentation (task {tasks[0]!r}), which a "
+                             f"promptable 3D model cannot replay: replay it with --model universal (its 3D clicks then "
+                             f"replay with {session.get('volume_model') or 'litemedsam-3d'}'s shipped weights)")
+        volume = _predictor(args)
+        predictor = volume.slices  # the 3D model's 2D base (the served 2D path of litemedsam and universal)
+    else:
+        if automatic:  # the page's automatic mode: the same universal model
+            from .models.build import UNIVERSAL
 
-        if args.model not in (*UNIVERSAL, "litemedsam"):
-            raise InputError(f"{args.prompts}: it holds an automatic segmentation (task {tasks[0]!r}): replay it with "
-                             f"a universal model (--model universal, or --checkpoint of one with that task)")
-        _universal_default(args)
-    labels = replay(_predictor(args, automatic=automatic), image, session, args.prompts)
-    slices = [int(p.get("slice") or 0) for p in session["prompts"]]
+            if args.model not in (*UNIVERSAL, "litemedsam"):
+                raise InputError(f"{args.prompts}: it holds an automatic segmentation (task {tasks[0]!r}): replay it "
+                                 f"with a universal model (--model universal, or --checkpoint of one with that task)")
+            _universal_default(args)
+        volume = _session_volume_predictor(args, session, clicks3d[0]) if clicks3d else None
+        predictor = _predictor(args, automatic=automatic)
+    labels = replay(predictor, image, session, args.prompts, volume=volume)
+    slices = [int(round(p["points3d"][0][2] if p.get("points3d") else (p["box3d"][2] + p["box3d"][5]) / 2))
+              if is_volume_prompt(p) else int(p.get("slice") or 0) for p in session["prompts"]]
     out, ov = _write_outputs(FileResult(labels, image, slices[-1], []), args.out, args.overlay, args.overwrite)
     print(f"replayed {len(slices)} prompt(s): {len(np.unique(labels)) - 1} object(s), {int((labels > 0).sum())} voxels -> {out}")
     return 0
+
+
+def _session_volume_predictor(args: argparse.Namespace, session: dict, first: int):
+    """The promptable 3D model that made a session's 3D clicks (``volume_model``, with its shipped weights), for
+    :func:`_replay_prompts` with a 2D ``--model``; InputError naming ``--model NAME --checkpoint W`` when the
+    session was made with other weights. ``first``: the first 3D prompt's index."""
+    from .errors import CheckpointError
+    from .infer.volume_prompts import VolumePredictor
+    from .models import build_model
+
+    name = session.get("volume_model") or "litemedsam-3d"
+    where = f"{args.prompts}: prompt {first} is a 3D click made with {name!r}"
+    redo = f"replay the session with --model {name} --checkpoint W (its 2D prompts then replay with its 2D base model)"
+    if name not in _models_of("promptable-3d"):
+        raise InputError(f"{where}, which this medseg does not know; replay with --model NAME of a promptable 3D model "
+                         f"({', '.join(_models_of('promptable-3d'))})")
+    weights = session.get("volume_weights", "shipped")
+    if weights != "shipped":
+        made = "weights of its own (`medseg serve --volume-checkpoint W`)" if weights == "checkpoint" else \
+            "random weights, which no replay can have again"
+        raise InputError(f"{where} and {made}: {redo}")
+    try:
+        model = build_model(name, pretrained=True)
+    except CheckpointError as error:
+        raise InputError(f"{where}, whose shipped weights did not load ({error}); {redo}") from None
+    print(f"note: the 3D clicks replay with {name} (shipped weights)", file=sys.stderr)
+    return VolumePredictor(model, device=_device(args.device), engine=args.engine, precision=args.precision,
+                           threads=args.threads)
 
 
 def _evaluate_outputs(args: argparse.Namespace) -> dict[str, Path | None]:
@@ -238,6 +293,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return _evaluate_auto(args, outputs)
     if args.model in VOLUMETRIC:
         raise InputError(f"model {args.model!r} segments volumes with no prompt: add --auto")
+    if args.model in _models_of("promptable-3d") and args.prompt != "clicks":
+        raise InputError(f"model {args.model!r} is evaluated with --prompt clicks (--first point or box, "
+                         f"--rounds N; --rounds 1 --first box for a 3D box alone)")
     predictor = _predictor(args)
     if args.prompt == "clicks":
         return _evaluate_clicks(args, predictor, outputs)
@@ -402,26 +460,82 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise InputError(f"--root {args.root}: not a folder; give the folder whose images the page may open")
     from .models.build import UNIVERSAL
 
+    if args.model in _models_of("promptable-3d"):
+        raise InputError(f"--model {args.model!r} is a promptable 3D model: serve it for 3D clicks with "
+                         f"--volume-model {args.model} (--model is the 2D model of the page's boxes and clicks)")
+    volume_models = _models_of("promptable-3d")
+    if args.volume_model not in (None, "none", *volume_models):
+        raise InputError(f"--volume-model {args.volume_model!r}: give a promptable 3D model "
+                         f"({', '.join(volume_models)}) or none")
+    if args.volume_checkpoint is not None and args.volume_model == "none":
+        raise InputError("--volume-checkpoint with --volume-model none: drop one of them")
+    if args.volume_checkpoint is not None and not args.volume_checkpoint.is_file():
+        raise InputError(f"--volume-checkpoint {args.volume_checkpoint}: no such file; give the weights of a "
+                         f"volume_prompts training run")
     if (args.model, args.checkpoint, args.weights) == ("litemedsam", None, "shipped"):
         args.model = "universal"  # the same promptable path, plus the shipped automatic head's tasks
-    return run(_predictor(args, automatic=args.model in UNIVERSAL), model_name=args.model, host=args.host, port=args.port, root=args.root,
-               token=args.token, max_upload_mb=args.max_upload_mb, cache_size=args.cache_size)
+    predictor = _predictor(args, automatic=args.model in UNIVERSAL)
+    return run(predictor, model_name=args.model, host=args.host, port=args.port, root=args.root,
+               token=args.token, max_upload_mb=args.max_upload_mb, cache_size=args.cache_size,
+               volume=_serve_volume_model(args))
+
+
+def _serve_volume_model(args: argparse.Namespace):
+    """The 3D clicks of ``medseg serve`` (:class:`~medseg.serve.state.VolumeModel`): ``--volume-model`` (checked
+    by :func:`cmd_serve`) with ``--volume-checkpoint``, on the 2D model's device and engine. Without
+    ``--volume-model``: litemedsam-3d when its shipped weights load, else 3D clicks are off (a note says why);
+    a named model must load its shipped weights, or has none (random weights, with a note)."""
+    from .errors import CheckpointError
+    from .infer.volume_prompts import VolumePredictor
+    from .models import build_model
+    from .models.build import PROMPTABLE_3D, has_published_weights
+    from .serve.state import VolumeModel
+
+    name, checkpoint = args.volume_model, args.volume_checkpoint
+    if name == "none":
+        return VolumeModel(note=f"started with --volume-model none: start medseg serve with --volume-model NAME "
+                                f"({', '.join(_models_of('promptable-3d'))})")
+    if name is None and checkpoint is None:
+        name, weights = "litemedsam-3d", "shipped"
+        try:
+            if not has_published_weights(name):  # said before the 2D base loads for nothing
+                raise CheckpointError(f"its shipped 3D head {PROMPTABLE_3D[name][1].name} is missing from this installation")
+            model = build_model(name, pretrained=True)
+        except CheckpointError as error:
+            note = (f"the default 3D model {name} did not load ({error}); start medseg serve with --volume-model {name} "
+                    f"--volume-checkpoint W (weights of a volume_prompts training run)")
+            print(f"note: 3D clicks are off: {note}", file=sys.stderr)
+            return VolumeModel(note=note)
+    else:
+        name = name or "litemedsam-3d"
+        weights = "checkpoint" if checkpoint is not None else "shipped" if has_published_weights(name) else "random"
+        if weights == "random" and PROMPTABLE_3D[name][1] is not None:
+            raise InputError(f"--volume-model {name}: its shipped 3D head ({PROMPTABLE_3D[name][1].name}) is missing "
+                             f"from this installation; give --volume-checkpoint W (weights of a volume_prompts run)")
+        if weights == "random":
+            print(f"note: --volume-model {name!r} has no published weights and no --volume-checkpoint: random weights",
+                  file=sys.stderr)
+        model = build_model(name, pretrained=weights == "shipped", checkpoint=checkpoint)
+    predictor = VolumePredictor(model, device=_device(args.device), engine=args.engine, precision=args.precision,
+                                threads=args.threads)
+    return VolumeModel(predictor, name, weights, note="")
 
 
 def cmd_models(args: argparse.Namespace) -> int:
     from .models import list_models
     from .models.build import SHIPPED_DECODERS, VOLUMETRIC, has_published_weights, has_shipped_tasks
 
-    for kind in ("promptable", "automatic", "universal", "pretraining"):
+    for kind in ("promptable", "automatic", "universal", "promptable-3d", "pretraining"):
         for name in list_models(kind):
             notes = ["volumes"] if name in VOLUMETRIC else []
+            notes += ["clicks and boxes in a volume"] if kind == "promptable-3d" else []
             notes += ["pretrained weights available"] if has_published_weights(name) else []
             note = ", ".join(notes)
             if note and name in SHIPPED_DECODERS:
                 note += " (default: shipped click-trained decoder; --weights published for the original)"
             if note and has_shipped_tasks(name):
                 note += " (shipped automatic head: `medseg tasks`)"
-            print(f"{name:<18}{kind:<12}{note}".rstrip())
+            print(f"{name:<20}{kind:<14}{note}".rstrip())
     return 0
 
 
@@ -439,8 +553,13 @@ def _output_side(text: str) -> int:
     return value
 
 
-def _floats(n: int):
-    return {"nargs": n, "type": float, "action": "append", "metavar": ("X", "Y") if n == 2 else None}
+class _Click(argparse.Action):
+    """A repeatable click of 2 (X Y) or 3 (X Y Z) numbers; anything else is a usage error (exit 2)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if len(values) not in (2, 3):
+            parser.error(f"{option_string} takes X Y (a picture) or X Y Z (a volume), got {len(values)} numbers")
+        setattr(namespace, self.dest, [*(getattr(namespace, self.dest) or []), values])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -459,8 +578,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", type=Path, help="PNG/JPEG/BMP/TIFF, NIfTI, MHA/NRRD, DICOM file or series folder")
     p.add_argument("--box", nargs="+", type=float, action="append", metavar="V",
                    help="X0 Y0 X1 Y1 (2D; repeat for several objects), or X0 Y0 Z0 X1 Y1 Z1 for a volume")
-    p.add_argument("--point", **_floats(2), help="positive click X Y (repeatable)")
-    p.add_argument("--negative-point", **_floats(2), help="negative click X Y (repeatable)")
+    p.add_argument("--point", nargs="+", type=float, action=_Click, metavar="V",
+                   help="positive click X Y (2D), or X Y Z in a volume with a promptable 3D model (repeatable)")
+    p.add_argument("--negative-point", nargs="+", type=float, action=_Click, metavar="V",
+                   help="negative click X Y, or X Y Z in a volume (repeatable)")
     p.add_argument("--slices", nargs=2, type=int, metavar=("Z0", "Z1"), help="slice range for a 4-number box on a volume")
     p.add_argument("--key-slice", type=int, help="slice to start from with --propagate (default: middle)")
     p.add_argument("--propagate", action="store_true",
@@ -530,6 +651,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", help="the token clients must send (default: generated when --host is not loopback)")
     p.add_argument("--max-upload-mb", type=float, default=512.0, help="largest upload accepted (413 past it)")
     p.add_argument("--cache-size", type=int, default=16, help="encoded slices kept (LRU); bounds the memory")
+    p.add_argument("--volume-model", metavar="NAME",
+                   help="promptable 3D model of the page's 3D clicks in volumes (litemedsam-3d, or "
+                        "litemedsam-3d-tiny for tests); default litemedsam-3d when its shipped weights load, else 3D clicks are off; none: off")
+    p.add_argument("--volume-checkpoint", type=Path, metavar="W",
+                   help="weights of a volume_prompts training run for --volume-model (default: its shipped ones)")
     _model_args(p)
     p.set_defaults(func=cmd_serve)
 

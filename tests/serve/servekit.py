@@ -23,3 +23,9 @@ def png_upload(array: np.ndarray, name: str = "picture.png") -> dict:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
     return {"file": (name, buffer.getvalue(), "image/png")}
+
+
+def make_volume_client(predictor, volume, **kwargs) -> tuple[TestClient, Store]:
+    """As :func:`make_client`, with ``volume`` (a :class:`~medseg.serve.state.VolumeModel`) for 3D clicks."""
+    store = Store(predictor, cache_size=kwargs.pop("cache_size", 4), volume=volume)
+    return TestClient(create_app(store, model_name="litemedsam-tiny", **kwargs)), store

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -17,26 +16,7 @@ from medseg.errors import InputError
 from medseg.io import read_image, read_label
 from medseg.models import build_model
 from medseg.train import load_config, train
-
-
-def write_balls(root: Path, n: int = 8, seed: int = 0) -> Path:
-    """Volumes 20 x 24 x 22 (1.5 x 1 x 1 mm) holding a bright ball (class 1) with a brighter core (class 2)."""
-    rng = np.random.default_rng(seed)
-    for folder in ("imagesTr", "labelsTr"):
-        (root / folder).mkdir(parents=True)
-    stems = [f"b{i}" for i in range(n)]
-    zz, yy, xx = np.indices((20, 24, 22))
-    for stem in stems:
-        c = rng.uniform([8, 9, 9], [12, 15, 13])
-        r = np.sqrt(((zz - c[0]) * 1.5) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2)
-        label = np.where(r < 3, 2, np.where(r < 6, 1, 0)).astype(np.uint8)
-        image = (40 + 60 * (label > 0) + 60 * (label == 2) + rng.normal(0, 8, label.shape)).astype(np.float32)
-        affine = np.diag([1.0, 1.0, 1.5, 1.0])
-        for folder, array in (("imagesTr", image), ("labelsTr", label)):
-            nib.save(nib.Nifti1Image(array.transpose(2, 1, 0).copy(), affine), str(root / folder / f"{stem}.nii.gz"))
-    (root / "splits.json").write_text(json.dumps({"train": stems[:6], "val": stems[6:7], "test": stems[7:]}))
-    (root / "classes.json").write_text(json.dumps({"0": "background", "1": "shell", "2": "core"}))
-    return root
+from trainkit import write_balls
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,11 @@ click; each later round: one more click into the largest error, with the previou
 whole mask; a class with no component large enough scores an empty prediction. Cases without any
 foreground are listed under ``skipped``; cases that fail (unreadable, 3D, predictor error) under
 ``errors``; the rest are scored. Rounds are numbered from 1 in tables and figures.
+
+With a volume predictor (``set_volume``, e.g. a promptable 3D model) the cases are volumes and each
+class is prompted in 3D (:func:`medseg.eval.interactive3d.interact_volume`); its rows add the final
+round's NSD and HD95 in mm. A 2D predictor on a dataset of volumes runs the same 3D protocol slice by
+slice (:class:`medseg.infer.volume_prompts.SliceWisePredictor`).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from medseg.data.cases import Case, load_case, plane_2d
 from medseg.data.datasets import class_names, evaluation_cases
 from medseg.data.masks import MIN_SIZE, class_masks, components
 from medseg.eval.evaluate import Loader, class_name
+from medseg.eval.interactive3d import interact_volume, rounds_auc
 
 
 def interact_case(predictor: object, case: Case, rounds: int, first: str = "point", loader: Loader = load_case,
@@ -69,7 +75,8 @@ def evaluate_interactive(predictor: object, dataset_dir: str | Path, split: str 
     Returns:
         ``{"dataset", "split", "first", "rounds": K, "dice_per_round": [K means over rows, None
         without rows], "cases": [{"stem", "class_id", "class_name", "n_objects",
-        "dice_per_round": [K floats in 0..1]}], "errors": [{"stem", "message"}], "skipped": [stems
+        "dice_per_round": [K floats in 0..1]}], "auc": mean area under the rows' Dice-per-round
+        curves (:func:`~medseg.eval.interactive3d.rounds_auc`), "errors": [{"stem", "message"}], "skipped": [stems
         with no foreground]}``; plain Python values, ready for ``json.dump``.
     """
     if first not in FIRST_PROMPTS:
@@ -83,9 +90,16 @@ def evaluate_interactive(predictor: object, dataset_dir: str | Path, split: str 
     result = {"dataset": str(Path(dataset_dir)), "split": split, "first": first, "rounds": rounds,
               "dice_per_round": [], "cases": [], "errors": [{"stem": k, "message": v} for k, v in missing.items()],
               "skipped": []}
+    if not hasattr(predictor, "set_volume") and cases and _is_volume_case(cases[0]):
+        from medseg.infer.volume_prompts import SliceWisePredictor
+
+        predictor = SliceWisePredictor(predictor)  # a 2D model on volumes: slice by slice, same 3D protocol
     for case in tqdm(cases, desc=f"interactive {split}", unit="case", disable=not progress):
         try:
-            rows = interact_case(predictor, case, rounds, first, loader, names, min_size)
+            if hasattr(predictor, "set_volume"):  # a volume predictor: 3D clicks (medseg.eval.interactive3d)
+                rows = interact_volume(predictor, case, rounds, first, loader, names)
+            else:
+                rows = interact_case(predictor, case, rounds, first, loader, names, min_size)
         except Exception as exc:  # noqa: BLE001 - one bad case must not stop the evaluation
             message = str(exc) if isinstance(exc, MedsegError) else f"{type(exc).__name__}: {exc}"
             result["errors"].append({"stem": case.stem, "message": message})
@@ -95,11 +109,20 @@ def evaluate_interactive(predictor: object, dataset_dir: str | Path, split: str 
         result["cases"].extend(rows)
     per_round = np.array([row["dice_per_round"] for row in result["cases"]], dtype=float).reshape(-1, rounds)
     result["dice_per_round"] = [float(v) for v in per_round.mean(axis=0)] if len(per_round) else [None] * rounds
+    result["auc"] = float(np.mean([rounds_auc(r) for r in per_round])) if len(per_round) else None
+    if any("nsd" in row for row in result["cases"]):
+        result["nsd"] = float(np.mean([row["nsd"] for row in result["cases"]]))
     if result["errors"]:
         print(f"{len(result['errors'])} of {len(cases) + len(missing)} cases could not be evaluated:", file=sys.stderr)
         for error in result["errors"]:
             print(f"  {error['stem']}: {error['message']}", file=sys.stderr)
     return result
+
+
+def _is_volume_case(case: Case) -> bool:
+    from medseg.formats import VOLUME_SUFFIXES
+
+    return str(case.image_path).lower().endswith(VOLUME_SUFFIXES)
 
 
 def _prompt_label(first: str, round_: int) -> str:
@@ -118,6 +141,9 @@ def print_rounds(result: dict, file: TextIO | None = None) -> None:
     for r, value in enumerate(result["dice_per_round"]):
         shown = "   -  " if value is None or not math.isfinite(value) else f"{value:6.3f}"
         print(f"{r + 1:>5}  {_prompt_label(first, r):<16}{shown}", file=out)
+    if result.get("auc") is not None:
+        extra = f", final NSD {result['nsd']:.3f}" if result.get("nsd") is not None else ""
+        print(f"area under the rounds curve {result['auc']:.3f}{extra}", file=out)
     stems = {row["stem"] for row in result["cases"]}
     print(f"{len(stems)} cases ({len(result['cases'])} class rows) scored, {len(result['errors'])} errors, "
           f"{len(result.get('skipped', []))} without foreground skipped", file=out)

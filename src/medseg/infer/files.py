@@ -44,6 +44,10 @@ def segment_file(predictor: Predictor, path: str | Path | Image, boxes: list[lis
     path = image.meta.source
     boxes = [list(map(float, b)) for b in (boxes or [])]
     pos, neg = [list(map(float, p)) for p in (points or [])], [list(map(float, p)) for p in (negative_points or [])]
+    from .volume_prompts import VolumePredictor
+
+    if isinstance(predictor, VolumePredictor):
+        return _segment_volume_prompts(predictor, image, boxes, pos, neg, progress)
     if output_hw is not None and (image.array.shape[1] > 1 or image.meta.affine is not None):
         raise InputError(f"{path}: an output size applies to 2D pictures (PNG, JPEG, BMP, TIFF), whose pixels have "
                          f"no world geometry to keep; drop --output-size")
@@ -51,6 +55,8 @@ def segment_file(predictor: Predictor, path: str | Path | Image, boxes: list[lis
         return _segment_volume(predictor, image, boxes, pos + neg, slices, key_slice, propagate, progress)
     if any(len(b) != 4 for b in boxes):
         raise InputError(f"{path}: a 2D box has 4 numbers X0 Y0 X1 Y1, got {boxes}")
+    if any(len(p) != 2 for p in pos + neg):
+        raise InputError(f"{path}: a click on a 2D picture has 2 numbers X Y, got {pos + neg}")
     if not boxes and not pos:
         raise InputError(f"{path}: give a prompt: --box X0 Y0 X1 Y1 and/or --point X Y.")
     if (pos or neg) and len(boxes) > 1:
@@ -98,10 +104,36 @@ def resized_picture(image: Image, output_hw: tuple[int, int]) -> Image:
     return Image(array[:, None].astype(image.array.dtype), meta)
 
 
+def _segment_volume_prompts(predictor, image: Image, boxes, points, negative_points, progress) -> FileResult:
+    """One object of a volume from 3D clicks (x, y, z) and/or one 3D box, with a promptable 3D model."""
+    src = image.meta.source
+    if image.array.shape[1] < 2:
+        raise InputError(f"{src}: a 2D picture; a promptable 3D model segments volumes (use --model litemedsam)")
+    if image.array.shape[0] != 1:
+        raise InputError(f"{src}: volumes with {image.array.shape[0]} channels are not supported; give one channel.")
+    clicks = points + negative_points
+    if any(len(p) != 3 for p in clicks):
+        raise InputError(f"{src}: a click in a volume has 3 numbers X Y Z, got {clicks}")
+    if len(boxes) > 1 or any(len(b) != 6 for b in boxes):
+        raise InputError(f"{src}: give one 3D box X0 Y0 Z0 X1 Y1 Z1, got {boxes}")
+    if not boxes and not clicks:
+        raise InputError(f"{src}: give a prompt: --point X Y Z and/or --box X0 Y0 Z0 X1 Y1 Z1.")
+    labels = [1] * len(points) + [0] * len(negative_points)
+    predictor.set_volume(image.array[0], image.meta.spacing, image.meta.modality, progress=progress)
+    out = predictor.predict(points=clicks or None, point_labels=labels or None, box=boxes[0] if boxes else None)
+    key = int(round(clicks[0][2])) if clicks else int(boxes[0][2] + boxes[0][5]) // 2
+    on_key = [p[:2] for p in clicks if int(round(p[2])) == key]
+    on_key_labels = [lab for p, lab in zip(clicks, labels) if int(round(p[2])) == key]
+    box = np.array([[b[0], b[1], b[3], b[4]] for b in boxes if b[2] <= key <= b[5]]) if boxes else None
+    return FileResult(out.mask.astype(np.uint8), image, key, [],
+                      box, np.array(on_key) if on_key else None, np.array(on_key_labels) if on_key else None)
+
+
 def _segment_volume(predictor, image, boxes, points, slices, key_slice, propagate, progress) -> FileResult:
     src = image.meta.source
     if points:
-        raise InputError(f"{src}: clicks are not supported for volumes yet; give a 3D box.")
+        raise InputError(f"{src}: clicks in a volume need a promptable 3D model (--model litemedsam-3d); with a 2D "
+                         f"model give a 3D box.")
     if not boxes:
         raise InputError(f"{src}: give a 3D box: --box X0 Y0 Z0 X1 Y1 Z1, or --box X0 Y0 X1 Y1 --slices Z0 Z1.")
     if image.array.shape[0] != 1:

@@ -13,7 +13,12 @@ names its cut: ``"slice": i`` along ``"plane"`` (``"axial"``, the default: Z sli
   lo..hi of the same plane (:func:`medseg.infer.volume.walk_slices`), each cut prompted with the box of
   the previous one's mask;
 * an automatic segmentation ``{"automatic": task}``: every class c of the universal model's task
-  becomes object c on the cut (needs a universal model).
+  becomes object c on the cut (needs a universal model);
+* 3D clicks in the volume ``{"object": k, "points3d": [[x, y, z], ...], "labels": [1, 0, ...] | null,
+  "box3d": [x0, y0, z0, x1, y1, z1] | null, "refine": bool}`` (voxel indices, no ``slice``): object k's
+  voxels in the whole volume become the mask a promptable 3D model gives
+  (:class:`~medseg.infer.volume_prompts.VolumePredictor`); with ``refine``, the logits of object k's
+  previous 3D prompt are its mask input (:func:`segment_volume_prompt`).
 
 Replaying them in order gives the label map the page showed.
 """
@@ -120,6 +125,27 @@ def brush(labels: np.ndarray, z: int, obj: int, strokes, radius: float, erase: b
     return mask
 
 
+def is_volume_prompt(prompt: dict) -> bool:
+    """Whether a session prompt is 3D clicks / a 3D box in the volume (``points3d`` / ``box3d``)."""
+    return prompt.get("points3d") is not None or prompt.get("box3d") is not None
+
+
+def segment_volume_prompt(volume_predictor, prompt: dict, previous: np.ndarray | None = None):
+    """A 3D session prompt on the volume predictor's current volume -> its
+    :class:`~medseg.infer.volume_prompts.VolumePrediction` (mask (Z, Y, X) bool, logits); ``previous``: the
+    logits of the object's previous 3D prompt, used as the mask input when the prompt says ``refine``."""
+    points = prompt.get("points3d") or None
+    labels = (prompt.get("labels") or [1] * len(points)) if points else None
+    return volume_predictor.predict(points=points, point_labels=labels, box=prompt.get("box3d"),
+                                    mask_input=previous if prompt.get("refine") else None)
+
+
+def paint_volume(labels: np.ndarray, obj: int, mask: np.ndarray) -> None:
+    """labels (Z, Y, X): object ``obj``'s voxels in the whole volume become ``mask`` (Z, Y, X) bool, in place."""
+    labels[labels == obj] = 0
+    labels[mask] = obj
+
+
 def prompt_arrays(prompt: dict) -> tuple:
     """A session prompt -> (box (4,) | None, points (K, 2) | None, labels (K,) | None) arrays."""
     box = None if prompt.get("box") is None else np.asarray(prompt["box"], dtype=np.float64)
@@ -141,17 +167,19 @@ def read_session(path: Path) -> dict:
         raise InputError(f"{path}: no 'prompts' list; save one from medseg serve's 'Prompts JSON'")
     for i, prompt in enumerate(prompts):
         if not isinstance(prompt, dict) or not isinstance(prompt.get("object", 1), int) or \
-                not any(prompt.get(k) for k in ("box", "points", "strokes", "propagate", "automatic")):
+                not any(prompt.get(k) for k in ("box", "points", "strokes", "propagate", "automatic", "points3d", "box3d")):
             raise InputError(f"{path}: prompt {i} needs an integer 'object' and a 'box', 'points', brush 'strokes', "
-                             f"'propagate' or 'automatic'")
+                             f"'propagate', 'automatic', or 3D 'points3d' / 'box3d'")
         if prompt.get("propagate") is not None and (not isinstance(prompt["propagate"], list) or len(prompt["propagate"]) != 2):
             raise InputError(f"{path}: prompt {i}: 'propagate' is [first slice, last slice]")
     return session
 
 
-def replay(predictor: Predictor, image: Image, session: dict, source: Path | str = "the prompts") -> np.ndarray:
+def replay(predictor: Predictor, image: Image, session: dict, source: Path | str = "the prompts",
+           volume=None) -> np.ndarray:
     """The label map (Z, Y, X) uint16 that ``session``'s prompts give on ``image``, in order. Automatic
-    prompts need ``predictor`` to be a :class:`~medseg.infer.automatic.AutoSegmenter`."""
+    prompts need ``predictor`` to be a :class:`~medseg.infer.automatic.AutoSegmenter`; 3D prompts need
+    ``volume``, a :class:`~medseg.infer.volume_prompts.VolumePredictor` (the volume is encoded once)."""
     shape = image.spatial_shape
     if session.get("shape") is not None and tuple(session["shape"]) != tuple(shape):
         raise InputError(f"{source}: the prompts were made on an image of shape {session['shape']} (Z, Y, X); "
@@ -166,7 +194,16 @@ def replay(predictor: Predictor, image: Image, session: dict, source: Path | str
             predictor.set_image(plane(image, i, axis), modality)
             current = (axis, i)
 
+    logits3d: dict[int, np.ndarray] = {}  # object -> the logits of its last 3D prompt
+    if volume is not None and any(is_volume_prompt(p) for p in session["prompts"]):
+        if image.array.shape[0] != 1 or image.array.shape[1] < 2:
+            raise InputError(f"{source}: it holds 3D clicks, which need a one-channel volume; {image.meta.source} "
+                             f"has shape {list(image.array.shape)} (C, Z, Y, X)")
+        volume.set_volume(image.array[0], image.meta.spacing, modality)
     for n, prompt in enumerate(session["prompts"]):
+        if is_volume_prompt(prompt):
+            _replay_volume_prompt(volume, labels, prompt, logits3d, f"{source}: prompt {n}")
+            continue
         axis = plane_axis(prompt.get("plane"))
         view = cuts(labels, axis)
         z, obj = int(prompt.get("slice") or 0), int(prompt.get("object") or 1)
@@ -195,3 +232,17 @@ def replay(predictor: Predictor, image: Image, session: dict, source: Path | str
             mask, _ = segment_prompt(predictor, *prompt_arrays(prompt))
             paint_object(view, z, obj, mask)
     return labels
+
+
+def _replay_volume_prompt(volume, labels: np.ndarray, prompt: dict, logits3d: dict, where: str) -> None:
+    """One 3D prompt of :func:`replay` (the volume already set): object k painted in the whole volume."""
+    obj = int(prompt.get("object") or 1)
+    if volume is None:
+        raise InputError(f"{where} is a 3D click in the volume: replay it with a promptable 3D model "
+                         f"(--model litemedsam-3d, or the server's --volume-model with --checkpoint W)")
+    if prompt.get("refine") and obj not in logits3d:
+        raise InputError(f"{where} refines object {obj}'s 3D segmentation, but no 3D prompt of object {obj} "
+                         f"comes before it: the prompts file is incomplete")
+    out = segment_volume_prompt(volume, prompt, logits3d.get(obj))
+    logits3d[obj] = out.logits
+    paint_volume(labels, obj, out.mask)

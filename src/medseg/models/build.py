@@ -186,7 +186,13 @@ PRETRAINING: dict[str, Callable] = {"mae3d": build_mae3d, "mae3d-tiny": build_ma
 # Universal models (medseg.models.universal): a promptable base + an automatic head whose mask decoder
 # starts as a copy of the base's; pretrained = the base's published (or distilled) weights, no tasks yet.
 UNIVERSAL: dict[str, str] = {"universal": "litemedsam", "universal-hr": "hr-small", "universal-tiny": "litemedsam-tiny"}
-MODELS: dict[str, Callable] = {**PROMPTABLE, **AUTOMATIC, **PRETRAINING, **{name: PROMPTABLE[base] for name, base in UNIVERSAL.items()}}
+# Promptable 3D models (medseg.models.prompt3d): a promptable 2D base whose frozen encoder embeds each slice
+# + a 3D head for clicks and boxes in voxel coordinates: name -> (base, shipped head or None).
+PROMPTABLE_3D: dict[str, tuple[str, Path | None]] = {
+    "litemedsam-3d": ("litemedsam", ASSETS / "litemedsam_3d_head_fp16.safetensors"),
+    "litemedsam-3d-tiny": ("litemedsam-tiny", None)}
+MODELS: dict[str, Callable] = {**PROMPTABLE, **AUTOMATIC, **PRETRAINING, **{name: PROMPTABLE[base] for name, base in UNIVERSAL.items()},
+                               **{name: PROMPTABLE[base] for name, (base, _) in PROMPTABLE_3D.items()}}
 PRETRAINED: dict[str, Callable[[], Path]] = {"litemedsam": litemedsam_weights_path,
                                              **{name: (lambda w=w: w) for name, (_, w) in SHIPPED_VOLUMETRIC.items()}}
 # Distilled students: published = an image encoder distilled here (medseg/models/assets, float16, with
@@ -246,18 +252,21 @@ def load_encoder_weights(model, path: str | Path) -> None:
 
 def has_published_weights(name: str) -> bool:
     """Whether ``build_model(name, pretrained=True)`` has weights to load (published or shipped distilled)."""
+    if name in PROMPTABLE_3D:  # the base's weights and the shipped 3D head
+        head = PROMPTABLE_3D[name][1]
+        return head is not None and head.exists() and has_published_weights(PROMPTABLE_3D[name][0])
     name = UNIVERSAL.get(name, name)
     return name in PRETRAINED or name in DISTILLED
 
 
 def list_models(kind: str | None = None) -> list[str]:
     """Registered names, all or of one kind: ``"promptable"`` (boxes, clicks), ``"automatic"`` (no prompt),
-    ``"universal"`` (both: a promptable base plus prompt-free task decoding) or ``"pretraining"``
-    (masked autoencoders, whose encoders other models start from)."""
+    ``"universal"`` (both: a promptable base plus prompt-free task decoding), ``"promptable-3d"`` (clicks
+    and boxes in a volume) or ``"pretraining"`` (masked autoencoders, whose encoders other models start from)."""
     table = {None: MODELS, "promptable": PROMPTABLE, "automatic": AUTOMATIC, "universal": UNIVERSAL,
-             "pretraining": PRETRAINING}
+             "promptable-3d": PROMPTABLE_3D, "pretraining": PRETRAINING}
     if kind not in table:
-        raise InputError(f"unknown model kind {kind!r}; use promptable, automatic, universal or pretraining")
+        raise InputError(f"unknown model kind {kind!r}; use {', '.join(k for k in table if k)}")
     return sorted(table[kind])
 
 
@@ -281,6 +290,8 @@ def build_model(name: str = "litemedsam", pretrained: bool = False,
         raise InputError(f"unknown weights {weights!r}; use one of {', '.join(WEIGHTS)}")
     if name in UNIVERSAL:
         return _build_universal(name, pretrained, checkpoint, weights)
+    if name in PROMPTABLE_3D:
+        return _build_promptable3d(name, pretrained, checkpoint, weights)
     model = MODELS[name]()
     path = None
     if checkpoint is not None:
@@ -325,6 +336,25 @@ def _build_universal(name: str, pretrained: bool, checkpoint: str | Path | None,
         state = load_state_dict(head)
         model.adopt_state(state)
         _load_parts(model, state, HEAD_PARTS, f"{head}: shipped automatic head for {name!r}")
+    return model.eval()
+
+
+def _build_promptable3d(name: str, pretrained: bool, checkpoint: str | Path | None, weights: str):
+    """A promptable 3D model: its base (pretrained weights if ``pretrained``) + a 3D head; with ``pretrained``
+    and ``weights="shipped"``, the head trained here (``PROMPTABLE_3D``); a checkpoint loads strictly."""
+    from .prompt3d import Promptable3D, VolumePromptHead
+
+    base_name, head = PROMPTABLE_3D[name]
+    base = build_model(base_name, pretrained=pretrained and checkpoint is None, weights=weights)
+    model = Promptable3D(base, VolumePromptHead())
+    if checkpoint is not None:
+        path = Path(checkpoint)
+        _load_strictly(model, load_state_dict(path), f"{path}: does not fit model {name!r}")
+    elif pretrained and weights == "shipped" and head is not None:
+        if not head.exists():
+            raise CheckpointError(f"{head}: the shipped 3D head of {name!r} is missing from this installation; "
+                                  f"reinstall medseg, or pass weights='published' and train one")
+        _load_parts(model, load_state_dict(head), ("volume_head.",), f"{head}: shipped 3D head for {name!r}")
     return model.eval()
 
 

@@ -1,6 +1,6 @@
 """``medseg serve``: interactive segmentation in the browser (and over HTTP) on the CPU.
 
-:mod:`.state` holds the open images, label maps and the encoder cache; :mod:`.files` reads uploads
+:mod:`.state` holds the open images, label maps, the encoder cache and the optional 3D model of 3D clicks; :mod:`.files` reads uploads
 and paths under ``--root`` safely; :mod:`.app` is the FastAPI app (page + JSON API); :func:`run`
 starts it on uvicorn. FastAPI, uvicorn and highdicom come with ``pip install medseg[serve]``.
 """
@@ -51,8 +51,9 @@ def _limit_malloc_arenas(arenas: int = 2) -> None:
 
 
 def run(predictor, *, model_name: str, host: str = "127.0.0.1", port: int = 8000, root: Path | None = None,
-        token: str | None = None, max_upload_mb: float = 512.0, cache_size: int = 16) -> int:
-    """Serve until interrupted; prints the address (with the token when one is needed)."""
+        token: str | None = None, max_upload_mb: float = 512.0, cache_size: int = 16, volume=None) -> int:
+    """Serve until interrupted; prints the address (with the token when one is needed). ``volume``: a
+    :class:`~medseg.serve.state.VolumeModel` for 3D clicks (None: they are off)."""
     check_extra()
     import uvicorn
 
@@ -66,7 +67,7 @@ def run(predictor, *, model_name: str, host: str = "127.0.0.1", port: int = 8000
         print(f"warning: serving on {host}, reachable from other machines; every request needs the token",
               file=sys.stderr)
     _limit_malloc_arenas()
-    store = Store(predictor, cache_size=cache_size)
+    store = Store(predictor, cache_size=cache_size, volume=volume)
     app = create_app(store, model_name=model_name, root=None if root is None else Path(root),
                      token=token, max_upload_mb=max_upload_mb)
     shown = f"[{host}]" if ":" in host else host

@@ -3,7 +3,8 @@ once :func:`medseg.serve.check_extra` found FastAPI).
 
 API (coordinates in the input's pixels; ``slice`` along Z, 0-based):
 
-* ``GET /api/health`` -> ``{"status": "ok", "model", "engine", "precision", "automatic"}``
+* ``GET /api/health`` -> ``{"status": "ok", "model", "engine", "precision", "automatic", "volume_model",
+  "volume_clicks", "volume_note"}`` (``volume_clicks``: whether 3D clicks are on; ``volume_note``: why not)
 * ``GET /api/tasks`` -> ``{"tasks": [{"name", "modality", "classes": {id: name}}]}``: the automatic mode's tasks
 * ``GET /api/files`` -> readable files under ``--root``; ``POST /api/images/open {"path"}`` opens one
 * ``POST /api/images`` (multipart field ``file``) -> ``{"image_id", "shape" [Z, Y, X], "modality", ...}``
@@ -18,6 +19,12 @@ API (coordinates in the input's pixels; ``slice`` along Z, 0-based):
   ``{"objects": [{"object", "name", "pixels", "box"}], "slice"}`` (the box, to refine with clicks)
 * ``POST /api/images/{id}/propagate`` ``{"slice", "object", "first", "last", "plane"}``: the object's mask on
   the slice walks over slices first..last (one undo step) -> ``{"slices": [...], "pixels"}``
+* ``POST /api/images/{id}/segment3d`` ``{"object", "points": [[x, y, z], ...], "labels", "box": [x0, y0, z0, x1,
+  y1, z1] | null}``: 3D clicks (voxel indices) -> the object in the whole volume, one undo step; clicks that
+  go on from the object's previous 3D prompt refine it -> ``{"object", "voxels", "changed": [first, last]
+  slice | null, "refined", "encoded"}`` (409 when the server has no 3D model: ``--volume-model``)
+* ``POST /api/images/{id}/encode3d``: encode the volume for 3D clicks now (the first 3D click does it
+  otherwise; seconds to tens of seconds on a CPU) -> ``{"encoded": ran now, "slices"}``
 * ``POST /api/images/{id}/brush`` ``{"strokes": [[x, y], ...], "radius", "erase", "slice", "plane", "object"}``
 * ``POST /api/images/{id}/objects`` ``{"object", "name"}``: name an object (DICOM-SEG segment labels) -> the objects
 * ``POST /api/images/{id}/undo``, ``/redo`` -> ``{"slice", "plane"}``; ``GET /api/images/{id}/session`` -> the prompts as JSON
@@ -45,10 +52,11 @@ from ..errors import InputError
 from ..infer.automatic import first_prompts
 from ..infer.session import PLANES, plane_axis, prompt_arrays
 from .files import list_root, read_under_root, read_upload
-from .state import Store, UnknownImage, with_plane
+from .state import Store, UnknownImage, VolumeClicksOff, with_plane
 
 LABEL_FORMATS = {"png": ".png", "nifti": ".nii.gz", "mha": ".mha", "dicom-seg": ".dcm"}
 STATIC = package_files("medseg.serve") / "static"
+MAX_CLICKS_3D = 100  # per 3D prompt (the page sends every click of the object)
 
 
 class OpenRequest(BaseModel):
@@ -65,6 +73,13 @@ class SegmentRequest(CutRequest):
     points: list[list[float]] = []
     labels: list[int] | None = None
     object: int = 1
+
+
+class Segment3dRequest(BaseModel):
+    object: int = 1
+    points: list[list[float]] = []
+    labels: list[int] | None = None
+    box: list[float] | None = None
 
 
 class BrushRequest(CutRequest):
@@ -119,6 +134,10 @@ def create_app(store: Store, *, model_name: str, root: Path | None = None, token
     async def _input_error(_, exc: InputError):
         return error(400, str(exc))
 
+    @app.exception_handler(VolumeClicksOff)
+    async def _volume_off(_, exc: VolumeClicksOff):
+        return error(409, str(exc))
+
     @app.exception_handler(UnknownImage)
     async def _unknown(_, exc: UnknownImage):
         return error(404, f"no open image {exc.args[0]!r}: it was closed or evicted; open it again")
@@ -165,7 +184,9 @@ def create_app(store: Store, *, model_name: str, root: Path | None = None, token
     def health():
         return {"status": "ok", "model": model_name, "engine": predictor.engine, "precision": predictor.precision,
                 "automatic": bool(store.tasks), "root": root is not None, "cached_slices": len(store.encodings),
-                "open_images": len(store.images)}
+                "open_images": len(store.images), "volume_model": store.volume.name,
+                "volume_clicks": store.volume.predictor is not None,
+                "volume_note": None if store.volume.predictor is not None else store.volume.note}
 
     @app.get("/api/tasks")
     def tasks():
@@ -250,6 +271,23 @@ def create_app(store: Store, *, model_name: str, root: Path | None = None, token
         return {"mask": {"png_base64": encoded, "shape": list(mask.shape)}, "score": round(score, 4),
                 "object": request.object, "slice": z, "pixels": int(mask.sum())}
 
+    @app.post("/api/images/{image_id}/segment3d")
+    def segment3d(image_id: str, request: Segment3dRequest):
+        opened = store.get(image_id)
+        store.check_volume(opened)
+        check_object(request.object)
+        if len(request.points) > MAX_CLICKS_3D:
+            raise InputError(f"points: at most {MAX_CLICKS_3D} 3D clicks per prompt, got {len(request.points)}; "
+                             f"start a new prompt for the object")
+        # the clicks and the box are checked before the volume is encoded
+        result = store.segment_volume(opened, request.object, request.points, request.labels, request.box)
+        return {"object": request.object, **result}
+
+    @app.post("/api/images/{image_id}/encode3d")
+    def encode3d(image_id: str):
+        opened = store.get(image_id)
+        return {"encoded": store.encode_volume(opened), "slices": opened.shape[0]}
+
     @app.post("/api/images/{image_id}/brush")
     def brush(image_id: str, request: BrushRequest):
         opened = store.get(image_id)
@@ -312,7 +350,9 @@ def create_app(store: Store, *, model_name: str, root: Path | None = None, token
     @app.get("/api/images/{image_id}/session")
     def session(image_id: str):
         opened = store.get(image_id)
-        return {"image": opened.name, "shape": list(opened.shape), "model": model_name,
+        volume = {"volume_model": store.volume.name, "volume_weights": store.volume.weights} \
+            if store.volume.predictor is not None else {}
+        return {"image": opened.name, "shape": list(opened.shape), "model": model_name, **volume,
                 "objects": opened.objects, "prompts": opened.prompts}
 
     @app.get("/api/images/{image_id}/labels")

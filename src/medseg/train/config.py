@@ -22,7 +22,7 @@ import yaml
 
 from medseg.errors import InputError
 
-TRAINABLE = ("encoder", "decoder", "prompt_decoder", "encoder_frozen", "automatic", "all", "adapters",
+TRAINABLE = ("encoder", "decoder", "prompt_decoder", "encoder_frozen", "automatic", "volume_head", "all", "adapters",
              "frequency_adapter", "lora", "conv_branch")
 DECODERS = ("sam", "implicit")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
@@ -111,6 +111,8 @@ class TrainConfig:
     first_prompt: str = "box"        # box | point | mixed: the first prompt of an interactive item
     multimask: bool = False          # also train a lone click's 3 candidates (best one's loss) and the IoU head
     time_budget_s: float | None = None  # wall-clock budget: after epoch 1, only the epochs that fit (LR schedule re-planned)
+    encoder_engine: str = "torch"    # objective "volume_prompts": the engine that computes the cached slice embeddings
+    encoder_precision: str = "fp32"  # ... and its precision (e.g. openvino + bf16, as the predictor will run it)
     cache_dir: str | None = None     # embedding cache folder (default ~/.cache/medseg/embeddings; the CLI reads
                                      # $MEDSEG_EMBEDDING_CACHE into it)
 

@@ -37,7 +37,7 @@ from medseg.train.logs import ARTIFACTS, RunLog
 from medseg.train.embeddings import cache_dir_of
 from medseg.train.objectives import RunContext, make_objective
 # objectives that live in their own modules register themselves on import
-from medseg.train import cached as _cached, distill as _distill, mae as _mae, unet as _unet, universal as _universal, volume as _volume  # noqa: E402,F401,E501
+from medseg.train import cached as _cached, distill as _distill, mae as _mae, prompt3d as _prompt3d, unet as _unet, universal as _universal, volume as _volume  # noqa: E402,F401,E501
 from medseg.train.optim import (TrainForward, amp_dtype, enable_activation_checkpointing, lr_schedule, make_optimizer,
                                 make_scheduler, select_trainable)
 

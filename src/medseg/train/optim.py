@@ -18,7 +18,8 @@ TRAINABLE_PARTS: dict[str, tuple[str, ...] | None] = {
     "decoder": ("mask_decoder",),
     "prompt_decoder": ("prompt_encoder", "mask_decoder"),
     "encoder_frozen": None,
-    "automatic": ("automatic",),  # a universal model's prompt-free head (medseg.models.universal)
+    "automatic": ("automatic",),
+    "volume_head": ("volume_head",),  # a promptable 3D model's head (medseg.models.prompt3d); the 2D model frozen  # a universal model's prompt-free head (medseg.models.universal)
     "all": (),
     # the frozen encoder's adapters, low-rank updates or conv branch (medseg.models.peft) + the mask decoder's
     # heads (upsampling, fusion, hypernetworks, IoU, an implicit decoder); its two-way transformer stays as

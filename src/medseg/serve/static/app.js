@@ -7,7 +7,8 @@ const COLOURS = [[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [2
   [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212]];
 const $ = (id) => document.getElementById(id);
 const canvas = $("canvas"), ctx = canvas.getContext("2d");
-const state = { image: null, plane: "axial", slice: 0, object: 1, picture: null, labels: null, prompts: {}, drag: null, stroke: null };
+const state = { image: null, plane: "axial", slice: 0, object: 1, picture: null, labels: null, prompts: {}, drag: null, stroke: null,
+  clicks3d: {}, busy: false };  // clicks3d: object -> its 3D clicks {points: [[x, y, z]], labels, box}
 const AXIS = { axial: 0, coronal: 1, sagittal: 2 };
 
 function status(text) { $("status").textContent = text; }
@@ -59,7 +60,7 @@ function draw() {
     }
     ctx.putImageData(over, 0, 0);
   }
-  const p = currentPrompt();
+  const p = is3d() ? onCut(prompt3d()) : currentPrompt();
   ctx.lineWidth = Math.max(1, canvas.width / 400);
   if (p.box) { ctx.strokeStyle = "#0f0"; ctx.strokeRect(p.box[0], p.box[1], p.box[2] - p.box[0], p.box[3] - p.box[1]); }
   if (state.stroke) {
@@ -79,6 +80,76 @@ function currentPrompt() {
   state.prompts[key] = state.prompts[key] || { box: null, points: [], labels: [] };
   return state.prompts[key];
 }
+
+// 3D mode: clicks are voxels (x, y, z); a cut's (column, row) on the current slice is one of them
+function is3d() { return $("mode3d").checked && state.image !== null && state.image.shape[0] > 1; }
+function prompt3d() {
+  state.clicks3d[state.object] = state.clicks3d[state.object] || { points: [], labels: [], box: null };
+  return state.clicks3d[state.object];
+}
+function voxel(u, v) {
+  return { axial: [u, v, state.slice], coronal: [u, state.slice, v], sagittal: [state.slice, u, v] }[state.plane];
+}
+function onCut(p) {  // the object's 3D clicks on the current cut (and its 3D box, on an axial slice it spans), to draw
+  const axis = AXIS[state.plane], uv = { axial: [0, 1], coronal: [0, 2], sagittal: [1, 2] }[state.plane];
+  const shown = { box: null, points: [], labels: [] };
+  p.points.forEach((pt, i) => {
+    if (Math.round(pt[2 - axis]) === state.slice) { shown.points.push([pt[uv[0]], pt[uv[1]]]); shown.labels.push(p.labels[i]); }
+  });
+  const b = p.box;
+  if (b && state.plane === "axial" && b[2] <= state.slice && state.slice <= b[5]) shown.box = [b[0], b[1], b[3], b[4]];
+  return shown;
+}
+
+async function segment3d(change) {
+  if (state.busy) { status("busy: wait for the 3D segmentation"); return; }
+  const p = prompt3d(), before = JSON.parse(JSON.stringify(p)), t0 = performance.now();
+  change(p); draw();
+  state.busy = true; canvas.style.cursor = "wait";
+  status(`segmenting object ${state.object} in 3D… (the first 3D click encodes the volume: tens of seconds on a CPU)`);
+  try {
+    const body = { object: state.object, points: p.points, labels: p.labels, box: p.box };
+    const result = await (await api(`/api/images/${state.image.image_id}/segment3d`, {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) })).json();
+    state.image.objects[result.object] = state.image.objects[result.object] || `object ${result.object}`;
+    showObjects(); await refresh();
+    const where = result.changed ? ` (slices ${result.changed[0]}..${result.changed[1]} changed)` : "";
+    status(`object ${result.object}: ${result.voxels} voxels in 3D${where}${result.refined ? ", refined" : ""} ` +
+      `(${Math.round((performance.now() - t0) / 100) / 10} s)`);
+  } catch (err) {
+    state.clicks3d[state.object] = before; draw(); status(err.message);
+  } finally { state.busy = false; canvas.style.cursor = ""; }
+}
+function click3d(u, v, negative) {
+  segment3d((p) => { p.points.push(voxel(u, v)); p.labels.push(negative ? 0 : 1); });
+}
+function box3d(d) {  // a drag on an axial slice: a 3D box over the slices first..last
+  if (state.plane !== "axial") { status("3D mode: draw a 3D box on an axial slice (or click)"); draw(); return; }
+  const first = Number($("first").value), last = Number($("last").value);
+  segment3d((p) => {
+    p.box = [Math.min(d.x0, d.x1), Math.min(d.y0, d.y1), Math.min(first, last), Math.max(d.x0, d.x1),
+      Math.max(d.y0, d.y1), Math.max(first, last)];
+  });
+}
+async function loadClicks3d() {  // after undo/redo: each object's clicks of its last 3D prompt, to go on from
+  const session = await (await api(`/api/images/${state.image.image_id}/session`)).json();
+  state.clicks3d = {};
+  session.prompts.filter((q) => q.points3d || q.box3d).forEach((q) => {
+    state.clicks3d[q.object] = { points: q.points3d || [], labels: q.labels || [], box: q.box3d };
+  });
+}
+$("mode3d").addEventListener("change", async (e) => {
+  state.prompts = {}; draw();
+  if (!e.target.checked || !state.image) { status(""); return; }
+  state.busy = true; canvas.style.cursor = "wait";
+  status("encoding the volume for 3D clicks… (tens of seconds on a CPU)");
+  const t0 = performance.now();
+  try {
+    await api(`/api/images/${state.image.image_id}/encode3d`, { method: "POST" });
+    status(`3D mode (${Math.round((performance.now() - t0) / 100) / 10} s): click the object on any slice; ` +
+      "shift or right click: background; a box drag on an axial slice spans slices first..last");
+  } catch (err) { e.target.checked = false; status(err.message); } finally { state.busy = false; canvas.style.cursor = ""; }
+});
 
 function pixel(event) {
   const r = canvas.getBoundingClientRect();
@@ -103,6 +174,7 @@ canvas.addEventListener("mousedown", (e) => {
   const [x, y] = pixel(e);
   if (tool() === "brush" || tool() === "eraser") { if (e.button === 0) { state.stroke = [[x, y]]; draw(); } return; }
   if (tool() === "box" && e.button === 0 && !e.shiftKey) { state.drag = { x0: x, y0: y, x1: x, y1: y }; return; }
+  if (is3d()) { click3d(x, y, e.button === 2 || e.shiftKey); return; }
   const p = currentPrompt();
   p.points.push([x, y]); p.labels.push(e.button === 2 || e.shiftKey ? 0 : 1);
   draw(); segment().catch((err) => status(err.message));
@@ -130,6 +202,10 @@ window.addEventListener("mouseup", () => {
   const d = state.drag;
   if (!d) return;
   state.drag = null;
+  if (is3d()) {
+    if (Math.abs(d.x1 - d.x0) < 2 || Math.abs(d.y1 - d.y0) < 2) click3d(d.x0, d.y0, false); else box3d(d);
+    return;
+  }
   if (Math.abs(d.x1 - d.x0) < 2 || Math.abs(d.y1 - d.y0) < 2) {  // a click, not a drag: a positive point
     const p = currentPrompt();
     p.points.push([d.x0, d.y0]); p.labels.push(1);
@@ -179,11 +255,15 @@ $("new-object").addEventListener("click", () => {
   const ids = [...$("object").options].map((o) => Number(o.value));
   state.object = Math.max(0, ...ids) + 1; $("object-name").value = ""; showObjects(); draw();
 });
-$("clear-prompts").addEventListener("click", () => { delete state.prompts[`${state.object}:${state.plane}:${state.slice}`]; draw(); });
+$("clear-prompts").addEventListener("click", () => {
+  if (is3d()) delete state.clicks3d[state.object]; else delete state.prompts[`${state.object}:${state.plane}:${state.slice}`];
+  draw();
+});
 
 async function step(kind) {
   const result = await (await api(`/api/images/${state.image.image_id}/${kind}`, { method: "POST" })).json();
   state.prompts = {};
+  if (state.image.shape[0] > 1) await loadClicks3d();
   if (result.plane !== state.plane) setPlane(result.plane, result.slice);
   else if (result.slice !== state.slice) setSlice(result.slice); else await refresh();
   status(`${kind} on slice ${result.slice}`);
@@ -228,8 +308,9 @@ $("plane").addEventListener("change", (e) => { state.prompts = {}; setPlane(e.ta
 
 async function opened(response) {
   state.image = await response.json();
-  state.prompts = {}; state.object = 1;
+  state.prompts = {}; state.object = 1; state.clicks3d = {};
   const depth = state.image.shape[0];
+  $("volume-mode").hidden = depth < 2; $("mode3d").checked = false;
   $("volume-controls").hidden = depth < 2 && state.image.windows.length < 2;
   $("plane").innerHTML = state.image.planes.map((p) => `<option value="${p}">${p}</option>`).join("");
   $("plane").hidden = $("propagation").hidden = depth < 2;
@@ -283,7 +364,10 @@ $("propagate").addEventListener("click", () => state.image && propagate().catch(
 (async () => {
   try {
     const health = await (await api("/api/health")).json();
-    $("health").textContent = `${health.model} · ${health.engine} ${health.precision}`;
+    $("health").textContent = `${health.model} · ${health.engine} ${health.precision}` +
+      (health.volume_clicks ? ` · 3D ${health.volume_model}` : "");
+    $("mode3d").disabled = !health.volume_clicks;
+    $("volume-mode").title = health.volume_clicks ? `3D clicks with ${health.volume_model}` : health.volume_note;
     const listing = await (await api("/api/files")).json();
     $("files").hidden = !listing.root;
     const tasks = (await (await api("/api/tasks")).json()).tasks;
