@@ -102,6 +102,24 @@ class PromptedObjects(Dataset):
                 "target": torch.from_numpy(mask.astype(np.float32))[None], "index": index}
 
 
+class EpochDraws(Dataset):
+    """Base of the datasets whose ``count`` items a epoch are random draws: item ``i`` of epoch ``e`` comes from
+    :meth:`draw` ``(i)``, a generator seeded by ``(seed, e, i)``, so a run is reproducible and the loop's
+    ``set_epoch`` redraws every item."""
+
+    def __init__(self, count: int, seed: int) -> None:
+        self.count, self.seed, self.epoch = count, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.count
+
+    def draw(self, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch, index])
+
+
 class EpochSampler(Sampler[int]):
     """This process's indices of one epoch: ``randperm(n)`` from a generator seeded ``seed + epoch``,
     cut to whole global batches (``global_batch`` items), then every ``world_size``-th from ``rank``.

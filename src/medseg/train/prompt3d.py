@@ -49,6 +49,7 @@ from medseg.io.outputs import write_bytes
 from medseg.models.prompt3d import Promptable3D, SliceGrid, prompt_maps
 from medseg.models.weights import weights_digest
 from medseg.train.config import Config
+from medseg.train.datasets import EpochDraws
 from medseg.train.objectives import Objective, RunContext, register_objective
 
 FORMAT = 1
@@ -128,20 +129,15 @@ def _crop_bounds(target: torch.Tensor, rng: np.random.Generator | None, tokens: 
     return slice(z0, z1), slice(y0, y1), slice(x0, x1)
 
 
-class PromptedVolumes(Dataset):
+class PromptedVolumes(EpochDraws):
     """``count`` random crops of the objects a epoch (module docstring); ``set_epoch`` redraws them."""
 
     def __init__(self, objects: list[VolumeObject], count: int, seed: int, first: str) -> None:
-        self.objects, self.count, self.seed, self.first, self.epoch = objects, count, seed, first, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.count
+        super().__init__(count, seed)
+        self.objects, self.first = objects, first
 
     def __getitem__(self, index: int) -> dict:
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+        rng = self.draw(index)
         return {**object_item(self.objects[int(rng.integers(len(self.objects)))], rng, self.first), "index": index}
 
 

@@ -44,6 +44,7 @@ from medseg.data.datasets import dataset_cases
 from medseg.data.preprocess import label_frame
 from medseg.io import read_label
 from medseg.train.config import Config
+from medseg.train.datasets import EpochDraws
 from medseg.train.embeddings import EmbeddingStore
 from medseg.train.cached import embeddings_main_first
 from medseg.train.optim import bare_model
@@ -84,7 +85,7 @@ class TaskCases(Dataset):
                 "task": self.task_index, "index": i}
 
 
-class MixedTasks(Dataset):
+class MixedTasks(EpochDraws):
     """Items drawn across tasks: index i of epoch e -> task ~ weights, then a uniform case, from
     ``default_rng([seed, e, i])``."""
 
@@ -94,16 +95,11 @@ class MixedTasks(Dataset):
         w = np.asarray(weights, dtype=np.float64)
         if (w < 0).any() or w.sum() <= 0:
             raise InputError(f"config key 'universal.weights': must be >= 0 with a positive sum, got {weights}")
-        self.parts, self.p, self.size, self.seed, self.epoch = parts, w / w.sum(), size, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.size
+        super().__init__(size, seed)
+        self.parts, self.p = parts, w / w.sum()
 
     def __getitem__(self, index: int) -> dict:
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+        rng = self.draw(index)
         part = self.parts[rng.choice(len(self.parts), p=self.p)]
         item = part[int(rng.integers(len(part)))]
         return {**item, "index": index}

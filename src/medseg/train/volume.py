@@ -38,6 +38,7 @@ from medseg.data.masks import dice
 from medseg.data.planning import PATCH_VOXELS, Plan, fingerprint, make_plan, preprocess
 from medseg.errors import InputError
 from medseg.train.config import Config
+from medseg.train.datasets import EpochDraws
 from medseg.train.objectives import Objective, RunContext, register_objective
 
 
@@ -61,7 +62,7 @@ def planned_volumes(cases, plan: Plan, progress: bool = True) -> list[tuple[np.n
     return out
 
 
-class Patches(Dataset):
+class Patches(EpochDraws):
     """``count`` random patches of ``volumes`` a epoch (module docstring); ``set_epoch`` redraws them.
     ``augment``: a :class:`~medseg.data.augment3d.RandomPatch3D` (rotation, zoom, elastic, intensity and
     mirroring), or None for mirroring alone."""
@@ -70,20 +71,14 @@ class Patches(Dataset):
                  augment: RandomPatch3D | None = None) -> None:
         if not volumes:
             raise InputError("no volumes to train on")
-        self.volumes, self.patch, self.count, self.fraction, self.seed, self.epoch = \
-            volumes, tuple(patch), count, foreground_fraction, seed, 0
+        super().__init__(count, seed)
+        self.volumes, self.patch, self.fraction = volumes, tuple(patch), foreground_fraction
         self.augment = augment or RandomPatch3D(p_rotate=0, p_scale=0, p_elastic=0, p_intensity=0, p_gamma=0,
                                                 p_noise=0)
         self.foreground = [np.flatnonzero(y) for _, y in volumes]  # flat indices: a third of argwhere's memory
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.count
-
     def __getitem__(self, index: int) -> dict:
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+        rng = self.draw(index)
         case = int(rng.integers(len(self.volumes)))
         x, y = self.volumes[case]
         fg = self.foreground[case]
