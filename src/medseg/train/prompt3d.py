@@ -47,30 +47,25 @@ from medseg.infer.volume import window_volume
 from medseg.infer.volume_prompts import encode_slices, volume_window
 from medseg.io.outputs import write_bytes
 from medseg.models.prompt3d import Promptable3D, SliceGrid, prompt_maps
-from medseg.models.weights import weights_digest
 from medseg.train.config import Config
 from medseg.train.datasets import EpochDraws
+from medseg.train.embeddings import encoder_fingerprint, file_digest, preprocess_fingerprint
 from medseg.train.objectives import Objective, RunContext, register_objective
 
 FORMAT = 1
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def slice_embeddings(predictor: Predictor, tag: str, image_path: Path, scaled: np.ndarray, folder: Path,
-                     progress: bool = True) -> Path:
-    """The cached (Z, 256, E, E) float16 slice embeddings of a windowed (Z, Y, X) volume: computed once per
-    (encoder ``tag``, file bytes) into ``folder`` (written atomically), then read from there."""
-    key = hashlib.sha256(f"{FORMAT}|{tag}|{_file_digest(image_path)}".encode()).hexdigest()[:20]
+def slice_embeddings(predictor: Predictor, tag: str, image_path: Path, scaled: np.ndarray, window: str,
+                     folder: Path, progress: bool = True) -> Path:
+    """The cached (Z, 256, E, E) float16 slice embeddings of a (Z, Y, X) volume windowed by ``window``:
+    computed once per (encoder ``tag``, preprocessing, window, file bytes) into ``folder`` (written
+    atomically), then read from there."""
+    size = predictor.model.image_size
+    key = hashlib.sha256(json.dumps([FORMAT, tag, preprocess_fingerprint(size, window), file_digest(image_path)],
+                                    sort_keys=True).encode()).hexdigest()[:20]
     path = folder / f"{image_path.name.split('.')[0]}-{key}.safetensors"
     if not path.exists():
-        embeddings = encode_slices(predictor.model, scaled, predictor.model.image_size, progress)
+        embeddings = encode_slices(predictor.model, scaled, size, progress)
         write_bytes(path, save({"embeddings": embeddings.half().contiguous()}))
     return path
 
@@ -98,8 +93,9 @@ def load_objects(tasks: list, split: str, predictor: Predictor, tag: str, folder
         image, label = load_case(case)
         if image.array.shape[0] != 1 or len(image.spatial_shape) != 3 or image.spatial_shape[0] < 2:
             raise InputError(f"{case.image_path}: objective 'volume_prompts' needs single-channel 3D volumes")
-        scaled = window_volume(image.array[0], volume_window(task.window))
-        path = slice_embeddings(predictor, tag, Path(case.image_path), scaled, folder, progress)
+        window = volume_window(task.window)
+        scaled = window_volume(image.array[0], window)
+        path = slice_embeddings(predictor, tag, Path(case.image_path), scaled, window, folder, progress)
         size = predictor.model.image_size
         grid = SliceGrid(scaled.shape, image.meta.spacing, size, longest_side_shape(scaled.shape[1:], size))
         fine_image = grid.to_fine(torch.from_numpy(scaled) / 255.0).half()
@@ -227,7 +223,7 @@ class VolumePromptObjective(Objective):
         tasks = [t for name, t in tasks.items() if not c.data.task_names or name in c.data.task_names]
         predictor = Predictor(model.base, "cpu" if c.train.encoder_engine != "torch" else run.device,
                               engine=c.train.encoder_engine, precision=c.train.encoder_precision)
-        tag = json.dumps([weights_digest(model.base.image_encoder), c.train.encoder_engine, c.train.encoder_precision])
+        tag = json.dumps([encoder_fingerprint(model.base), c.train.encoder_engine, c.train.encoder_precision])
         folder = run.cache_dir / "volume-slices"
         train = load_objects(tasks, c.data.train_split, predictor, tag, folder, c.data.limit, run.progress)
         dataset = PromptedVolumes(train, c.data.patches_per_epoch, c.train.seed, c.train.first_prompt)
