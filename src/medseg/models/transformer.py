@@ -133,10 +133,10 @@ class TwoWayTransformer(nn.Module):
 
     def forward(self, image: torch.Tensor, image_pe: torch.Tensor,
                 tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # (B, C, H, W) -> (B, H*W, C), contiguous: a view of a channels-last map, else one copy (the
-        # elementwise work on strided views costs more than the copy)
-        image = image.permute(0, 2, 3, 1).flatten(1, 2)
-        image_pe = image_pe.permute(0, 2, 3, 1).flatten(1, 2)
+        # (B, C, H, W) -> (B, H*W, C), made contiguous: free for a channels-last map, else one copy (the
+        # permuted view of an NCHW map would make every elementwise op below a strided, transposing one)
+        image = image.permute(0, 2, 3, 1).flatten(1, 2).contiguous()
+        image_pe = image_pe.permute(0, 2, 3, 1).flatten(1, 2).contiguous()
         queries = tokens
         for layer in self.layers:
             queries, image = layer(queries, image, tokens, image_pe)
