@@ -2,9 +2,10 @@
 
 * :class:`EncoderGraph`: image (B, 3, S, S) in [0, 1] (``medseg.data.preprocess.prepare_image``) ->
   embedding (B, 256, E, E), plus, for a model whose mask head fuses the encoder's stride-4/8 maps (the HR
-  encoders with the fusion head), ``stride4`` (B, 32, 4E, 4E) and ``stride8`` (B, 64, 2E, 2E): those maps
-  already projected by the fusion head (:meth:`~medseg.models.mask_decoder.FeatureFusion.project`), work
-  that depends on the image alone and so is done once per image, not once per prompt.
+  encoders with the fusion head), ``stride4`` (B, 16 E^2, 32) and ``stride8`` (B, 4 E^2, 64): those maps
+  already projected by the fusion head and laid out as the rows the decoder adds them to
+  (:meth:`~medseg.models.mask_decoder.FeatureFusion.subpixels`), work that depends on the image alone and
+  so is done once per image, not once per prompt.
 * :class:`PromptDecoderGraph`: one image's embedding (1, 256, E, E) [+ its stride-4/8 maps], N prompt
   sets packed as points (SAM's ONNX convention, written here for medseg's prompt encoder):
   ``point_coords`` (N, K, 2) float (x, y) in model-input pixels, ``point_labels`` (N, K) float with
@@ -42,8 +43,8 @@ class EncoderGraph(nn.Module):
         embedding, features = self.model.encode_features(image)
         if features is None:
             return (embedding,)
-        from8, from4 = self.model.mask_decoder.fusion.project(features)
-        return embedding, from4, from8
+        rows8, rows4 = self.model.mask_decoder.fusion.subpixels(features)
+        return embedding, rows4, rows8
 
 
 class PromptDecoderGraph(nn.Module):
@@ -76,8 +77,8 @@ class PromptDecoderGraph(nn.Module):
         has = has_mask_input.reshape(1, 1, 1, 1)
         dense = has * pe.mask_downscaling(mask_input) + (1 - has) * pe.no_mask_embed.weight.reshape(1, -1, 1, 1)
         n = point_coords.shape[0]  # the fusion maps expanded to the prompt sets (OpenVINO does not broadcast them)
-        features = None if stride4 is None else {"projected": (stride8.expand(n, -1, -1, -1),
-                                                               stride4.expand(n, -1, -1, -1))}
+        features = None if stride4 is None else {"subpixels": (stride8.expand(n, -1, -1),
+                                                               stride4.expand(n, -1, -1))}
         extra = {"features": features} if self.model.uses_features else {}
         return self.model.mask_decoder(embedding, self.dense_pe, sparse, dense, None, **extra)
 

@@ -143,23 +143,24 @@ class FeatureFusion(nn.Module):
         self._last: tuple | None = None  # inference: (stride-8 map, stride-4 map, their versions, their rows)
 
     def project(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The stride-8 and stride-4 maps projected: (B, dim/4, 2E, 2E), (B, dim/8, 4E, 4E); an exported
-        encoder graph gives them ready-made (``features["projected"]`` = (stride-8, stride-4))."""
-        if "projected" in features:
-            return features["projected"]
+        """The stride-8 and stride-4 maps projected: (B, dim/4, 2E, 2E), (B, dim/8, 4E, 4E)."""
         return self.from_stride8(features["stride8"]), self.from_stride4(features["stride4"])
 
     def subpixels(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`project`'s maps as rows in the decoder's sub-pixel order: (B, 4E^2, dim/4), (B, 16E^2, dim/8).
+        An exported encoder graph gives them ready-made (``features["subpixels"]`` = (stride-8, stride-4)).
 
         They depend on the image alone, so in inference (eval mode, no autograd) the last image's are kept
         and reused by every prompt on it, for as long as the same map tensors (unchanged) come in (not for
         tensors made under ``torch.inference_mode``, which keep no version to tell a change by)."""
+        if "subpixels" in features:
+            return features["subpixels"]
+
         def rows():
             from8, from4 = self.project(features)
             return map_to_subpixels(from8, 1), map_to_subpixels(from4, 2)
 
-        s8, s4 = features["projected"] if "projected" in features else (features["stride8"], features["stride4"])
+        s8, s4 = features["stride8"], features["stride4"]
         if self.training or torch.is_grad_enabled() or s8.is_inference() or s4.is_inference():
             self._last = None
             return rows()
