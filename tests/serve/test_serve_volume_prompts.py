@@ -217,7 +217,8 @@ def test_serve_options_of_3d_clicks(monkeypatch, capsys):
     import argparse
 
     import medseg.models
-    from medseg.cli import _serve_volume_model, main
+    from medseg.cli import main
+    from medseg.cli.serve import serve_volume_model
 
     for args, words in [(["--model", "litemedsam-3d"], "serve it for 3D clicks with --volume-model litemedsam-3d"),
                         (["--volume-model", "unet3d"], "--volume-model 'unet3d': give a promptable 3D model"),
@@ -231,12 +232,12 @@ def test_serve_options_of_3d_clicks(monkeypatch, capsys):
 
     monkeypatch.setattr(medseg.models, "build_model", missing)
     options = dict(volume_checkpoint=None, device=None, engine="torch", precision="fp32", threads=None)
-    off = _serve_volume_model(argparse.Namespace(volume_model=None, **options))  # the default: off, and why
+    off = serve_volume_model(argparse.Namespace(volume_model=None, **options))  # the default: off, and why
     assert off.predictor is None and "--volume-model litemedsam-3d --volume-checkpoint W" in off.note
     assert "3D clicks are off" in capsys.readouterr().err
     with pytest.raises(MedsegError, match="litemedsam-3d"):  # asked for by name: its weights must load
-        _serve_volume_model(argparse.Namespace(volume_model="litemedsam-3d", **options))
-    assert "started with --volume-model none" in _serve_volume_model(argparse.Namespace(volume_model="none", **options)).note
+        serve_volume_model(argparse.Namespace(volume_model="litemedsam-3d", **options))
+    assert "started with --volume-model none" in serve_volume_model(argparse.Namespace(volume_model="none", **options)).note
 
 
 @pytest.fixture

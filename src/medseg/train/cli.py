@@ -6,7 +6,7 @@
     medseg pretrain CONFIG.yaml ...  (the same, objective "mae")
     torchrun --nproc_per_node 2 -m medseg.train CONFIG.yaml ...   (same arguments, several processes)
 
-``medseg.cli`` wires it in with ``add_train_parser(subparsers)``; ``python -m medseg.train``
+``medseg.cli.parser`` wires it in with ``add_train_parser(subparsers)``; ``python -m medseg.train``
 runs the same command on its own.
 """
 
