@@ -135,3 +135,14 @@ def test_the_slice_wise_path_walks_from_a_click_and_keeps_to_a_box():
     assert not out.mask[:2].any() and not out.mask[4:].any()  # nothing outside the box's slices
     with pytest.raises(InputError, match="positive click or a 3D box"):
         predictor.predict(points=[[5, 5, 1]], point_labels=[0])
+
+
+def test_crops_draw_each_task_evenly_whatever_its_number_of_objects(monkeypatch):
+    import medseg.train.prompt3d as prompt3d
+
+    objects = [prompt3d.VolumeObject(f"h{i}:1", "many", None, None, None, None) for i in range(30)]
+    objects += [prompt3d.VolumeObject("la:1", "few", None, None, None, None)]
+    monkeypatch.setattr(prompt3d, "object_item", lambda obj, rng, first: {"task": obj.task})
+    crops = prompt3d.PromptedVolumes(objects, 400, seed=0, first="point")
+    share = np.mean([crops[i]["task"] == "few" for i in range(len(crops))])
+    assert 0.4 < share < 0.6, share  # drawn by object it would be 1 in 31
