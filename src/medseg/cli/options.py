@@ -1,4 +1,5 @@
-"""What the commands share: the model options, the predictor they ask for, threads and devices, and writing a result."""
+"""What the commands share: the model options, the predictor they ask for, threads and devices, and
+writing a result."""
 
 from __future__ import annotations
 
