@@ -5,6 +5,7 @@ on a 3D set's train split on this CPU, scored on its test split by medseg's metr
         [--methods slicewise unet3d vit3d vit3d_mae nnunet shipped] [--budget 300] [--mae-budget 360]
         [--quick] [--json OUT]
     python benchmarks/volumetric.py --ship RUN --name la-heart-3d   # package a 'volume' run as a shipped model
+    python benchmarks/volumetric.py --postprocess la-heart-3d       # its largest-component rule, decided on val
     python benchmarks/volumetric.py --datasets acdc_cardiac_mri --methods shipped \
         --merge benchmarks/results/volumetric.json                  # add rows to an earlier result
 
@@ -237,6 +238,36 @@ def ship(run: Path, name: str, overwrite: bool) -> int:
     return 0
 
 
+def postprocess(name: str, data: Path) -> int:
+    """Decide on the val split which classes of shipped model ``name`` keep only their largest connected
+    component (:mod:`medseg.eval.postprocess`), and write the decision into its plan and provenance."""
+    import dataclasses
+
+    from medseg.eval.postprocess import decide_keep_largest
+    from medseg.models import build_model
+    from medseg.models.build import SHIPPED_VOLUMETRIC
+    from medseg.models.weights import save_parts_fp16
+
+    dataset = {model: set_name for set_name, model in SHIPPED.items()}.get(name)
+    if dataset is None:
+        sys.exit(f"--postprocess {name!r}: not a shipped 3D model ({', '.join(SHIPPED.values())})")
+    set_threads()
+    model = build_model(name, pretrained=True)
+    decision = decide_keep_largest(model, data / dataset, "val")
+    for class_id, entry in decision["classes"].items():
+        print(f"{name} class {class_id}: val Dice {entry['raw']:.4f} raw, {entry['largest']:.4f} largest component "
+              f"-> {'keep largest' if entry['keep'] else 'as is'}")
+    model.set_plan(dataclasses.replace(model.plan, keep_largest=decision["keep_largest"]))
+    path = SHIPPED_VOLUMETRIC[name][1]
+    provenance = json.loads(_provenance(name).read_text())
+    provenance["postprocess"] = {**decision, "rule": "a class keeps only its largest connected component when that "
+                                                     "does not lower its mean val Dice"}
+    provenance["command"] += f"; python benchmarks/volumetric.py --postprocess {name}"
+    save_parts_fp16(model.state_dict(), ("",), path, provenance, overwrite=True)
+    print(f"{path}: keep_largest {decision['keep_largest']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=DATASETS)
@@ -251,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ship", type=Path, metavar="RUN", help="package RUN/best.safetensors as --name")
     parser.add_argument("--name", help="with --ship: the shipped model's name (la-heart-3d, hippocampus-3d, acdc-3d)")
     parser.add_argument("--overwrite", action="store_true", help="with --ship: replace the shipped files")
+    parser.add_argument("--postprocess", metavar="NAME", help="decide a shipped 3D model's largest-component "
+                                                             "post-processing on its set's val split, into its weights")
     parser.add_argument("--one", choices=METHODS, help=argparse.SUPPRESS)
     parser.add_argument("--dataset", help=argparse.SUPPRESS)
     parser.add_argument("--row-out", type=Path, help=argparse.SUPPRESS)
@@ -258,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.ship:
         return ship(args.ship, args.name, args.overwrite)
+    if args.postprocess:
+        return postprocess(args.postprocess, args.data)
     if args.one:
         args.method = args.one
         return run_one(args)

@@ -91,6 +91,8 @@ def test_plan_round_trips_through_json_and_refuses_other_dicts():
     plan = make_plan(fp_of([(3, 1, 1)], [(20, 64, 64)], modality="CT"))
     again = Plan.from_dict(json.loads(json.dumps(plan.to_dict())))
     assert again == plan
+    older = {k: v for k, v in plan.to_dict().items() if k != "keep_largest"}  # a plan from before the field
+    assert Plan.from_dict(older).keep_largest == []
     with pytest.raises(InputError, match="not a medseg plan"):
         Plan.from_dict({"spacing": 1})
 
@@ -160,3 +162,17 @@ def test_real_sets_plan_as_their_geometry_says(shared_data):
     assert acdc.coarse_axes == [0] and acdc.target_spacing[0] >= 5.0 and 1.2 < acdc.target_spacing[1] < 2.0
     hippo = make_plan(fingerprint(dataset_cases(shared_data / "msd_hippocampus", "train", limit=6), progress=False))
     assert hippo.target_spacing == (1.0, 1.0, 1.0) and hippo.classes == [1, 2]
+
+
+def test_keep_largest_reduces_only_the_named_classes_to_their_largest_component():
+    from medseg.data.masks import keep_largest
+
+    labels = np.zeros((1, 6, 9), np.uint8)
+    labels[0, 1:4, 0:3] = 1   # 9 voxels
+    labels[0, 0, 8] = 1       # an island
+    labels[0, 5, 0:2] = 2
+    labels[0, 5, 7:9] = 2     # two pieces of class 2
+    out = keep_largest(labels, [1])
+    assert out[0, 0, 8] == 0 and (out == 1).sum() == 9 and (out == 2).sum() == 4
+    assert labels[0, 0, 8] == 1  # the input is left as it was
+    assert np.array_equal(keep_largest(np.zeros((2, 3, 3), np.uint8), [1, 2]), np.zeros((2, 3, 3), np.uint8))

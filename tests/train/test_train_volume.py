@@ -4,6 +4,7 @@ segments a volume onto the input's grid; patches are drawn reproducibly."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -143,3 +144,28 @@ def test_mae_refuses_validation_and_a_segmenter(balls, tmp_path):
                      data__crop_size="[16,16,16]"), tmp_path / "b")
     with pytest.raises(InputError, match="layer_decay"):
         train(config(balls, optim__layer_decay=0.5), tmp_path / "c")
+
+
+def test_postprocess_decides_on_val_and_the_weights_carry_it(balls, tmp_path, capsys):
+    from medseg.data.masks import components
+    from medseg.infer.sliding import segment_volume_auto
+
+    train(config(balls, train__epochs=2), tmp_path / "run")
+    weights, out, report = tmp_path / "run" / "best.safetensors", tmp_path / "pp.safetensors", tmp_path / "pp.json"
+    argv = ["postprocess", str(balls), "--model", "unet3d-tiny", "--checkpoint", str(weights), "--out", str(out),
+            "--json", str(report), "--no-progress"]
+    assert main(argv) == 0
+    assert "keep largest component" in capsys.readouterr().out
+    decision = json.loads(report.read_text())
+    assert decision["split"] == "val" and set(decision["classes"]) == {"1", "2"}
+    for entry in decision["classes"].values():
+        assert entry["keep"] == (entry["largest"] >= entry["raw"])
+    model = build_model("unet3d-tiny", checkpoint=out)
+    assert model.plan.keep_largest == decision["keep_largest"]
+    model.set_plan(dataclasses.replace(model.plan, keep_largest=[1, 2]))  # both, to see the rule applied
+    labels = segment_volume_auto(model, read_image(balls / "imagesTr" / "b7.nii.gz"))
+    assert all(len(components(labels == c, min_size=1)[1]) <= 1 for c in (1, 2))
+
+    assert main(argv) == 2  # never overwritten
+    assert main([*argv[:-1], "--split", "test", "--overwrite"]) == 2
+    assert "decide on val" in capsys.readouterr().err

@@ -39,6 +39,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                   f"      mask {mask}\n      overlay {ov}")
     return 0
 
+
 def _own_demo_prompts(args: argparse.Namespace) -> list[tuple[str, dict]]:
     """The demo's prompts on the user's PATH: --box and/or --point, else the central box."""
     prompts = []
@@ -56,6 +57,7 @@ def _own_demo_prompts(args: argparse.Namespace) -> list[tuple[str, dict]]:
             raise InputError(f"{args.path}: a click on a volume is not supported yet; give --box")
         prompts.append(("click", {"points": [list(args.point)]}))
     return prompts
+
 
 def _demo_prompt_text(tag: str, prompt: dict) -> str:
     values = prompt["boxes"][0] if tag == "box" else prompt["points"][0]

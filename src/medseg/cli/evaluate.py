@@ -17,6 +17,7 @@ def _evaluate_outputs(args: argparse.Namespace) -> dict[str, Path | None]:
     wanted = {"--json": args.json, "--csv": args.csv, "--figure": args.figure}
     return plan_outputs(wanted, protected=dataset_files(args.dataset), overwrite=args.overwrite)
 
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..data.datasets import dataset_cases
 
@@ -44,6 +45,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             print(f"wrote {write(outputs[name], overwrite=args.overwrite)}")
     return failed_status(len(report.errors), report.summary["n_cases"] + len(report.errors))
 
+
 def _evaluate_auto(args: argparse.Namespace, outputs: dict[str, Path | None]) -> int:
     from ..eval.automatic import evaluate_auto, evaluate_volumes_auto, print_auto, write_auto_json
     from ..models.build import VOLUMETRIC
@@ -65,6 +67,7 @@ def _evaluate_auto(args: argparse.Namespace, outputs: dict[str, Path | None]) ->
         print(f"wrote {write_auto_json(result, outputs['--json'], overwrite=args.overwrite)}")
     return failed_status(len(result["errors"]), len({r["stem"] for r in result["cases"]}) + len(result["errors"]))
 
+
 def _evaluate_clicks(args: argparse.Namespace, predictor, outputs: dict[str, Path | None]) -> int:
     from ..eval.interactive import evaluate_interactive, print_rounds, rounds_csv, save_rounds_figure
     from ..io.outputs import write_text
@@ -84,6 +87,7 @@ def _evaluate_clicks(args: argparse.Namespace, predictor, outputs: dict[str, Pat
         print(f"wrote {save_rounds_figure(result, outputs['--figure'], overwrite=args.overwrite)}")
     n_cases = len({c["stem"] for c in result["cases"]}) + len(result["skipped"]) + len(result["errors"])
     return failed_status(len(result["errors"]), n_cases)
+
 
 def cmd_tasks(args: argparse.Namespace) -> int:
     from ..models import build_model

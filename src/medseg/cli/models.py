@@ -16,6 +16,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"exported {args.model} ({args.precision}, weights {info.weights_sha256[:12]}) to {args.out}: {sizes}")
     return 0
 
+
 def cmd_models(args: argparse.Namespace) -> int:
     from ..models import list_models
     from ..models.build import SHIPPED_DECODERS, VOLUMETRIC, has_published_weights, has_shipped_tasks

@@ -24,6 +24,7 @@ def model_args(p: argparse.ArgumentParser) -> None:
                    help="fp32 (default); bf16 (torch, openvino); fp16 storage and int8 (onnxruntime, openvino)")
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's default, the number of cores)")
 
+
 def device_of(name: str | None):
     import torch
 
@@ -36,6 +37,7 @@ def device_of(name: str | None):
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"--device {name}: no CUDA GPU is available here; use --device cpu.")
     return device
+
 
 def promptable_model(args: argparse.Namespace, kinds: tuple[str, ...] = ("promptable", "universal"),
                       use: str = "prompted"):
@@ -53,6 +55,7 @@ def promptable_model(args: argparse.Namespace, kinds: tuple[str, ...] = ("prompt
         print(f"note: model {args.model!r} has no published weights and no --checkpoint: random weights",
               file=sys.stderr)
     return build_model(args.model, pretrained=pretrained, checkpoint=args.checkpoint, weights=args.weights)
+
 
 def predictor_for(args: argparse.Namespace, automatic: bool = False):
     """The predictor the model arguments ask for; an AutoSegmenter with ``automatic`` or ``--task``; a
@@ -74,10 +77,12 @@ def predictor_for(args: argparse.Namespace, automatic: bool = False):
         return AutoSegmenter(model, device=device, engine=args.engine, precision=args.precision, threads=args.threads)
     return Predictor(model, device=device, engine=args.engine, precision=args.precision, threads=args.threads)
 
+
 def models_of(kind: str) -> list[str]:
     from ..models import list_models
 
     return list_models(kind)
+
 
 def set_threads(threads: int | None) -> None:
     """``--threads N``: torch's intra-op threads, set once (the ONNX engines take the same number)."""
@@ -89,6 +94,7 @@ def set_threads(threads: int | None) -> None:
 
     torch.set_num_threads(threads)
 
+
 def universal_default(args: argparse.Namespace) -> None:
     """With --task, the model defaults to "universal": the shipped one, or a trained --checkpoint."""
     from ..models.build import has_shipped_tasks
@@ -99,9 +105,11 @@ def universal_default(args: argparse.Namespace) -> None:
         raise InputError(f"--task with model {args.model!r} needs --checkpoint: a universal model trained with the "
                          f"'universal' objective (`medseg tasks` lists what the shipped one knows)")
 
+
 def _default_mask_path(src: Path, volumetric: bool) -> Path:
     name = src.name if src.is_dir() else src.name.split(".")[0]
     return Path.cwd() / f"{name}_mask{'.nii.gz' if volumetric else '.png'}"
+
 
 def write_outputs(result, out: Path | None, overlay_path: Path | None, overwrite: bool) -> tuple[Path, Path | None]:
     """Write the label map (with the input's geometry) and the overlay picture, both paths checked
@@ -123,6 +131,7 @@ def write_outputs(result, out: Path | None, overlay_path: Path | None, overwrite
         save_png(rgb, planned["--overlay"], overwrite=overwrite, source=source)
     return written, planned["--overlay"]
 
+
 def volume_model(args: argparse.Namespace):
     """A planned 3D model: ``--checkpoint``, else its shipped weights (``medseg models``), on ``--device``
     with ``--threads``."""
@@ -137,12 +146,14 @@ def volume_model(args: argparse.Namespace):
     model = build_model(args.model, pretrained=args.checkpoint is None, checkpoint=args.checkpoint)
     return model.to(device_of(args.device))
 
+
 def failed_status(n_errors: int, n_cases: int) -> int:
     """Exit status of an evaluation: 1 (with a line on stderr) when any case failed, else 0."""
     if n_errors:
         print(f"medseg evaluate: {n_errors} of {n_cases} cases failed (listed above)", file=sys.stderr)
         return 1
     return 0
+
 
 def is_volume(path) -> bool:
     from ..io import read_image

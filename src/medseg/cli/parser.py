@@ -10,12 +10,14 @@ from ..errors import MedsegError
 from .demo import cmd_demo
 from .evaluate import cmd_evaluate, cmd_tasks
 from .models import cmd_export, cmd_models
+from .postprocess import cmd_postprocess
 from .options import model_args
 from .predict import cmd_predict
 from .serve import cmd_serve
 
 
 MAX_OUTPUT_SIDE = 16384
+
 
 def _output_side(text: str) -> int:
     """An --output-size side: an integer in 1..MAX_OUTPUT_SIDE (argparse reports anything else)."""
@@ -27,6 +29,7 @@ def _output_side(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{value} pixels: give a side from 1 to {MAX_OUTPUT_SIDE}")
     return value
 
+
 class _Click(argparse.Action):
     """A repeatable click of 2 (X Y) or 3 (X Y Z) numbers; anything else is a usage error (exit 2)."""
 
@@ -34,6 +37,7 @@ class _Click(argparse.Action):
         if len(values) not in (2, 3):
             parser.error(f"{option_string} takes X Y (a picture) or X Y Z (a volume), got {len(values)} numbers")
         setattr(namespace, self.dest, [*(getattr(namespace, self.dest) or []), values])
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medseg", description="Universal, efficient medical image segmentation.")
@@ -132,6 +136,21 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(p)
     p.set_defaults(func=cmd_serve)
 
+    p = sub.add_parser("postprocess", help="decide on val which classes of a 3D model keep only their largest "
+                                           "connected component; write the weights with that decision")
+    p.add_argument("dataset", type=Path, help="3D dataset folder (imagesTr/ + labelsTr/ with splits.json)")
+    p.add_argument("--model", required=True, help="a planned 3D model (la-heart-3d, acdc-3d, unet3d ...)")
+    p.add_argument("--checkpoint", help="its weights (default: the shipped ones)")
+    p.add_argument("--out", type=Path, required=True, help="the weights with the decision in their plan (.safetensors)")
+    p.add_argument("--split", default="val", help="the split that decides (default: val; never test)")
+    p.add_argument("--limit", type=int, help="only the first N volumes")
+    p.add_argument("--json", type=Path, help="the per-class Dice and the decision as JSON")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files (never the input)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--device", help="cpu, cuda ... (default: cuda when available)")
+    p.add_argument("--threads", type=int, help="CPU threads")
+    p.set_defaults(func=cmd_postprocess)
+
     p = sub.add_parser("models", help="list the registered models")
     p.set_defaults(func=cmd_models)
 
@@ -141,9 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_tasks)
     return parser
 
+
 def _warn(message, category, filename, lineno, file=None, line=None) -> None:
     """Warnings as one line a person reads (``medseg: warning: ...``), not Python's file:line form."""
     print(f"medseg: warning: {message}", file=sys.stderr)
+
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; user mistakes and unwritable places end as one line on stderr, never a traceback.

@@ -44,6 +44,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"overlay -> {ov}")
     return 0
 
+
 def _predict_volume_auto(args: argparse.Namespace, image) -> int:
     """``--model la-heart-3d`` (shipped) or ``--model unet3d --checkpoint W``: a planned 3D model segments the
     volume with no prompt (sliding window)."""
@@ -65,6 +66,7 @@ def _predict_volume_auto(args: argparse.Namespace, image) -> int:
     if ov:
         print(f"overlay -> {ov}")
     return 0
+
 
 def _replay_prompts(args: argparse.Namespace, image) -> int:
     """``--prompts session.json``: medseg serve's prompts, replayed in order, to the label map the page showed.
@@ -104,6 +106,7 @@ def _replay_prompts(args: argparse.Namespace, image) -> int:
     out, ov = write_outputs(FileResult(labels, image, slices[-1], []), args.out, args.overlay, args.overwrite)
     print(f"replayed {len(slices)} prompt(s): {len(np.unique(labels)) - 1} object(s), {int((labels > 0).sum())} voxels -> {out}")
     return 0
+
 
 def _session_volume_predictor(args: argparse.Namespace, session: dict, first: int):
     """The promptable 3D model that made a session's 3D clicks (``volume_model``, with its shipped weights), for

@@ -40,6 +40,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                token=args.token, max_upload_mb=args.max_upload_mb, cache_size=args.cache_size,
                volume=serve_volume_model(args))
 
+
 def serve_volume_model(args: argparse.Namespace):
     """The 3D clicks of ``medseg serve`` (:class:`~medseg.serve.state.VolumeModel`): ``--volume-model`` (checked
     by :func:`cmd_serve`) with ``--volume-checkpoint``, on the 2D model's device and engine. Without

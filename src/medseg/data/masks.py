@@ -87,6 +87,18 @@ def largest_component(mask: np.ndarray) -> np.ndarray | None:
     return labels == int(np.argmax(sizes)) + 1
 
 
+def keep_largest(labels: np.ndarray, class_ids: Collection[int]) -> np.ndarray:
+    """A label map (H, W) or (Z, Y, X) of class ids -> a copy in which each class of ``class_ids`` keeps only
+    its largest connected component (the rest becomes background 0); other classes are left as they are."""
+    out = labels.copy()
+    for class_id in class_ids:
+        mask = labels == class_id
+        largest = largest_component(mask)
+        if largest is not None:
+            out[mask & ~largest] = 0
+    return out
+
+
 def _dice64(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Dice (B,) float64 of bool (B, ...) masks from exact counts; 1 where both are empty."""
     pred, target = pred.flatten(1).double(), target.flatten(1).double()

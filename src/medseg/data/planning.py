@@ -74,6 +74,7 @@ class Plan:
     ct_mean: float | None = None
     ct_std: float | None = None
     coarse_axes: list[int] = field(default_factory=list)
+    keep_largest: list[int] = field(default_factory=list)  # classes reduced to their largest component
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -101,6 +102,8 @@ class Plan:
             f"patch (Z, Y, X): {' x '.join(map(str, self.patch_size))}, batch {self.batch_size}",
             f"normalisation: {norm}",
             f"classes: {', '.join(map(str, self.classes))}",
+            *([f"post-processing: only the largest connected component of class(es) "
+               f"{', '.join(map(str, self.keep_largest))}"] if self.keep_largest else []),
         ])
 
 

@@ -6,7 +6,8 @@
 The volume is cropped, resampled and normalised by the model's :class:`~medseg.data.planning.Plan`,
 covered by patches of the plan's size with half-patch overlap and Gaussian weighting (MONAI's
 ``sliding_window_inference``; optional mirroring test-time augmentation averages the flipped
-predictions), turned into class ids by arg-max and put back on the input's grid by nearest neighbour.
+predictions), turned into class ids by arg-max and put back on the input's grid by nearest neighbour; the
+classes the plan names in ``keep_largest`` then keep only their largest connected component.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from medseg.data.masks import keep_largest
 from medseg.data.planning import preprocess, restore_label
 from medseg.errors import InputError
 
@@ -36,9 +38,11 @@ def sliding_logits(model: torch.nn.Module, x: torch.Tensor, patch: tuple[int, in
 
 @torch.no_grad()
 def segment_volume_auto(model: torch.nn.Module, image, mirror: bool = False,
-                        device: str | torch.device | None = None) -> np.ndarray:
+                        device: str | torch.device | None = None, postprocess: bool = True) -> np.ndarray:
     """An :class:`~medseg.io.Image` (C, Z, Y, X) -> (Z, Y, X) label map of the plan's class ids on the input's
-    grid. InputError when the model carries no plan (train it with the 'volume' objective)."""
+    grid, each class of the plan's ``keep_largest`` reduced to its largest connected component (unless
+    ``postprocess`` is False; :func:`medseg.eval.postprocess.decide_keep_largest` decides them on val).
+    InputError when the model carries no plan (train it with the 'volume' objective)."""
     plan = getattr(model, "plan", None)
     if plan is None:
         raise InputError("this model carries no 3D plan: train it with the 'volume' objective "
@@ -52,4 +56,5 @@ def segment_volume_auto(model: torch.nn.Module, image, mirror: bool = False,
     logits = sliding_logits(model, torch.from_numpy(x)[None].to(device), plan.patch_size, mirror=mirror)
     index = logits.argmax(1)[0].cpu().numpy()
     ids = np.array([0, *plan.classes], dtype=np.int64)
-    return restore_label(ids[index], record)
+    labels = restore_label(ids[index], record)
+    return keep_largest(labels, plan.keep_largest) if postprocess and plan.keep_largest else labels
