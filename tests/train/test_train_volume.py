@@ -169,3 +169,18 @@ def test_postprocess_decides_on_val_and_the_weights_carry_it(balls, tmp_path, ca
     assert main(argv) == 2  # never overwritten
     assert main([*argv[:-1], "--split", "test", "--overwrite"]) == 2
     assert "decide on val" in capsys.readouterr().err
+
+
+def test_weights_whose_plan_predates_a_plan_field_still_load(tmp_path):
+    from safetensors.torch import save_file
+
+    from medseg.data.planning import Plan
+
+    model = build_model("unet3d-tiny")
+    model.set_plan(Plan((1.0, 1.0, 1.0), "zscore", (16, 16, 16), 2, (20, 20, 20), [1, 2]))
+    state = model.state_dict()
+    older = {k: v for k, v in model.plan.to_dict().items() if k != "keep_largest"}
+    state["plan_json"] = torch.tensor(list(json.dumps(older, sort_keys=True).encode()), dtype=torch.uint8)
+    save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "old.safetensors")
+    loaded = build_model("unet3d-tiny", checkpoint=tmp_path / "old.safetensors")
+    assert loaded.plan.classes == [1, 2] and loaded.plan.keep_largest == []

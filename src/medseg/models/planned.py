@@ -31,10 +31,13 @@ class CarriesPlan:
         self._set_classes(len(plan.classes) + 1)
 
     def adopt_state(self, state: dict[str, torch.Tensor]) -> None:
-        """Before ``state`` (a checkpoint) loads strictly: take its plan, and so its number of classes."""
-        plan = decode_plan(state.get("plan_json"))
+        """Before ``state`` (a checkpoint) loads strictly: take its plan, and so its number of classes. The
+        plan's bytes are kept as stored (a plan written before a field was added re-encodes longer)."""
+        stored = state.get("plan_json")
+        plan = decode_plan(stored)
         if plan is not None:
             self.set_plan(plan)
+            self.plan_json = stored.detach().to(device=self.plan_json.device, dtype=torch.uint8).clone()
 
     def _set_classes(self, count: int) -> None:
         raise NotImplementedError
