@@ -130,14 +130,20 @@ def ship(run: Path, overwrite: bool) -> int:
     config = best["config"]
     lines = (run / "metrics.csv").read_text().splitlines()
     made = run / "commands.txt"
+    earlier = _earlier(config)
     provenance = {
         "what": "litemedsam-3d's head: a promptable 3D head (medseg.models.prompt3d: spatial adapter, 3D prompt "
                 "encoder, 3D mask decoder) on LiteMedSAM's frozen encoder, trained by medseg from simulated clicks "
                 "and 3D boxes on cached slice embeddings; float16, loaded as float32",
         "data": f"the train splits of {', '.join(config['data']['task_names'])} (../shared/data, "
-                f"{config['data']['tasks']}); val: their val splits; no test volume",
-        "steps": best["step"] + _steps_before(config), "epoch": best["epoch"], "seed": config["train"]["seed"],
-        "command": "; ".join([*(made.read_text().splitlines() if made.is_file() else []),
+                f"{config['data']['tasks']}"
+                + (f", the first {config['data']['limit']} volumes of each" if config["data"].get("limit") else "")
+                + "); val: their val splits; no test volume"
+                + (f"; continued from a head trained {earlier['steps']} steps on {earlier['data']}" if earlier else ""),
+        "steps": best["step"] + (earlier["steps"] if earlier else 0), "epoch": best["epoch"],
+        "seed": config["train"]["seed"],
+        "command": "; ".join([*([earlier["command"]] if earlier and earlier.get("command") else []),
+                              *(made.read_text().splitlines() if made.is_file() else []),
                               f"python benchmarks/volume_prompts.py --ship {run}"]),
         "config": config, "val_dice": best["best_dice"],
         "history": [dict(zip(lines[0].split(","), row.split(","))) for row in lines[1:]],
@@ -153,11 +159,20 @@ def ship(run: Path, overwrite: bool) -> int:
     return 0
 
 
-def _steps_before(config: dict) -> int:
-    """Steps of the run a fine-tuning run started from (``model.checkpoint``'s best.json), else 0."""
+def _earlier(config: dict) -> dict | None:
+    """What a fine-tuning run started from: ``model.checkpoint``'s best.json (its steps), or with
+    ``model.weights: shipped`` the shipped head's provenance (its steps, data and commands); else None."""
+    from medseg.models.build import PROMPTABLE_3D
+    from medseg.models.weights import provenance_path
+
     start = config["model"].get("checkpoint")
-    earlier = Path(start).with_name("best.json") if start else None
-    return json.loads(earlier.read_text())["step"] if earlier is not None and earlier.is_file() else 0
+    if start:
+        best = Path(start).with_name("best.json")
+        return {"steps": json.loads(best.read_text())["step"], "data": "the same data"} if best.is_file() else None
+    if config["model"].get("weights") == "shipped" and config["model"].get("pretrained", True):
+        shipped = json.loads(provenance_path(PROMPTABLE_3D["litemedsam-3d"][1]).read_text())
+        return {"steps": shipped["steps"], "data": shipped["data"], "command": shipped["command"]}
+    return None
 
 
 def main() -> int:
