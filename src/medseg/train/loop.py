@@ -250,7 +250,11 @@ def _validate(p: dict, info: ddp.DistInfo, device: torch.device) -> float | None
     if info.is_main and p["val_loader"] is not None:
         model = p["model"].eval()
         with torch.autocast(device.type, dtype=p["dtype"], enabled=p["dtype"] is not None):
-            dice = p["objective"].validate(model, p["val_loader"])["dice"]
+            metrics = p["objective"].validate(model, p["val_loader"])
+        dice = metrics["dice"]
+        extra = {k: v for k, v in metrics.items() if k != "dice"}  # per task, per round: said, not checkpointed
+        if extra:
+            _say(info, "val " + "  ".join(f"{k} {v:.4f}" for k, v in extra.items()))
     return ddp.broadcast(dice, info)
 
 
