@@ -4,6 +4,7 @@ under one protocol, on the test splits of the 3D sets, on this CPU.
     python benchmarks/volume_prompts.py [--datasets la_heart_mri msd_hippocampus acdc_cardiac_mri]
         [--limit N] [--rounds 5] [--checkpoint W] [--engine openvino --precision bf16] [--quick] [--json OUT]
         [--merge]                                      # add rows to an earlier --json result
+        [--split val]                                  # the same on the val splits, to decide a default
     python benchmarks/volume_prompts.py --ship RUN    # package a 'volume_prompts' run as litemedsam-3d's head
 
 Rows per dataset:
@@ -13,7 +14,9 @@ Rows per dataset:
   the mask walks outwards, each next slice prompted with the box of the previous slice's mask plus its own
   clicks; from a 3D box: the middle slice from the box, then the same walk within the box's slices;
 * ``litemedsam-3d``: the promptable 3D model (the shipped head, or ``--checkpoint``): the frozen LiteMedSAM
-  encoder embeds each slice, the 3D head answers clicks and boxes in voxel coordinates;
+  encoder embeds each slice (every other one where slices are thin, as ``VolumePredictor`` does by
+  default; ``litemedsam-3d-every-slice``: all of them), the 3D head answers clicks and boxes in voxel
+  coordinates;
 * ``automatic_3d``: the shipped automatic 3D model of the set (no prompt), its test Dice as
   ``benchmarks/results/volumetric.json`` measured it (a reference; not re-run here).
 
@@ -22,7 +25,7 @@ class, a first click at the class's deepest voxel then one click each round into
 (``--rounds``, previous logits as the mask prompt): Dice after 1, 3 and 5 clicks, the area under the
 rounds curve, the final NSD (2 mm); and, separately, a 3D box alone (its Dice and NSD). Both paths encode
 slices with the same engine (``--engine``/``--precision``; default OpenVINO bf16, the fastest here), two
-threads. Seconds: the first encoding of a volume (3D model: every slice + the 3D adapter; median over
+threads. Seconds: the first encoding of a volume (3D model: the encoded slices + the 3D adapter; median over
 volumes) and per click (the median of every prompt's answer); for the slice-wise path, which encodes a slice
 when the walk first reaches it, the median seconds of a first round and of a later round.
 JSON: ``{"datasets": {NAME: {METHOD: {"dice_1", "dice_3", "dice_5", "auc", "nsd", "box_dice", "box_nsd",
@@ -54,8 +57,7 @@ class Timed:
 
     def set_volume(self, volume, spacing_zyx, modality=None) -> None:
         from medseg.infer.predictor import array_digest
-        from medseg.infer.volume_prompts import SliceWisePredictor, encode_slices, volume_window
-        from medseg.infer.volume import window_volume
+        from medseg.infer.volume_prompts import SliceWisePredictor
 
         key = array_digest(volume)
         p = self.predictor
@@ -65,8 +67,7 @@ class Timed:
             return
         start = time.perf_counter()
         if key not in self.memo:
-            scaled = window_volume(volume, volume_window(modality))
-            self.memo[key] = encode_slices(p.slices.model, scaled, p.size).half()
+            self.memo[key] = p.encode(volume, spacing_zyx, modality).half()
         p.set_volume(volume, spacing_zyx, modality, embeddings=self.memo[key].float())
         if len(self.encode_s) < len(self.memo):  # the first encoding of this volume
             self.encode_s.append(time.perf_counter() - start)
@@ -78,14 +79,14 @@ class Timed:
         return out
 
 
-def run_method(predictor, root: Path, rounds: int, limit: int | None) -> dict:
+def run_method(predictor, root: Path, rounds: int, limit: int | None, split: str = "test") -> dict:
     from medseg.eval.interactive import evaluate_interactive
 
     timed = Timed(predictor)
-    clicks = evaluate_interactive(timed, root, "test", rounds=rounds, limit=limit, progress=True, first="point")
+    clicks = evaluate_interactive(timed, root, split, rounds=rounds, limit=limit, progress=True, first="point")
     per_round = clicks["dice_per_round"]
     click_times = list(timed.predict_s)
-    box = evaluate_interactive(timed, root, "test", rounds=1, limit=limit, progress=True, first="box")
+    box = evaluate_interactive(timed, root, split, rounds=1, limit=limit, progress=True, first="box")
     errors = clicks["errors"] + box["errors"]
     if errors:
         raise SystemExit(f"{root.name}: {len(errors)} volumes failed: {errors[:3]}")
@@ -180,20 +181,27 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--datasets", nargs="+", default=DATASETS)
     parser.add_argument("--limit", type=int, help="the first N test volumes of each set")
+    parser.add_argument("--split", default="test", choices=["test", "val"],
+                        help="val: for deciding a default (never on test), written to its own JSON")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--checkpoint", type=Path, help="a volume_prompts run's weights instead of the shipped head")
     parser.add_argument("--engine", default="openvino")
     parser.add_argument("--precision", default="bf16")
-    parser.add_argument("--methods", nargs="+", default=["slicewise", "litemedsam-3d"])
+    parser.add_argument("--methods", nargs="+", default=["slicewise", "litemedsam-3d"],
+                        choices=["slicewise", "litemedsam-3d", "litemedsam-3d-every-slice"])
     parser.add_argument("--quick", action="store_true", help="smoke test: one volume of la_heart_mri, 2 rounds")
-    parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "volume_prompts.json")
+    parser.add_argument("--json", type=Path, help="default: benchmarks/results/volume_prompts.json "
+                                                  "(volume_prompts_val.json with --split val)")
     parser.add_argument("--merge", action="store_true",
-                        help="add these datasets' rows to the --json file instead of starting a new one")
+                        help="add these rows (per dataset and method) to the --json file instead of starting a new one")
     parser.add_argument("--ship", type=Path, metavar="RUN", help="package RUN's best head as the shipped one")
     parser.add_argument("--overwrite", action="store_true", help="with --ship: replace the shipped head")
     args = parser.parse_args()
     if args.ship:
         return ship(args.ship, args.overwrite)
+    if args.json is None:
+        suffix = "" if args.split == "test" else f"_{args.split}"
+        args.json = REPO / "benchmarks" / "results" / f"volume_prompts{suffix}.json"
     require_data(args.data)
     set_threads()
     from medseg.infer import Predictor
@@ -206,9 +214,11 @@ def main() -> int:
     model = build_model("litemedsam-3d", pretrained=args.checkpoint is None, checkpoint=args.checkpoint)
     predictors = {"slicewise": lambda: SliceWisePredictor(Predictor(build_model("litemedsam", pretrained=True),
                                                                     engine=args.engine, precision=args.precision)),
-                  "litemedsam-3d": lambda: VolumePredictor(model, engine=args.engine, precision=args.precision)}
+                  "litemedsam-3d": lambda: VolumePredictor(model, engine=args.engine, precision=args.precision),
+                  "litemedsam-3d-every-slice": lambda: VolumePredictor(model, engine=args.engine, precision=args.precision,
+                                                                       every_slice=True)}
     start = time.perf_counter()
-    result = {"quick": args.quick, "rounds": args.rounds, "limit": args.limit, "engine": args.engine,
+    result = {"quick": args.quick, "split": args.split, "rounds": args.rounds, "limit": args.limit, "engine": args.engine,
               "precision": args.precision, "threads": 2, "weights": str(args.checkpoint or "shipped"),
               "trainable": {"litemedsam-3d": parameter_count(model.volume_head), "total": parameter_count(model),
                             "fraction": round(model.head_fraction(), 4)},
@@ -217,13 +227,15 @@ def main() -> int:
         rows = result["datasets"][name] = {}
         for method in args.methods:
             print(f"== {name}: {method}", flush=True)
-            rows[method] = run_method(predictors[method](), args.data / name, args.rounds, args.limit)
+            rows[method] = run_method(predictors[method](), args.data / name, args.rounds, args.limit, args.split)
             print(json.dumps(rows[method]), flush=True)
-        rows["automatic_3d"] = automatic_reference(name)
+        if args.split == "test":  # the automatic models' test figures
+            rows["automatic_3d"] = automatic_reference(name)
     result["seconds"] = round(time.perf_counter() - start, 1)
     if args.merge and args.json.exists():
         earlier = json.loads(args.json.read_text())
-        earlier["datasets"].update(result["datasets"])
+        for name, rows in result["datasets"].items():  # method by method: rows not re-run are kept
+            earlier["datasets"].setdefault(name, {}).update(rows)
         earlier.setdefault("runs", []).append({k: v for k, v in result.items() if k != "datasets"}
                                               | {"datasets": list(result["datasets"])})
         result = earlier
@@ -233,19 +245,19 @@ def main() -> int:
 
 
 def print_table(result: dict) -> None:
-    print(f"\n{'dataset':<18}{'method':<15}{'1 click':>8}{'3 clicks':>9}{'5 clicks':>9}{'AUC':>7}{'NSD':>7}"
+    print(f"\n{'dataset':<18}{'method':<27}{'1 click':>8}{'3 clicks':>9}{'5 clicks':>9}{'AUC':>7}{'NSD':>7}"
           f"{'3D box':>8}{'encode s':>9}{'click s':>8}")
     for name, rows in result["datasets"].items():
         for method, r in rows.items():
             if r is None:
                 continue
             if method == "automatic_3d":
-                print(f"{name:<18}{r['model'] + ' (auto)':<15}{'':>8}{'':>9}{'':>9}{'':>7}{r['nsd'] or 0:7.3f}"
+                print(f"{name:<18}{r['model'] + ' (auto)':<27}{'':>8}{'':>9}{'':>9}{'':>7}{r['nsd'] or 0:7.3f}"
                       f"{r['dice']:8.3f}  (no prompt; Dice in the box column)")
                 continue
             cells = [r.get(k) for k in ("dice_1", "dice_3", "dice_5", "auc", "nsd", "box_dice")]
             enc = r.get("encode_s", r.get("first_round_s"))
-            print(f"{name:<18}{method:<15}" + "".join(f"{v:8.3f} " if v is not None else f"{'-':>8} " for v in cells)
+            print(f"{name:<18}{method:<27}" + "".join(f"{v:8.3f} " if v is not None else f"{'-':>8} " for v in cells)
                   + f"{enc:8.2f} {r['click_s'] or 0:7.3f}")
     t = result["trainable"]
     print(f"litemedsam-3d trains {t['litemedsam-3d']:,} of {t['total']:,} parameters ({100 * t['fraction']:.1f}%)")

@@ -70,7 +70,8 @@ def predictor_for(args: argparse.Namespace, automatic: bool = False):
     if args.model in models_of("promptable-3d"):
         from ..infer.volume_prompts import VolumePredictor
 
-        return VolumePredictor(model, device=device, engine=args.engine, precision=args.precision, threads=args.threads)
+        return VolumePredictor(model, device=device, engine=args.engine, precision=args.precision, threads=args.threads,
+                               every_slice=getattr(args, "every_slice", False))
     if automatic or getattr(args, "task", None):
         from ..infer.automatic import AutoSegmenter
 

@@ -133,4 +133,4 @@ def _session_volume_predictor(args: argparse.Namespace, session: dict, first: in
         raise InputError(f"{where}, whose shipped weights did not load ({error}); {redo}") from None
     print(f"note: the 3D clicks replay with {name} (shipped weights)", file=sys.stderr)
     return VolumePredictor(model, device=device_of(args.device), engine=args.engine, precision=args.precision,
-                           threads=args.threads)
+                           threads=args.threads, every_slice=args.every_slice)

@@ -11,7 +11,9 @@ Coordinates are voxel indices in ``(x, y, z)`` order (as the 2D predictor's ``(x
 goes through the frozen 2D encoder exactly as ``Predictor.set_image`` would prepare it (longest side
 to the model's input size, min-max scaled, padded), with the predictor's engine and precision
 (``engine="openvino", precision="bf16"`` runs LiteMedSAM's encoder about 3x faster on a CPU with
-AMX); the 3D head (:mod:`medseg.models.prompt3d`) then adapts the stack once and decodes each prompt.
+AMX). Where slices are thin, only every other slice is encoded and the ones between get interpolated
+embeddings (:meth:`VolumePredictor.slice_step`; ``every_slice=True`` encodes them all). The 3D head
+(:mod:`medseg.models.prompt3d`) then adapts the stack once and decodes each prompt.
 """
 
 from __future__ import annotations
@@ -49,23 +51,59 @@ def volume_window(modality: str | None) -> str:
 
 
 @torch.no_grad()
-def encode_slices(encoder, scaled: np.ndarray, size: int, progress: bool = False) -> torch.Tensor:
+def encode_slices(encoder, scaled: np.ndarray, size: int, progress: bool = False, step: int = 1) -> torch.Tensor:
     """(Z, Y, X) windowed volume in 0..255 -> (Z, 256, E, E) float32 slice embeddings, one slice at a time
-    (``encoder.encode_features``: a model or an engine's graph)."""
+    (``encoder.encode_features``: a model or an engine's graph). With ``step`` > 1 only every ``step``-th
+    slice and the last are encoded and the slices between them get the embeddings linearly interpolated
+    along z (:func:`encoded_slices`)."""
+    kept = encoded_slices(scaled.shape[0], step)
     out = []
-    for z in tqdm(range(scaled.shape[0]), desc="encode slices", unit="slice", disable=not progress, leave=False):
+    for z in tqdm(kept, desc="encode slices", unit="slice", disable=not progress, leave=False):
         x, _ = prepare_image(scaled[z], size)
         out.append(encoder.encode_features(x)[0].float().cpu())
-    return torch.cat(out)
+    return interpolate_slices(torch.cat(out), kept, scaled.shape[0])
+
+
+def encoded_slices(slices: int, step: int) -> list[int]:
+    """The slice indices :func:`encode_slices` encodes: 0, step, 2 step, ... and the last."""
+    if step < 1:
+        raise ValueError(f"step must be >= 1, got {step}")
+    return sorted(set(range(0, slices, step)) | {slices - 1})
+
+
+def interpolate_slices(embeddings: torch.Tensor, kept: list[int], slices: int) -> torch.Tensor:
+    """(K, C, E, E) embeddings of the slices ``kept`` (ascending, first 0, last ``slices - 1``) ->
+    (slices, C, E, E), each missing slice the linear interpolation of its two encoded neighbours."""
+    if len(kept) == slices:
+        return embeddings
+    index = torch.as_tensor(kept)
+    z = torch.arange(slices)
+    upper = torch.searchsorted(index, z).clamp(max=len(kept) - 1)  # first kept slice >= z
+    lower = torch.where(index[upper] == z, upper, upper - 1)
+    span = (index[upper] - index[lower]).clamp(min=1)
+    w = ((z - index[lower]) / span).to(embeddings.dtype).view(-1, 1, 1, 1)
+    return (1 - w) * embeddings[lower] + w * embeddings[upper]
+
+
+def _check_volume(volume, spacing_zyx) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """A (Z, Y, X) array and three positive finite spacings in mm, or InputError."""
+    volume = np.asarray(volume)
+    if volume.ndim != 3 or min(volume.shape) < 1:
+        raise InputError(f"expected a (Z, Y, X) volume, got shape {volume.shape}")
+    spacing = tuple(float(s) for s in spacing_zyx)
+    if len(spacing) != 3 or not all(np.isfinite(spacing)) or min(spacing) <= 0:
+        raise InputError(f"spacing must be three positive millimetre values (z, y, x), got {spacing_zyx!r}")
+    return volume, spacing
 
 
 class VolumePredictor:
     """Encode a volume once with a :class:`~medseg.models.prompt3d.Promptable3D`, then answer clicks and
     boxes in voxel coordinates. ``engine``/``precision``/``threads`` choose how the slice encoder runs
-    (as :class:`~medseg.infer.Predictor`); the 3D head runs in torch."""
+    (as :class:`~medseg.infer.Predictor`); the 3D head runs in torch. ``every_slice`` encodes every slice
+    even where :meth:`slice_step` would skip every other one."""
 
     def __init__(self, model: Promptable3D, device: str | torch.device | None = None, engine: str = "torch",
-                 precision: str = "fp32", threads: int | None = None) -> None:
+                 precision: str = "fp32", threads: int | None = None, every_slice: bool = False) -> None:
         if not isinstance(model, Promptable3D):
             raise InputError(f"a volume predictor needs a promptable 3D model (e.g. litemedsam-3d), got "
                              f"{type(model).__name__}")
@@ -76,23 +114,36 @@ class VolumePredictor:
         self.memory_format = torch.channels_last_3d if self.device.type == "cpu" else torch.contiguous_format
         self.head = self.head.to(memory_format=self.memory_format)
         self.size = model.image_size
+        self.every_slice = every_slice
         self.grid: SliceGrid | None = None
         self.features = self.image = None
+
+    def slice_step(self, shape_zyx: tuple[int, int, int], spacing_zyx: tuple[float, float, float]) -> int:
+        """Every how many slices the encoder runs: 1 with ``every_slice``, else the 3D decoder's slice pooling
+        (2 where slices are thin, :func:`~medseg.models.prompt3d.slice_pooling`: the decoder averages pairs
+        of slices there anyway, so the slices between two encoded ones get interpolated embeddings, at half
+        the encoding time)."""
+        if self.every_slice:
+            return 1
+        return SliceGrid(shape_zyx, spacing_zyx, self.size, longest_side_shape(shape_zyx[1:], self.size)).slice_pool
+
+    def encode(self, volume: np.ndarray, spacing_zyx=(1.0, 1.0, 1.0), modality: str | None = None,
+               progress: bool = False) -> torch.Tensor:
+        """(Z, Y, X) volume -> its (Z, 256, E, E) float32 slice embeddings, as :meth:`set_volume` makes them
+        (every :meth:`slice_step`-th slice encoded)."""
+        volume, spacing = _check_volume(volume, spacing_zyx)
+        scaled = window_volume(volume, volume_window(modality))
+        return encode_slices(self.slices.model, scaled, self.size, progress, self.slice_step(volume.shape, spacing))
 
     def set_volume(self, volume: np.ndarray, spacing_zyx=(1.0, 1.0, 1.0), modality: str | None = None,
                    progress: bool = False, embeddings: torch.Tensor | None = None) -> None:
         """volume: (Z, Y, X) of any numeric dtype; spacing in mm (z, y, x); ``modality`` picks the intensity
         window (:func:`volume_window`). ``embeddings`` (Z, 256, E, E), from an earlier :func:`encode_slices`
-        of the same volume, skips the encoder."""
-        volume = np.asarray(volume)
-        if volume.ndim != 3 or min(volume.shape) < 1:
-            raise InputError(f"expected a (Z, Y, X) volume, got shape {volume.shape}")
-        spacing = tuple(float(s) for s in spacing_zyx)
-        if len(spacing) != 3 or not all(np.isfinite(spacing)) or min(spacing) <= 0:
-            raise InputError(f"spacing must be three positive millimetre values (z, y, x), got {spacing_zyx!r}")
+        of the same volume (:meth:`encode`), skips the encoder."""
+        volume, spacing = _check_volume(volume, spacing_zyx)
         scaled = window_volume(volume, volume_window(modality))
         if embeddings is None:
-            embeddings = encode_slices(self.slices.model, scaled, self.size, progress)
+            embeddings = self.encode(volume, spacing, modality, progress)
         elif embeddings.shape[0] != volume.shape[0]:
             raise InputError(f"{embeddings.shape[0]} slice embeddings for a volume of {volume.shape[0]} slices")
         self.grid = SliceGrid(volume.shape, spacing, self.size, longest_side_shape(volume.shape[1:], self.size))
