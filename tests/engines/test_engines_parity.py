@@ -137,3 +137,27 @@ def test_engine_errors(monkeypatch):
     monkeypatch.delitem(__import__("sys").modules, "openvino", raising=False)
     with pytest.raises(InputError, match=r"pip install medseg\[openvino\]"):
         Predictor(model, engine="openvino")
+
+
+def test_openvino_keeps_what_it_compiled_and_an_export_overwritten_in_place_is_compiled_afresh(tmp_path):
+    """The compile cache sits in the export's folder; it is keyed by the graph's content, so a folder
+    re-exported with other weights never loads the old compiled graph."""
+    import torch
+
+    from medseg.models import build_model
+
+    folder = tmp_path / "export"
+    outputs = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = build_model("litemedsam-tiny").eval()
+        export_model(model, folder, "litemedsam-tiny", "fp32", overwrite=seed > 0)
+        for graph in ("encoder.onnx", "decoder.onnx"):  # the same size and time stamps as the first export's
+            os.utime(folder / graph, ns=(10**18, 10**18))
+        reference = _masks(Predictor(model, device="cpu"))
+        for _ in range(2):  # compiled, then loaded from the cache
+            got = _masks(Predictor(folder, engine="openvino"))
+            np.testing.assert_allclose(got[0].logits, reference[0].logits, atol=1e-3, rtol=1e-3)
+        outputs.append(got[0].logits)
+        assert any((folder / runtime.OPENVINO_CACHE).iterdir())
+    assert not np.allclose(outputs[0], outputs[1], atol=1e-3)

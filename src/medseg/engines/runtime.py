@@ -16,7 +16,9 @@ iou (N, M)), all torch tensors on the CPU, so every engine gives the Predictor t
 A torch model handed to an ONNX engine is exported once into ``~/.cache/medseg/exports/`` (keyed by
 its weights' SHA-256, the precision and the source code the graphs are traced from, so a medseg whose
 models compute differently exports afresh; the 8 most recently used are kept) and reused after; an
-exported folder can be given directly.
+exported folder can be given directly. OpenVINO keeps what it compiles from an export in the export's
+folder (``openvino-cache/``, where that folder is writable), so a later process loads it instead of
+compiling again.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ EXTRAS = {"onnxruntime": "onnx", "openvino": "openvino"}
 EXPORT_CACHE = Path("~/.cache/medseg/exports")
 CACHED_EXPORTS = 8  # exports kept in EXPORT_CACHE, most recently used first
 GRAPH_OUTPUTS = ("embedding", "stride4", "stride8", "logits", "iou")
+OPENVINO_CACHE = "openvino-cache"  # OpenVINO's compiled graphs, in the export folder beside the ONNX files
 
 
 def check_engine(engine: str, precision: str) -> None:
@@ -228,6 +231,10 @@ def _openvino_model(path: Path, threads: int, precision: str):
     core = ov.Core()
     config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
               "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
+    if os.access(path.parent, os.W_OK):  # compiled once, then loaded: about 0.25-0.4 s a graph instead of 0.7-1.2 s
+        config["CACHE_DIR"] = str(path.parent / OPENVINO_CACHE)
+    # from the read model, never the path: OpenVINO keys a path's cache entry by the path, so an export
+    # overwritten in place would load the old graph; a model's key covers its weights
     compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
     request = compiled.create_infer_request()
     # a port has several names (OpenVINO keeps the ones of the tensors it fused away): take the graph's own
