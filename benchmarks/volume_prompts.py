@@ -5,6 +5,7 @@ under one protocol, on the test splits of the 3D sets, on this CPU.
         [--limit N] [--rounds 5] [--checkpoint W] [--engine openvino --precision bf16] [--quick] [--json OUT]
         [--merge]                                      # add rows to an earlier --json result
         [--split val]                                  # the same on the val splits, to decide a default
+        --datasets totalseg_example_3d --split all --limit 1 --modality CT --json OUT   # CT, never trained on
     python benchmarks/volume_prompts.py --ship RUN    # package a 'volume_prompts' run as litemedsam-3d's head
 
 Rows per dataset:
@@ -79,14 +80,18 @@ class Timed:
         return out
 
 
-def run_method(predictor, root: Path, rounds: int, limit: int | None, split: str = "test") -> dict:
+def run_method(predictor, root: Path, rounds: int, limit: int | None, split: str = "test",
+               modality: str | None = None) -> dict:
+    from medseg.data.cases import modality_loader
     from medseg.eval.interactive import evaluate_interactive
 
     timed = Timed(predictor)
-    clicks = evaluate_interactive(timed, root, split, rounds=rounds, limit=limit, progress=True, first="point")
+    loader = modality_loader(modality)
+    clicks = evaluate_interactive(timed, root, split, rounds=rounds, limit=limit, progress=True, first="point",
+                                  loader=loader)
     per_round = clicks["dice_per_round"]
     click_times = list(timed.predict_s)
-    box = evaluate_interactive(timed, root, split, rounds=1, limit=limit, progress=True, first="box")
+    box = evaluate_interactive(timed, root, split, rounds=1, limit=limit, progress=True, first="box", loader=loader)
     errors = clicks["errors"] + box["errors"]
     if errors:
         raise SystemExit(f"{root.name}: {len(errors)} volumes failed: {errors[:3]}")
@@ -181,8 +186,10 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--datasets", nargs="+", default=DATASETS)
     parser.add_argument("--limit", type=int, help="the first N test volumes of each set")
-    parser.add_argument("--split", default="test", choices=["test", "val"],
-                        help="val: for deciding a default (never on test), written to its own JSON")
+    parser.add_argument("--split", default="test", choices=["test", "val", "all"],
+                        help="val: for deciding a default (never on test); all: a set with no splits (e.g. "
+                             "totalseg_example_3d, a modality the head never saw); each written to its own JSON")
+    parser.add_argument("--modality", help="CT or MR for every volume (NIfTI carries none; CT needs its window)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--checkpoint", type=Path, help="a volume_prompts run's weights instead of the shipped head")
     parser.add_argument("--engine", default="openvino")
@@ -218,7 +225,7 @@ def main() -> int:
                   "litemedsam-3d-every-slice": lambda: VolumePredictor(model, engine=args.engine, precision=args.precision,
                                                                        every_slice=True)}
     start = time.perf_counter()
-    result = {"quick": args.quick, "split": args.split, "rounds": args.rounds, "limit": args.limit, "engine": args.engine,
+    result = {"quick": args.quick, "split": args.split, "modality": args.modality, "rounds": args.rounds, "limit": args.limit, "engine": args.engine,
               "precision": args.precision, "threads": 2, "weights": str(args.checkpoint or "shipped"),
               "trainable": {"litemedsam-3d": parameter_count(model.volume_head), "total": parameter_count(model),
                             "fraction": round(model.head_fraction(), 4)},
@@ -227,7 +234,8 @@ def main() -> int:
         rows = result["datasets"][name] = {}
         for method in args.methods:
             print(f"== {name}: {method}", flush=True)
-            rows[method] = run_method(predictors[method](), args.data / name, args.rounds, args.limit, args.split)
+            rows[method] = run_method(predictors[method](), args.data / name, args.rounds, args.limit, args.split,
+                                      args.modality)
             print(json.dumps(rows[method]), flush=True)
         if args.split == "test":  # the automatic models' test figures
             rows["automatic_3d"] = automatic_reference(name)

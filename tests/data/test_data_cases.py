@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from medseg.errors import InputError
-from medseg.data.cases import Case, load_case, load_image, plane
+from medseg.data.cases import Case, load_case, load_image, modality_loader, plane
 
 
 def test_grey_and_rgb_planes(tmp_path):
@@ -88,3 +88,12 @@ def test_channel_files_stack_and_unlabelled_cases_have_no_label(tmp_path):
     Image.fromarray(np.zeros((3, 5), np.uint8)).save(tmp_path / "x_0001.png")
     with pytest.raises(InputError, match="channel files differ"):
         load_case(case)
+
+
+def test_a_modality_loader_names_the_modality_files_do_not_carry(tmp_path):
+    nib.save(nib.Nifti1Image(np.zeros((6, 5, 4), np.int16), np.eye(4)), tmp_path / "v.nii.gz")
+    case = Case("case", tmp_path / "v.nii.gz")
+    assert load_case(case)[0].meta.modality is None
+    assert modality_loader("CT")(case)[0].meta.modality == "CT"
+    assert modality_loader(None) is load_case
+

@@ -104,6 +104,20 @@ def test_evaluate_clicks_scores_rounds_in_3d_for_both_paths(balls, trained, tmp_
     assert code != 0 and "--prompt clicks" in capsys.readouterr().err
 
 
+def test_evaluate_modality_picks_the_window_of_volumes_that_carry_none(balls, trained, monkeypatch, capsys):
+    import medseg.infer.volume_prompts as volume_prompts
+
+    windows = []
+    window = volume_prompts.window_volume
+    monkeypatch.setattr(volume_prompts, "window_volume", lambda v, w: windows.append(w) or window(v, w))
+    for extra, expected in (([], "MR"), (["--modality", "CT"], "CT")):  # NIfTI says nothing: MR's window
+        windows.clear()
+        code = main(["evaluate", str(balls), "--split", "test", "--model", "litemedsam-3d-tiny", "--checkpoint",
+                     str(trained), "--prompt", "clicks", "--rounds", "1", "--limit", "1", "--no-progress", *extra])
+        assert code == 0, capsys.readouterr().err
+        assert windows and set(windows) == {expected}
+
+
 def test_the_volume_predictor_rejects_bad_input(trained):
     predictor = VolumePredictor(build_model("litemedsam-3d-tiny", checkpoint=trained))
     with pytest.raises(RuntimeError, match="set_volume"):

@@ -19,6 +19,7 @@ def _evaluate_outputs(args: argparse.Namespace) -> dict[str, Path | None]:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ..data.cases import modality_loader
     from ..data.datasets import dataset_cases
 
     dataset_cases(args.dataset, args.split)  # a wrong folder or split fails before the model loads
@@ -38,7 +39,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..eval import evaluate_dataset
 
     report = evaluate_dataset(predictor, args.dataset, split=args.split, prompt=args.prompt, limit=args.limit,
-                              progress=not args.no_progress, overlays=outputs["--figure"] is not None)
+                              progress=not args.no_progress, loader=modality_loader(args.modality),
+                              overlays=outputs["--figure"] is not None)
     report.print_table()
     for name, write in (("--json", report.to_json), ("--csv", report.to_csv), ("--figure", report.save_figure)):
         if outputs[name] is not None:
@@ -69,13 +71,14 @@ def _evaluate_auto(args: argparse.Namespace, outputs: dict[str, Path | None]) ->
 
 
 def _evaluate_clicks(args: argparse.Namespace, predictor, outputs: dict[str, Path | None]) -> int:
+    from ..data.cases import modality_loader
     from ..eval.interactive import evaluate_interactive, print_rounds, rounds_csv, save_rounds_figure
     from ..io.outputs import write_text
 
     if args.rounds < 1:
         raise InputError("--rounds must be 1 or more")
     result = evaluate_interactive(predictor, args.dataset, split=args.split, rounds=args.rounds, limit=args.limit,
-                                  progress=not args.no_progress, first=args.first)
+                                  progress=not args.no_progress, first=args.first, loader=modality_loader(args.modality))
     print_rounds(result)
     if outputs["--json"] is not None:
         import json

@@ -100,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--auto", action="store_true", help="automatic mode: no prompt, every class of --task, or of a 3D "
                                                        "--model's plan (e.g. --model la-heart-3d)")
     p.add_argument("--mirror", action="store_true", help="--auto with a 3D model: mirroring test-time augmentation")
+    p.add_argument("--modality", help="CT or MR for every case: selects the intensity window where the files carry "
+                                      "no modality (NIfTI); default: from the files (a set mixing them: evaluate apart)")
     p.add_argument("--every-slice", action="store_true",
                    help="promptable 3D models (litemedsam-3d): encode every slice, also where slices are thin enough that every "
                         "other one is encoded and the rest interpolated (about twice the encoding time)")

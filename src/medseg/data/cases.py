@@ -131,3 +131,19 @@ def load_case(case: Case) -> tuple[Image, Label | None]:
         if label is not None:
             label = dataclasses.replace(label, array=_cut(label.array, case.patch, case, shape))
     return image, label
+
+
+def modality_loader(modality: str | None, loader=load_case):
+    """``loader`` (``case -> (Image, Label)``) whose images say ``modality`` ("CT", "MR", ...), for files
+    that carry none (NIfTI, PNG) where it picks the intensity window (a CT volume needs its Hounsfield
+    window); None: ``loader`` itself, the files' own modality."""
+    if modality is None:
+        return loader
+
+    def load(case: Case):
+        image, label = loader(case)
+        image.meta.modality = str(modality)
+        return image, label
+
+    return load
+
