@@ -146,6 +146,7 @@ def ship(run: Path, overwrite: bool) -> int:
                 + (f", the first {config['data']['limit']} volumes of each" if config["data"].get("limit") else "")
                 + "); val: their val splits; no test volume"
                 + (f"; continued from a head trained {earlier['steps']} steps on {earlier['data']}" if earlier else ""),
+        "modalities": _modalities(config, earlier),
         "steps": best["step"] + (earlier["steps"] if earlier else 0), "epoch": best["epoch"],
         "seed": config["train"]["seed"],
         "command": "; ".join([*([earlier["command"]] if earlier and earlier.get("command") else []),
@@ -165,6 +166,16 @@ def ship(run: Path, overwrite: bool) -> int:
     return 0
 
 
+def _modalities(config: dict, earlier: dict | None) -> list[str]:
+    """The modalities of the volumes a head trained on (its tasks file's, and those of the head it continued
+    from): ``VolumePredictor`` warns on a volume of another."""
+    import yaml
+
+    tasks = yaml.safe_load((REPO / config["data"]["tasks"]).read_text())
+    found = {str(tasks[name]["modality"]).upper() for name in config["data"]["task_names"]}
+    return sorted(found | set((earlier or {}).get("modalities", [])))
+
+
 def _earlier(config: dict) -> dict | None:
     """What a fine-tuning run started from: ``model.checkpoint``'s best.json (its steps), or with
     ``model.weights: shipped`` the shipped head's provenance (its steps, data and commands); else None."""
@@ -177,7 +188,8 @@ def _earlier(config: dict) -> dict | None:
         return {"steps": json.loads(best.read_text())["step"], "data": "the same data"} if best.is_file() else None
     if config["model"].get("weights") == "shipped" and config["model"].get("pretrained", True):
         shipped = json.loads(provenance_path(PROMPTABLE_3D["litemedsam-3d"][1]).read_text())
-        return {"steps": shipped["steps"], "data": shipped["data"], "command": shipped["command"]}
+        return {"steps": shipped["steps"], "data": shipped["data"], "command": shipped["command"],
+                "modalities": shipped.get("modalities", [])}
     return None
 
 

@@ -25,3 +25,7 @@ def test_one_click_segments_each_structure_of_a_real_test_volume(shared_data, re
         assert row["dice_per_round"][0] > LEAST_ONE_CLICK, row
     rounds = result["dice_per_round"]
     assert rounds[2] >= rounds[0] - 0.02, rounds
+
+
+def test_the_shipped_head_says_what_it_trained_on(real_weights):
+    assert build_model("litemedsam-3d", pretrained=True).trained_modalities == ("MR",)

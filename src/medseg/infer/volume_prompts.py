@@ -18,6 +18,7 @@ embeddings (:meth:`VolumePredictor.slice_step`; ``every_slice=True`` encodes the
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -115,6 +116,7 @@ class VolumePredictor:
         self.head = self.head.to(memory_format=self.memory_format)
         self.size = model.image_size
         self.every_slice = every_slice
+        self.trained_modalities = model.trained_modalities
         self.grid: SliceGrid | None = None
         self.features = self.image = None
 
@@ -141,6 +143,7 @@ class VolumePredictor:
         window (:func:`volume_window`). ``embeddings`` (Z, 256, E, E), from an earlier :func:`encode_slices`
         of the same volume (:meth:`encode`), skips the encoder."""
         volume, spacing = _check_volume(volume, spacing_zyx)
+        self._check_modality(modality)
         scaled = window_volume(volume, volume_window(modality))
         if embeddings is None:
             embeddings = self.encode(volume, spacing, modality, progress)
@@ -188,6 +191,14 @@ class VolumePredictor:
             self._on_device(previous[None, None, :, :2 * rows, :2 * cols]), self.grid.slice_pool)[0, 0].float().cpu()
         mask = self.grid.to_voxels(logits) > 0
         return VolumePrediction(mask.numpy(), logits.numpy())
+
+    def _check_modality(self, modality: str | None) -> None:
+        """A warning for a volume of a modality the head never trained on (a file that names none passes)."""
+        trained = self.trained_modalities
+        if modality and trained and str(modality).upper() not in trained:
+            warnings.warn(f"this 3D head trained on {', '.join(trained)} volumes only and this volume is {modality}: "
+                          f"its clicks may segment worse than the 2D model slice by slice (--model litemedsam); on a "
+                          f"CT volume they did (README, 'Clicks in a volume')", stacklevel=3)
 
     def _on_device(self, x: torch.Tensor) -> torch.Tensor:
         return x.to(self.device).contiguous(memory_format=self.memory_format)

@@ -259,6 +259,7 @@ class Promptable3D(nn.Module):
         super().__init__()
         self.base, self.volume_head = base, head
         self.image_size = base.image_size
+        self.trained_modalities: tuple[str, ...] = ()  # of the volumes the head trained on; () unknown
 
     def head_fraction(self) -> float:
         """Share of the parameters that the head holds (the part that trains)."""
