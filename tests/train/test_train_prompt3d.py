@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 import yaml
 from trainkit import write_balls
@@ -160,3 +161,15 @@ def test_crops_draw_each_task_evenly_whatever_its_number_of_objects(monkeypatch)
     crops = prompt3d.PromptedVolumes(objects, 400, seed=0, first="point")
     share = np.mean([crops[i]["task"] == "few" for i in range(len(crops))])
     assert 0.4 < share < 0.6, share  # drawn by object it would be 1 in 31
+
+
+def test_crops_of_thin_slices_see_the_interpolated_slices_inference_makes():
+    from medseg.infer.volume_prompts import encoded_slices, interpolate_slices
+    from medseg.train.prompt3d import _as_encoded
+
+    whole = torch.randn(9, 4, 3, 3)
+    kept = encoded_slices(9, 2)
+    assert torch.equal(_as_encoded(whole, 0, 9, 2), interpolate_slices(whole[kept], kept, 9))  # the whole grid
+    crop = _as_encoded(whole[3:8], 3, 9, 2)  # slices 3..7: 4 and 6 encoded, 3 and 7 the crop's own ends
+    assert torch.equal(crop[[0, 1, 3, 4]], whole[[3, 4, 6, 7]])
+    assert torch.allclose(crop[2], (whole[4] + whole[6]) / 2)

@@ -8,7 +8,10 @@ computes them) and cached on disk; training then runs only the head.
 * item (drawn from (seed, epoch, index)): an object, a crop of the token grid around it (random margins of
   2-10 cells in-plane and 2-12 slices), the crop's cached embeddings, image and target on the decoder's
   grid (the object's fraction of each cell), and the first prompt: a click at a random fairly deep voxel
-  or a 3D box with up to 10% jitter (``train.first_prompt``: point, box or mixed);
+  or a 3D box with up to 10% jitter (``train.first_prompt``: point, box or mixed); where slices are thin
+  (the head's slice pooling is 2), half the crops get every other slice's embeddings replaced by the
+  interpolation of their neighbours', as :class:`~medseg.infer.volume_prompts.VolumePredictor` encodes
+  such volumes, and validation always does (the whole grid, exactly as inference);
 * loss: 0 to ``train.click_rounds`` rounds without gradients (each adds one click into the largest
   error region, :func:`~medseg.data.prompt_sim3d.sample_click_3d`, with the previous logits as the mask
   prompt), then one round whose logits get Dice + BCE against the target;
@@ -44,7 +47,7 @@ from medseg.data.tasks import load_tasks
 from medseg.errors import InputError
 from medseg.infer.predictor import Predictor
 from medseg.infer.volume import window_volume
-from medseg.infer.volume_prompts import encode_slices, volume_window
+from medseg.infer.volume_prompts import encode_slices, encoded_slices, interpolate_slices, volume_window
 from medseg.io.outputs import write_bytes
 from medseg.models.prompt3d import Promptable3D, SliceGrid, prompt_maps
 from medseg.train.config import Config
@@ -53,6 +56,7 @@ from medseg.train.embeddings import encoder_fingerprint, file_digest, preprocess
 from medseg.train.objectives import Objective, RunContext, register_objective
 
 FORMAT = 1
+INTERPOLATED_SHARE = 0.5  # of the training crops of thin-slice volumes that see interpolated slices
 
 
 def slice_embeddings(predictor: Predictor, tag: str, image_path: Path, scaled: np.ndarray, window: str,
@@ -150,7 +154,10 @@ def object_item(obj: VolumeObject, rng: np.random.Generator | None, first: str) 
     zs, ys, xs = _crop_bounds(obj.target, rng, e)
     fine = (zs, slice(2 * ys.start, 2 * ys.stop), slice(2 * xs.start, 2 * xs.stop))
     with safe_open(str(obj.embeddings), "pt") as f:
-        embeddings = f.get_slice("embeddings")[zs, :, ys, xs].float().permute(1, 0, 2, 3)
+        embeddings = f.get_slice("embeddings")[zs, :, ys, xs].float()
+    if obj.grid.slice_pool > 1 and (rng is None or rng.random() < INTERPOLATED_SHARE):
+        embeddings = _as_encoded(embeddings, zs.start, obj.grid.shape[0], obj.grid.slice_pool)
+    embeddings = embeddings.permute(1, 0, 2, 3)
     target = obj.target[fine].float()
     mode = first if first != "mixed" else ("point" if rng is None or rng.random() < 0.5 else "box")
     points, labels, box = torch.zeros(0, 3), torch.zeros(0, dtype=torch.long), torch.zeros(6)
@@ -164,6 +171,15 @@ def object_item(obj: VolumeObject, rng: np.random.Generator | None, first: str) 
             "points": points, "labels": labels, "box": box, "has_box": torch.tensor(mode == "box"),
             "cell_mm": torch.tensor(obj.grid.cell_mm), "fine_mm": torch.tensor(obj.fine_spacing()),
             "slice_pool": torch.tensor(obj.grid.slice_pool)}
+
+
+def _as_encoded(embeddings: torch.Tensor, z0: int, slices: int, step: int) -> torch.Tensor:
+    """(Z', C, E', E') embeddings of slices ``z0 .. z0 + Z'`` of a ``slices``-slice volume -> the same crop
+    as ``encode_slices(..., step)`` makes it for the whole volume: the slices it does not encode are the
+    linear interpolation of the nearest encoded ones (inside the crop; at its ends, the crop's own slice)."""
+    whole = encoded_slices(slices, step)
+    kept = sorted({0, len(embeddings) - 1} | {z - z0 for z in whole if z0 <= z < z0 + len(embeddings)})
+    return interpolate_slices(embeddings[kept], kept, len(embeddings))
 
 
 def _fine_to_tokens(zyx: torch.Tensor) -> torch.Tensor:
