@@ -210,7 +210,7 @@ def main() -> int:
                         choices=["slicewise", "litemedsam-3d", "litemedsam-3d-every-slice"])
     parser.add_argument("--quick", action="store_true", help="smoke test: one volume of la_heart_mri, 2 rounds")
     parser.add_argument("--json", type=Path, help="default: benchmarks/results/volume_prompts.json "
-                                                  "(volume_prompts_val.json with --split val)")
+                                                  "(volume_prompts_SPLIT.json for another --split)")
     parser.add_argument("--merge", action="store_true",
                         help="add these rows (per dataset and method) to the --json file instead of starting a new one")
     parser.add_argument("--ship", type=Path, metavar="RUN", help="package RUN's best head as the shipped one")
@@ -237,8 +237,8 @@ def main() -> int:
                   "litemedsam-3d-every-slice": lambda: VolumePredictor(model, engine=args.engine, precision=args.precision,
                                                                        every_slice=True)}
     start = time.perf_counter()
-    result = {"quick": args.quick, "split": args.split, "modality": args.modality, "rounds": args.rounds, "limit": args.limit, "engine": args.engine,
-              "precision": args.precision, "threads": 2, "weights": str(args.checkpoint or "shipped"),
+    result = {"quick": args.quick, "split": args.split, "modality": args.modality, "rounds": args.rounds,
+              "limit": args.limit, "engine": args.engine, "precision": args.precision, "threads": 2, "weights": str(args.checkpoint or "shipped"),
               "trainable": {"litemedsam-3d": parameter_count(model.volume_head), "total": parameter_count(model),
                             "fraction": round(model.head_fraction(), 4)},
               "datasets": {}}

@@ -134,8 +134,10 @@ class VolumePredictor:
         """(Z, Y, X) volume -> its (Z, 256, E, E) float32 slice embeddings, as :meth:`set_volume` makes them
         (every :meth:`slice_step`-th slice encoded)."""
         volume, spacing = _check_volume(volume, spacing_zyx)
-        scaled = window_volume(volume, volume_window(modality))
-        return encode_slices(self.slices.model, scaled, self.size, progress, self.slice_step(volume.shape, spacing))
+        return self._encode(window_volume(volume, volume_window(modality)), spacing, progress)
+
+    def _encode(self, scaled: np.ndarray, spacing: tuple[float, float, float], progress: bool) -> torch.Tensor:
+        return encode_slices(self.slices.model, scaled, self.size, progress, self.slice_step(scaled.shape, spacing))
 
     def set_volume(self, volume: np.ndarray, spacing_zyx=(1.0, 1.0, 1.0), modality: str | None = None,
                    progress: bool = False, embeddings: torch.Tensor | None = None) -> None:
@@ -146,7 +148,7 @@ class VolumePredictor:
         self._check_modality(modality)
         scaled = window_volume(volume, volume_window(modality))
         if embeddings is None:
-            embeddings = self.encode(volume, spacing, modality, progress)
+            embeddings = self._encode(scaled, spacing, progress)
         elif embeddings.shape[0] != volume.shape[0]:
             raise InputError(f"{embeddings.shape[0]} slice embeddings for a volume of {volume.shape[0]} slices")
         self.grid = SliceGrid(volume.shape, spacing, self.size, longest_side_shape(volume.shape[1:], self.size))
