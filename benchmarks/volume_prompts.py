@@ -238,7 +238,8 @@ def main() -> int:
                                                                        every_slice=True)}
     start = time.perf_counter()
     result = {"quick": args.quick, "split": args.split, "modality": args.modality, "rounds": args.rounds,
-              "limit": args.limit, "engine": args.engine, "precision": args.precision, "threads": 2, "weights": str(args.checkpoint or "shipped"),
+              "limit": args.limit, "engine": args.engine, "precision": args.precision, "threads": 2,
+              "weights": str(args.checkpoint or "shipped"),
               "trainable": {"litemedsam-3d": parameter_count(model.volume_head), "total": parameter_count(model),
                             "fraction": round(model.head_fraction(), 4)},
               "datasets": {}}
