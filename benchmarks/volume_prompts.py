@@ -234,8 +234,8 @@ def main() -> int:
     predictors = {"slicewise": lambda: SliceWisePredictor(Predictor(build_model("litemedsam", pretrained=True),
                                                                     engine=args.engine, precision=args.precision)),
                   "litemedsam-3d": lambda: VolumePredictor(model, engine=args.engine, precision=args.precision),
-                  "litemedsam-3d-every-slice": lambda: VolumePredictor(model, engine=args.engine, precision=args.precision,
-                                                                       every_slice=True)}
+                  "litemedsam-3d-every-slice": lambda: VolumePredictor(
+                      model, engine=args.engine, precision=args.precision, every_slice=True)}
     start = time.perf_counter()
     result = {"quick": args.quick, "split": args.split, "modality": args.modality, "rounds": args.rounds,
               "limit": args.limit, "engine": args.engine, "precision": args.precision, "threads": 2,

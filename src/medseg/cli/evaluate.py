@@ -78,7 +78,8 @@ def _evaluate_clicks(args: argparse.Namespace, predictor, outputs: dict[str, Pat
     if args.rounds < 1:
         raise InputError("--rounds must be 1 or more")
     result = evaluate_interactive(predictor, args.dataset, split=args.split, rounds=args.rounds, limit=args.limit,
-                                  progress=not args.no_progress, first=args.first, loader=modality_loader(args.modality))
+                                  progress=not args.no_progress, first=args.first,
+                                  loader=modality_loader(args.modality))
     print_rounds(result)
     if outputs["--json"] is not None:
         import json

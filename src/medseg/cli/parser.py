@@ -71,8 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mirror", action="store_true",
                    help="3D models (la-heart-3d, unet3d ...): average the 8 mirrored predictions (test-time augmentation)")
     p.add_argument("--every-slice", action="store_true",
-                   help="promptable 3D models (litemedsam-3d): encode every slice, also where slices are thin enough that every "
-                        "other one is encoded and the rest interpolated (about twice the encoding time)")
+                   help="promptable 3D models (litemedsam-3d): encode every slice, also where slices are thin "
+                        "enough that every other one is encoded and the rest interpolated (twice the encoding time)")
     p.add_argument("--prompts", type=Path, help="replay a session's prompts (medseg serve's 'Prompts JSON') to its label map")
     p.add_argument("--out", type=Path, help="mask file (.png for 2D; .nii.gz/.mha/.nrrd for volumes)")
     p.add_argument("--overlay", type=Path, help="PNG picture of the image with the mask and prompts")
@@ -100,11 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--auto", action="store_true", help="automatic mode: no prompt, every class of --task, or of a 3D "
                                                        "--model's plan (e.g. --model la-heart-3d)")
     p.add_argument("--mirror", action="store_true", help="--auto with a 3D model: mirroring test-time augmentation")
-    p.add_argument("--modality", help="CT or MR for every case: selects the intensity window where the files carry "
-                                      "no modality (NIfTI); default: from the files (a set mixing them: evaluate apart)")
+    p.add_argument("--modality", help="CT or MR for every case: selects the intensity window where the files "
+                                      "carry no modality (NIfTI); default: from the files (evaluate a mixed set "
+                                      "apart)")
     p.add_argument("--every-slice", action="store_true",
-                   help="promptable 3D models (litemedsam-3d): encode every slice, also where slices are thin enough that every "
-                        "other one is encoded and the rest interpolated (about twice the encoding time)")
+                   help="promptable 3D models (litemedsam-3d): encode every slice, also where slices are thin "
+                        "enough that every other one is encoded and the rest interpolated (twice the encoding time)")
     p.add_argument("--task", help="with --auto: the task (of the shipped universal model or a --checkpoint) "
                                   "the dataset belongs to")
     model_args(p)
