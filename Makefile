@@ -21,7 +21,7 @@ demo: setup
 	$(VENV)/bin/medseg demo
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 bench-quick: setup
 	$(PY) benchmarks/zero_shot.py --quick
