@@ -180,14 +180,14 @@ def _earlier(config: dict) -> dict | None:
     """What a fine-tuning run started from: ``model.checkpoint``'s best.json (its steps), or with
     ``model.weights: shipped`` the shipped head's provenance (its steps, data and commands); else None."""
     from medseg.models.build import PROMPTABLE_3D
-    from medseg.models.weights import provenance_path
+    from medseg.models.weights import read_provenance
 
     start = config["model"].get("checkpoint")
     if start:
         best = Path(start).with_name("best.json")
         return {"steps": json.loads(best.read_text())["step"], "data": "the same data"} if best.is_file() else None
     if config["model"].get("weights") == "shipped" and config["model"].get("pretrained", True):
-        shipped = json.loads(provenance_path(PROMPTABLE_3D["litemedsam-3d"][1]).read_text())
+        shipped = read_provenance(PROMPTABLE_3D["litemedsam-3d"][1])
         return {"steps": shipped["steps"], "data": shipped["data"], "command": shipped["command"],
                 "modalities": shipped.get("modalities", [])}
     return None

@@ -17,7 +17,7 @@ from .prompt_encoder import PromptEncoder
 from .sam import PromptableSegmenter
 from .tinyvit import TinyViT
 from .transformer import TwoWayTransformer
-from .weights import litemedsam_weights_path, load_state_dict
+from .weights import litemedsam_weights_path, load_state_dict, read_provenance
 
 
 def _build_tinyvit_sam(image_size: int, embed_dims: tuple[int, ...], depths: tuple[int, ...],
@@ -355,18 +355,8 @@ def _build_promptable3d(name: str, pretrained: bool, checkpoint: str | Path | No
             raise CheckpointError(f"{head}: the shipped 3D head of {name!r} is missing from this installation; "
                                   f"reinstall medseg, or pass weights='published' and train one")
         _load_parts(model, load_state_dict(head), ("volume_head.",), f"{head}: shipped 3D head for {name!r}")
-        model.trained_modalities = tuple(_provenance(head).get("modalities", ()))
+        model.trained_modalities = tuple(read_provenance(head).get("modalities", ()))
     return model.eval()
-
-
-def _provenance(weights: Path) -> dict:
-    """The provenance JSON shipped beside ``weights`` ({} when there is none)."""
-    import json
-
-    from .weights import provenance_path
-
-    path = provenance_path(weights)
-    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def has_shipped_tasks(name: str) -> bool:

@@ -81,6 +81,14 @@ def provenance_path(weights: str | Path) -> Path:
     return Path(weights).with_suffix(".json")
 
 
+def read_provenance(weights: str | Path) -> dict:
+    """The provenance JSON beside ``weights`` (:func:`provenance_path`), {} when there is none."""
+    import json
+
+    path = provenance_path(weights)
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def save_parts_fp16(state: dict[str, torch.Tensor], prefixes: tuple[str, ...], path: str | Path,
                     provenance: dict, overwrite: bool = False) -> Path:
     """Write the tensors of ``state`` under ``prefixes`` as safetensors at ``path`` (floating point ones
