@@ -25,6 +25,13 @@ def model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's default, the number of cores)")
 
 
+def every_slice_arg(p: argparse.ArgumentParser) -> None:
+    """``--every-slice`` of the commands that run a promptable 3D model (predict, evaluate)."""
+    p.add_argument("--every-slice", action="store_true",
+                   help="promptable 3D models (litemedsam-3d): encode every slice, also where slices are thin "
+                        "enough that every other one is encoded and the rest interpolated (twice the encoding time)")
+
+
 def device_of(name: str | None):
     import torch
 

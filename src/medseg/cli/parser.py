@@ -11,7 +11,7 @@ from .demo import cmd_demo
 from .evaluate import cmd_evaluate, cmd_tasks
 from .models import cmd_export, cmd_models
 from .postprocess import cmd_postprocess
-from .options import model_args
+from .options import every_slice_arg, model_args
 from .predict import cmd_predict
 from .serve import cmd_serve
 
@@ -70,9 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "implicit decoder decodes it there; others upsample); default the picture's own pixels")
     p.add_argument("--mirror", action="store_true",
                    help="3D models (la-heart-3d, unet3d ...): average the 8 mirrored predictions (test-time augmentation)")
-    p.add_argument("--every-slice", action="store_true",
-                   help="promptable 3D models (litemedsam-3d): encode every slice, also where slices are thin "
-                        "enough that every other one is encoded and the rest interpolated (twice the encoding time)")
+    every_slice_arg(p)
     p.add_argument("--prompts", type=Path, help="replay a session's prompts (medseg serve's 'Prompts JSON') to its label map")
     p.add_argument("--out", type=Path, help="mask file (.png for 2D; .nii.gz/.mha/.nrrd for volumes)")
     p.add_argument("--overlay", type=Path, help="PNG picture of the image with the mask and prompts")
@@ -103,9 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modality", help="CT or MR for every case: selects the intensity window where the files "
                                       "carry no modality (NIfTI); default: from the files (evaluate a mixed set "
                                       "apart)")
-    p.add_argument("--every-slice", action="store_true",
-                   help="promptable 3D models (litemedsam-3d): encode every slice, also where slices are thin "
-                        "enough that every other one is encoded and the rest interpolated (twice the encoding time)")
+    every_slice_arg(p)
     p.add_argument("--task", help="with --auto: the task (of the shipped universal model or a --checkpoint) "
                                   "the dataset belongs to")
     model_args(p)
