@@ -231,7 +231,7 @@ def _openvino_model(path: Path, threads: int, precision: str):
     core = ov.Core()
     config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
               "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
-    if os.access(path.parent, os.W_OK):  # compiled once, then loaded: about 0.25-0.4 s a graph instead of 0.7-1.2 s
+    if os.access(path.parent, os.W_OK):  # compiled once, then loaded (benchmarks/engines.py: predict_one_image_*)
         config["CACHE_DIR"] = str(path.parent / OPENVINO_CACHE)
     # from the read model, never the path: OpenVINO keys a path's cache entry by the path, so an export
     # overwritten in place would load the old graph; a model's key covers its weights
