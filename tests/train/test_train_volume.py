@@ -4,6 +4,7 @@ segments a volume onto the input's grid; patches are drawn reproducibly."""
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 from pathlib import Path
@@ -59,13 +60,18 @@ def test_volume_objective_plans_trains_and_its_checkpoint_carries_the_plan(balls
     assert "no prompt" in capsys.readouterr().err
 
     # no prompt over a whole split: Dice, HD95 and NSD in mm per class of the plan, JSON beside
-    report = tmp_path / "auto.json"
+    report, rows, figure = tmp_path / "auto.json", tmp_path / "auto.csv", tmp_path / "auto.png"
     assert main(["evaluate", str(balls), "--auto", "--model", "unet3d-tiny", "--checkpoint",
-                 str(tmp_path / "run" / "best.safetensors"), "--no-progress", "--json", str(report)]) == 0
+                 str(tmp_path / "run" / "best.safetensors"), "--no-progress", "--json", str(report),
+                 "--csv", str(rows), "--figure", str(figure)]) == 0
     printed = capsys.readouterr().out
     assert "1 shell" in printed and "2 core" in printed and "s per volume" in printed
     scored = json.loads(report.read_text())
     assert {r["class_id"] for r in scored["cases"]} == {1, 2} and scored["seconds_per_case"] > 0
+    table = list(csv.DictReader(rows.open()))  # one row per case and class, as the JSON
+    assert len(table) == len(scored["cases"]) and {r["class_name"] for r in table} == {"shell", "core"}
+    assert [round(float(r["dice"]), 4) for r in table] == [round(r["dice"], 4) for r in scored["cases"]]
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["evaluate", str(balls), "--auto", "--model", "unet3d-tiny", "--no-progress"]) == 2  # no weights
     assert "no shipped weights" in capsys.readouterr().err
     assert main(["evaluate", str(balls), "--model", "unet3d-tiny", "--checkpoint",

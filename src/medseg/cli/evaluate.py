@@ -49,7 +49,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _evaluate_auto(args: argparse.Namespace, outputs: dict[str, Path | None]) -> int:
-    from ..eval.automatic import evaluate_auto, evaluate_volumes_auto, print_auto, write_auto_json
+    from ..eval.automatic import (auto_csv, evaluate_auto, evaluate_volumes_auto, print_auto, save_auto_figure,
+                                  write_auto_json)
+    from ..io.outputs import write_text
     from ..models.build import VOLUMETRIC
 
     if args.model in VOLUMETRIC:
@@ -67,6 +69,10 @@ def _evaluate_auto(args: argparse.Namespace, outputs: dict[str, Path | None]) ->
     print_auto(result)
     if outputs["--json"] is not None:
         print(f"wrote {write_auto_json(result, outputs['--json'], overwrite=args.overwrite)}")
+    if outputs["--csv"] is not None:
+        print(f"wrote {write_text(outputs['--csv'], auto_csv(result))}")
+    if outputs["--figure"] is not None:
+        print(f"wrote {save_auto_figure(result, outputs['--figure'])}")
     return failed_status(len(result["errors"]), len({r["stem"] for r in result["cases"]}) + len(result["errors"]))
 
 

@@ -12,11 +12,14 @@ nothing there is right.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 from tqdm import tqdm
@@ -176,3 +179,31 @@ def write_auto_json(result: dict, path: str | Path, overwrite: bool = False) -> 
     data = {**result, "classes": {str(k): v for k, v in result["classes"].items()},
             "per_class": {str(k): v for k, v in result["per_class"].items()}}
     return write_text(target, json.dumps(data, indent=2, default=float) + "\n")
+
+
+AUTO_CSV_COLUMNS = ("stem", "class_id", "class_name", "dice", "iou", "hd95", "nsd")
+
+
+def auto_csv(result: dict) -> str:
+    """An automatic evaluation's rows as CSV text: one row per case and class (HD95 empty where undefined)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(AUTO_CSV_COLUMNS)
+    for row in result["cases"]:
+        values = {**row, "class_name": result["classes"].get(row["class_id"], "")}
+        writer.writerow(["" if isinstance(values[k], float) and math.isnan(values[k]) else
+                         (f"{values[k]:.6f}" if isinstance(values[k], float) else values[k]) for k in AUTO_CSV_COLUMNS])
+    return out.getvalue()
+
+
+def save_auto_figure(result: dict, path: Path) -> Path:
+    """Write a PNG of an automatic evaluation: Dice of every case and class, sorted (the bar chart of
+    ``medseg evaluate --figure``; no overlays). ``path`` was checked by the output policy."""
+    from medseg.eval.figure import draw_report  # matplotlib only when a figure is wanted
+    from medseg.io.outputs import atomic_write
+
+    cases = [{**row, "class_name": result["classes"].get(row["class_id"], str(row["class_id"])), "empty_gt": False}
+             for row in result["cases"]]
+    view = SimpleNamespace(cases=cases, dataset=result["dataset"], split=result["split"], prompt="none",
+                           summary={"dice": result["mean_dice"], "per_class": result["classes"]})
+    return atomic_write(path, lambda tmp: draw_report(view, tmp, []))

@@ -56,7 +56,8 @@ def _draw_bars(ax, report: Any) -> None:
     else:
         ax.set_xticks([])
         ax.set_xlabel(f"{len(rows)} cases, sorted by Dice (hatched: empty ground truth)")
-    ax.set_title(f"{Path(report.dataset).name} [{report.split}], {report.prompt} prompts: Dice per case")
+    prompting = "no prompt" if report.prompt == "none" else f"{report.prompt} prompts"
+    ax.set_title(f"{Path(report.dataset).name} [{report.split}], {prompting}: Dice per case")
 
 
 def _outline(ax, mask: np.ndarray, colour: str, width: float) -> None:
