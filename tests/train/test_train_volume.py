@@ -190,3 +190,30 @@ def test_weights_whose_plan_predates_a_plan_field_still_load(tmp_path):
     save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "old.safetensors")
     loaded = build_model("unet3d-tiny", checkpoint=tmp_path / "old.safetensors")
     assert loaded.plan.classes == [1, 2] and loaded.plan.keep_largest == []
+
+
+def test_a_unet_takes_its_plans_pooling_and_keeps_it_in_its_weights(tmp_path):
+    """A thick-slice plan pools only in-plane at first; the checkpoint rebuilds the same network, and a plan
+    without pooling (weights made before it was planned) keeps 2 on every axis, as it trained."""
+    from safetensors.torch import save_file
+
+    from medseg.data.planning import Plan
+
+    model = build_model("unet3d-tiny")
+    plan = Plan((10.0, 1.5, 1.5), "zscore", (16, 32, 32), 1, (10, 30, 30), [1], coarse_axes=[0],
+                pool_strides=[(1, 2, 2), (2, 2, 2)])
+    model.set_plan(plan)
+    assert _first_stride(model) == (1, 2, 2)
+    assert model(torch.zeros(1, 1, 4, 32, 32)).shape == (1, 2, 4, 32, 32)  # 4 slices: pooled once only
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "w.safetensors")
+    loaded = build_model("unet3d-tiny", checkpoint=tmp_path / "w.safetensors")
+    assert loaded.plan.pool_strides == [(1, 2, 2), (2, 2, 2)] and _first_stride(loaded) == (1, 2, 2)
+    x = torch.randn(1, 1, 4, 32, 32)
+    assert torch.equal(loaded.eval()(x), model.eval()(x))
+    older = build_model("unet3d-tiny")
+    older.set_plan(Plan.from_dict({**plan.to_dict(), "pool_strides": None}))
+    assert _first_stride(older) == (2, 2, 2)
+
+
+def _first_stride(model) -> tuple[int, int, int]:
+    return next(m.stride for m in model.net.modules() if isinstance(m, torch.nn.Conv3d))

@@ -24,6 +24,10 @@ The rules:
   z-score with the foreground's mean and standard deviation; every other modality: z-score per volume.
 * **Patch size**: the median shape at the target spacing, each side a multiple of ``divisor``, shrunk
   (largest physical side first) until ``patch_voxels`` holds; ``batch_size`` fills the same budget.
+* **Pooling** (:func:`pool_strides`, for a U-Net of ``levels`` down-samplings): at each level an axis is
+  halved only while its spacing is at most twice the finest axis's and it keeps at least 4 voxels, so a
+  thick-slice stack (ACDC: 10 mm slices, 1.4 mm pixels) is pooled in-plane until its pixels are about as
+  coarse as its slices, and the network never blurs 10 slices into one.
 """
 
 from __future__ import annotations
@@ -75,6 +79,7 @@ class Plan:
     ct_std: float | None = None
     coarse_axes: list[int] = field(default_factory=list)
     keep_largest: list[int] = field(default_factory=list)  # classes reduced to their largest component
+    pool_strides: list[tuple[int, int, int]] | None = None  # per U-Net level (z, y, x); None: 2 on every axis
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -89,6 +94,8 @@ class Plan:
         plan.patch_size, plan.median_shape = tuple(plan.patch_size), tuple(plan.median_shape)
         if plan.ct_clip is not None:
             plan.ct_clip = tuple(plan.ct_clip)
+        if plan.pool_strides is not None:
+            plan.pool_strides = [tuple(int(v) for v in level) for level in plan.pool_strides]
         return plan
 
     def describe(self) -> str:
@@ -100,6 +107,8 @@ class Plan:
             f"target spacing (z, y, x): {' x '.join(f'{s:g}' for s in self.target_spacing)} mm{coarse}",
             f"median shape at that spacing (Z, Y, X): {' x '.join(map(str, self.median_shape))}",
             f"patch (Z, Y, X): {' x '.join(map(str, self.patch_size))}, batch {self.batch_size}",
+            *([f"pooling per U-Net level (z, y, x): {' '.join('x'.join(map(str, lv)) for lv in self.pool_strides)}"]
+              if self.pool_strides else []),
             f"normalisation: {norm}",
             f"classes: {', '.join(map(str, self.classes))}",
             *([f"post-processing: only the largest connected component of class(es) "
@@ -149,10 +158,25 @@ def fingerprint(cases, modality: str | None = None, progress: bool = True, seed:
     return Fingerprint(spacings, shapes, foreground, sorted(classes), modality)
 
 
+def pool_strides(spacing: tuple[float, float, float], patch: tuple[int, int, int],
+                 levels: int) -> list[tuple[int, int, int]]:
+    """Each U-Net level's down-sampling (z, y, x), 1 or 2 per axis (the rule in the module docstring):
+    ``spacing`` of the patch's voxels in mm, ``patch`` its (Z, Y, X) size."""
+    spacing, size, out = [float(s) for s in spacing], [int(n) for n in patch], []
+    for _ in range(levels):
+        finest = min(spacing)
+        step = tuple(2 if spacing[a] <= 2 * finest and size[a] % 2 == 0 and size[a] >= 8 else 1 for a in range(3))
+        spacing = [s * k for s, k in zip(spacing, step)]
+        size = [n // k for n, k in zip(size, step)]
+        out.append(step)
+    return out
+
+
 def make_plan(fp: Fingerprint, patch_voxels: int = PATCH_VOXELS, divisor: int = 16,
-              target_spacing: tuple[float, float, float] | None = None) -> Plan:
+              target_spacing: tuple[float, float, float] | None = None, levels: int | None = 4) -> Plan:
     """The plan for a fingerprint (rules in the module docstring); ``target_spacing`` (Z, Y, X) mm
-    replaces the rule's spacing (a coarser one lets a patch hold a whole organ, nnU-Net's "3d_lowres")."""
+    replaces the rule's spacing (a coarser one lets a patch hold a whole organ, nnU-Net's "3d_lowres");
+    ``levels``: the down-samplings of the U-Net the plan is for (None: no pooling plan, e.g. a ViT)."""
     spacings, shapes = np.array(fp.spacings, dtype=float), np.array(fp.shapes, dtype=float)
     median_extent = np.median(spacings * shapes, axis=0)  # mm
     if target_spacing is not None:
@@ -180,7 +204,8 @@ def make_plan(fp: Fingerprint, patch_voxels: int = PATCH_VOXELS, divisor: int = 
                 patch_size=tuple(int(p) for p in patch), batch_size=batch,
                 median_shape=tuple(int(s) for s in median_shape), classes=list(fp.classes), modality=fp.modality,
                 ct_clip=(fg["p00_5"], fg["p99_5"]) if ct else None, ct_mean=fg["mean"] if ct else None,
-                ct_std=max(fg["std"], 1e-8) if ct else None, coarse_axes=coarse)
+                ct_std=max(fg["std"], 1e-8) if ct else None, coarse_axes=coarse,
+                pool_strides=None if levels is None else pool_strides(target, patch, levels))
 
 
 @dataclass

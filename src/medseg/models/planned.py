@@ -2,7 +2,8 @@
 
 The plan (target spacing, normalisation, patch size, classes) is kept as UTF-8 JSON in the buffer
 ``plan_json``, so every checkpoint preprocesses as its training did and knows its classes. A model using
-:class:`CarriesPlan` defines ``_set_classes(count)`` (background + the plan's classes as output channels).
+:class:`CarriesPlan` defines ``_fit_plan(plan)``: its output becomes background + the plan's classes (and a U-Net
+takes the plan's pooling).
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ class CarriesPlan:
 
     def set_plan(self, plan) -> None:
         """Keep ``plan`` in the weights; the output becomes background + the plan's classes (a new,
-        untrained last layer when their number changes)."""
+        untrained last layer when their number changes; a U-Net rebuilt when the plan pools otherwise)."""
         data = json.dumps(plan.to_dict(), sort_keys=True).encode("utf-8")
         self.plan_json = torch.tensor(list(data), dtype=torch.uint8, device=self.plan_json.device)
-        self._set_classes(len(plan.classes) + 1)
+        self._fit_plan(plan)
 
     def adopt_state(self, state: dict[str, torch.Tensor]) -> None:
         """Before ``state`` (a checkpoint) loads strictly: take its plan, and so its number of classes. The
@@ -39,7 +40,7 @@ class CarriesPlan:
             self.set_plan(plan)
             self.plan_json = stored.detach().to(device=self.plan_json.device, dtype=torch.uint8).clone()
 
-    def _set_classes(self, count: int) -> None:
+    def _fit_plan(self, plan) -> None:
         raise NotImplementedError
 
 

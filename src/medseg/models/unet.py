@@ -42,6 +42,7 @@ class UNetSegmenter(CarriesPlan, nn.Module):
             raise ValueError(f"image_size {image_size} is not a multiple of {2 ** len(strides)}")
         self._net_args = dict(spatial_dims=spatial_dims, in_channels=in_channels, channels=channels, strides=strides,
                               num_res_units=num_res_units)
+        self._default_strides = tuple(strides)
         self.net = UNet(out_channels=out_channels, **self._net_args)
         self.image_size, self.spatial_dims = image_size, spatial_dims
         self.divisor = 2 ** len(strides)
@@ -59,12 +60,31 @@ class UNetSegmenter(CarriesPlan, nn.Module):
     def in_channels(self) -> int:
         return self.net.in_channels
 
-    def _set_classes(self, count: int) -> None:
-        if self.spatial_dims == 3 and self.out_channels != count:
+    @property
+    def levels(self) -> int:
+        """Down-samplings between the input and the bottleneck."""
+        return len(self._net_args["strides"])
+
+    def _fit_plan(self, plan) -> None:
+        """3D: background + the plan's classes as outputs, and the plan's pooling per level (a plan made
+        before pooling was planned, or for another depth, keeps 2 on every axis, as it trained)."""
+        if self.spatial_dims != 3:
+            return
+        count = len(plan.classes) + 1
+        strides = self._default_strides
+        if plan.pool_strides is not None and len(plan.pool_strides) == self.levels:
+            strides = tuple(tuple(level) for level in plan.pool_strides)
+        if self.out_channels != count or _per_axis(strides) != _per_axis(self._net_args["strides"]):
             from monai.networks.nets import UNet
 
+            self._net_args["strides"] = strides
             device = self.plan_json.device
             self.net = UNet(out_channels=count, **self._net_args).to(device).train(self.training)
+
+
+def _per_axis(strides) -> list[tuple[int, int, int]]:
+    """U-Net strides, each an int or a (z, y, x) triple -> triples (to compare two ways of writing them)."""
+    return [tuple(s) if isinstance(s, (tuple, list)) else (int(s),) * 3 for s in strides]
 
 
 def predict_mask(model: UNetSegmenter, image: np.ndarray, modality: str | None = None,

@@ -55,7 +55,8 @@ class ViTSegmenter(CarriesPlan, nn.Module):
     def out_channels(self) -> int:
         return self.head.conv.conv.out_channels
 
-    def _set_classes(self, count: int) -> None:
+    def _fit_plan(self, plan) -> None:
+        count = len(plan.classes) + 1
         if self.out_channels != count:
             from monai.networks.blocks import UnetOutBlock
 

@@ -130,7 +130,7 @@ class VolumeObjective(Objective):
         if plan is None:
             fp = fingerprint(train_cases, modality=d.modality, progress=run.progress)
             plan = make_plan(fp, patch_voxels=d.patch_voxels or PATCH_VOXELS, divisor=max(16, model.divisor),
-                             target_spacing=d.target_spacing)
+                             target_spacing=d.target_spacing, levels=getattr(model, "levels", None))
         model.set_plan(plan)
         self.plan = plan
         augment = RandomPatch3D(in_plane_axis=plan.coarse_axes[0] if plan.coarse_axes else None) if d.augment else None
