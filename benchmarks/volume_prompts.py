@@ -17,7 +17,7 @@ Rows per dataset:
 * ``litemedsam-3d``: the promptable 3D model (the shipped head, or ``--checkpoint``): the frozen LiteMedSAM
   encoder embeds each slice (every other one where slices are thin, as ``VolumePredictor`` does by
   default; ``litemedsam-3d-every-slice``: all of them), the 3D head answers clicks and boxes in voxel
-  coordinates;
+  coordinates (a 3D box bounds its answer; ``litemedsam-3d-unbounded-box``: the head's answer as it is);
 * ``automatic_3d``: the shipped automatic 3D model of the set (no prompt), its test Dice as
   ``benchmarks/results/volumetric.json`` measured it (a reference; not re-run here).
 
@@ -207,7 +207,8 @@ def main() -> int:
     parser.add_argument("--engine", default="openvino")
     parser.add_argument("--precision", default="bf16")
     parser.add_argument("--methods", nargs="+", default=["slicewise", "litemedsam-3d"],
-                        choices=["slicewise", "litemedsam-3d", "litemedsam-3d-every-slice"])
+                        choices=["slicewise", "litemedsam-3d", "litemedsam-3d-every-slice",
+                                 "litemedsam-3d-unbounded-box"])
     parser.add_argument("--quick", action="store_true", help="smoke test: one volume of la_heart_mri, 2 rounds")
     parser.add_argument("--json", type=Path, help="default: benchmarks/results/volume_prompts.json "
                                                   "(volume_prompts_SPLIT.json for another --split)")
@@ -235,7 +236,9 @@ def main() -> int:
                                                                     engine=args.engine, precision=args.precision)),
                   "litemedsam-3d": lambda: VolumePredictor(model, engine=args.engine, precision=args.precision),
                   "litemedsam-3d-every-slice": lambda: VolumePredictor(
-                      model, engine=args.engine, precision=args.precision, every_slice=True)}
+                      model, engine=args.engine, precision=args.precision, every_slice=True),
+                  "litemedsam-3d-unbounded-box": lambda: VolumePredictor(
+                      model, engine=args.engine, precision=args.precision, box_bounds=False)}
     start = time.perf_counter()
     result = {"quick": args.quick, "split": args.split, "modality": args.modality, "rounds": args.rounds,
               "limit": args.limit, "engine": args.engine, "precision": args.precision, "threads": 2,

@@ -173,3 +173,22 @@ def test_crops_of_thin_slices_see_the_interpolated_slices_inference_makes():
     crop = _as_encoded(whole[3:8], 3, 9, 2)  # slices 3..7: 4 and 6 encoded, 3 and 7 the crop's own ends
     assert torch.equal(crop[[0, 1, 3, 4]], whole[[3, 4, 6, 7]])
     assert torch.allclose(crop[2], (whole[4] + whole[6]) / 2)
+
+
+def test_a_box_bounds_its_object_and_grows_to_hold_a_positive_click_outside_it(monkeypatch):
+    """Whatever the head says outside a 3D box is background, in the mask and in the logits handed back;
+    a positive click beyond the box widens the bound to it."""
+    from medseg.infer.volume_prompts import PADDING_LOGIT
+
+    predictor = VolumePredictor(build_model("litemedsam-3d-tiny"))
+    predictor.set_volume(np.random.default_rng(0).random((6, 20, 16)), (2.0, 1.0, 1.0))
+    monkeypatch.setattr(predictor.head, "decode", lambda features, maps, image, *rest: torch.full_like(image, 5.0))
+    out = predictor.predict(box=[3, 4, 1, 9, 12, 3])  # x0, y0, z0, x1, y1, z1
+    expected = np.zeros((6, 20, 16), bool)
+    expected[1:4, 4:13, 3:10] = True
+    assert np.array_equal(out.mask, expected)
+    assert (out.logits[0] == PADDING_LOGIT).all() and (out.logits[4:] == PADDING_LOGIT).all()
+    assert (out.logits[1:4] > 0).any()
+    wider = predictor.predict(box=[3, 4, 1, 9, 12, 3], points=[[14, 12, 5]], point_labels=[1]).mask
+    assert wider[5, 12, 14] and wider[1:6, 4:13, 3:15].all() and not wider[0].any()
+    assert predictor.predict(points=[[14, 12, 5]], point_labels=[1]).mask.all()  # no box: no bound

@@ -225,6 +225,15 @@ class SliceGrid:
         h, w = self.resized_hw
         return torch.stack([zyx[:, 0], (zyx[:, 1] + 0.5) * h / y / 4 - 0.5, (zyx[:, 2] + 0.5) * w / x / 4 - 0.5], 1)
 
+    def fine_cells(self, lo_zyx, hi_zyx) -> tuple[slice, slice, slice]:
+        """The cells (z, y, x) of the decoder's output grid that cover the voxel box ``lo_zyx`` ..
+        ``hi_zyx`` (inclusive voxel indices)."""
+        z, y, x = self.shape
+        h, w = self.resized_hw
+        rows = slice(math.floor(lo_zyx[1] * h / y / 2), math.ceil((hi_zyx[1] + 1) * h / y / 2))
+        cols = slice(math.floor(lo_zyx[2] * w / x / 2), math.ceil((hi_zyx[2] + 1) * w / x / 2))
+        return slice(int(lo_zyx[0]), int(hi_zyx[0]) + 1), rows, cols
+
     def to_fine(self, volume: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
         """(Z, Y, X) voxels -> (Z, 2E, 2E) on the decoder's output grid (``mode``: bilinear for an image,
         area for a mask's fraction of each cell), zero-padded bottom/right."""
