@@ -74,12 +74,14 @@ def test_thick_slices_stay_thick_and_take_their_10th_percentile():
 
 def test_pooling_halves_an_axis_only_while_it_is_not_much_coarser_than_the_finest():
     """nnU-Net's rule: 10 mm slices of 1.45 mm pixels are pooled in-plane twice (to 5.8 mm pixels) before
-    the slices are; an isotropic patch is halved on every axis until a side would drop below 4 voxels."""
+    the slices are; an isotropic patch is halved on every axis at every level, as before pooling was planned
+    (so the U-Nets trained then are the same networks); an odd side is never halved."""
     from medseg.data.planning import pool_strides
 
     assert pool_strides((10.0, 1.45, 1.45), (16, 240, 224), 4) == [(1, 2, 2), (1, 2, 2), (2, 2, 2), (2, 2, 2)]
     assert pool_strides((1.0, 1.0, 1.0), (64, 64, 64), 4) == [(2, 2, 2)] * 4
-    assert pool_strides((1.0, 1.0, 1.0), (16, 64, 48), 3) == [(2, 2, 2), (2, 2, 2), (1, 2, 2)]
+    assert pool_strides((1.0, 1.0, 1.0), (48, 64, 48), 4) == [(2, 2, 2)] * 4
+    assert pool_strides((1.0, 1.0, 1.0), (12, 64, 48), 3) == [(2, 2, 2), (2, 2, 2), (1, 2, 2)]
     thick = make_plan(fp_of([(10.0, 1.5, 1.5)] * 4, [(10, 200, 200)] * 4))
     assert thick.pool_strides[0] == (1, 2, 2) and "pooling per U-Net level (z, y, x): 1x2x2" in thick.describe()
     assert Plan.from_dict(thick.to_dict()) == thick and make_plan(fp_of([(1, 1, 1)], [(32, 32, 32)]),

@@ -25,7 +25,7 @@ The rules:
 * **Patch size**: the median shape at the target spacing, each side a multiple of ``divisor``, shrunk
   (largest physical side first) until ``patch_voxels`` holds; ``batch_size`` fills the same budget.
 * **Pooling** (:func:`pool_strides`, for a U-Net of ``levels`` down-samplings): at each level an axis is
-  halved only while its spacing is at most twice the finest axis's and it keeps at least 4 voxels, so a
+  halved only while its spacing is at most twice the finest axis's (and its size is even), so a
   thick-slice stack (ACDC: 10 mm slices, 1.4 mm pixels) is pooled in-plane until its pixels are about as
   coarse as its slices, and the network never blurs 10 slices into one.
 """
@@ -165,7 +165,7 @@ def pool_strides(spacing: tuple[float, float, float], patch: tuple[int, int, int
     spacing, size, out = [float(s) for s in spacing], [int(n) for n in patch], []
     for _ in range(levels):
         finest = min(spacing)
-        step = tuple(2 if spacing[a] <= 2 * finest and size[a] % 2 == 0 and size[a] >= 8 else 1 for a in range(3))
+        step = tuple(2 if spacing[a] <= 2 * finest and size[a] % 2 == 0 else 1 for a in range(3))
         spacing = [s * k for s, k in zip(spacing, step)]
         size = [n // k for n, k in zip(size, step)]
         out.append(step)
