@@ -1,9 +1,9 @@
 """Objective "volume": automatic 3D segmentation of planned patches (a 3D U-Net or ViT), in the same loop.
 
 * planning: the train split's fingerprint gives the :class:`~medseg.data.planning.Plan` (target spacing,
-  normalisation, patch size, classes; ``data.modality``, ``data.patch_voxels``), unless the model already
-  carries one (fine-tuning a checkpoint keeps its plan); the plan goes into the model's weights, so every
-  checkpoint preprocesses as the run did;
+  normalisation, patch size, classes, and a U-Net's pooling per level and axis; ``data.modality``,
+  ``data.patch_voxels``), unless the model already carries one (fine-tuning a checkpoint keeps its plan);
+  the plan goes into the model's weights, so every checkpoint preprocesses (and is built) as the run did;
 * items: ``data.patches_per_epoch`` patches a epoch, each drawn from (seed, epoch, index): a case, a
   centre (a foreground voxel for ``data.foreground_fraction`` of them, else anywhere), and a mirroring of
   each axis with probability 1/2; with ``data.augment`` also rotations (in-plane only for thick-slice
