@@ -27,6 +27,7 @@ from tqdm import tqdm
 from medseg.data.cases import Case, load_image, plane_2d
 from medseg.data.datasets import evaluation_cases
 from medseg.eval.metrics import case_metrics
+from medseg.eval.report import csv_cell
 from medseg.errors import InputError
 from medseg.io import read_label
 
@@ -185,14 +186,15 @@ AUTO_CSV_COLUMNS = ("stem", "class_id", "class_name", "dice", "iou", "hd95", "ns
 
 
 def auto_csv(result: dict) -> str:
-    """An automatic evaluation's rows as CSV text: one row per case and class (HD95 empty where undefined)."""
+    """An automatic evaluation's rows as CSV text: one row per case and class (HD95 empty where undefined,
+    cells as ``medseg evaluate --csv`` writes them: :func:`medseg.eval.report.csv_cell`)."""
+
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(AUTO_CSV_COLUMNS)
     for row in result["cases"]:
         values = {**row, "class_name": result["classes"].get(row["class_id"], "")}
-        writer.writerow(["" if isinstance(values[k], float) and math.isnan(values[k]) else
-                         (f"{values[k]:.6f}" if isinstance(values[k], float) else values[k]) for k in AUTO_CSV_COLUMNS])
+        writer.writerow([csv_cell(values[k]) for k in AUTO_CSV_COLUMNS])
     return out.getvalue()
 
 

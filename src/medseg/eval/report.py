@@ -46,6 +46,12 @@ def _clean(value: object) -> object:
     return value
 
 
+def csv_cell(value: object) -> object:
+    """A value as a CSV cell: NaN/inf/None empty, numpy scalars as Python ones."""
+    value = _clean(value)
+    return "" if value is None else value
+
+
 def _class_key(row: dict) -> str:
     """Key of a row's class in ``summary["per_class"]``: the class id as text, or "none"."""
     return "none" if row["class_id"] is None else str(row["class_id"])
@@ -141,7 +147,7 @@ class Report:
         writer = csv.writer(out)
         writer.writerow(COLUMNS)
         for row in self.cases:
-            writer.writerow(["" if _clean(row[k]) is None else _clean(row[k]) for k in COLUMNS])
+            writer.writerow([csv_cell(row[k]) for k in COLUMNS])
         return write_text(target, out.getvalue())
 
     def print_table(self, file: TextIO | None = None, cases: bool = False) -> None:
